@@ -1,0 +1,178 @@
+"""One factory over open_clip: architectures with pretrained tags, local files and folders.
+
+A ``Backbone`` bundles the open_clip model with what is needed to use and to rebuild it: the
+tokenizer, the preprocessing config and the architecture config as data. Our own artifact
+folders are open_clip ``local-dir`` models too, so a fine-tuned model is a valid base model.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import open_clip
+import torch
+from open_clip.transform import AugmentationCfg, PreprocessCfg, image_transform_v2
+from torch import nn
+
+from models.config import BackboneConfig
+from models.errors import BackboneError
+
+CONFIG_DIR = Path(__file__).parent / "model_configs"
+OPEN_CLIP_CONFIG = "open_clip_config.json"
+LOCAL_DIR = "local-dir:"
+
+Tokenizer = Callable[[Sequence[str]], torch.Tensor]
+# open_clip's CLIP / CustomTextCLIP. Typed loosely on purpose: their methods are unannotated and
+# nn.Module's __getattr__ would make every call site a Tensor-or-Module union.
+ClipModel = Any
+
+
+@functools.cache
+def register_builtin_configs() -> None:
+    """Make our tiny test architectures (``test-*``) known to open_clip, once per process."""
+    open_clip.add_model_config(CONFIG_DIR)
+
+
+def list_architectures() -> list[str]:
+    """Every architecture name the factory accepts without a path or a schema."""
+    register_builtin_configs()
+    return list(open_clip.list_models())
+
+
+def list_pretrained(arch: str) -> list[str]:
+    """Pretrained tags open_clip knows for ``arch`` (they need a download unless cached)."""
+    return list(open_clip.list_pretrained_tags_by_model(arch))
+
+
+@dataclass
+class Backbone:
+    """An open_clip model plus what rebuilding and using it needs."""
+
+    model: ClipModel
+    tokenizer: Tokenizer
+    model_cfg: dict[str, Any]
+    preprocess_cfg: dict[str, Any]
+    source: dict[str, Any]
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        size = self.preprocess_cfg["size"]
+        return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+    def transform(self, train: bool = False, crop_scale: tuple[float, float] = (0.9, 1.0)) -> Any:
+        """open_clip's eval transform, or its train transform with random-resized-crop scale."""
+        cfg = PreprocessCfg(**self.preprocess_cfg)
+        aug = AugmentationCfg(scale=crop_scale) if train else None
+        return image_transform_v2(cfg, is_train=train, aug_cfg=aug)
+
+    def open_clip_config(self) -> dict[str, Any]:
+        """The ``open_clip_config.json`` content that lets open_clip rebuild this model."""
+        pp = {k: list(v) if isinstance(v, tuple) else v for k, v in self.preprocess_cfg.items()}
+        return {"model_cfg": self.model_cfg, "preprocess_cfg": pp}
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` picks CUDA when present; anything else is passed to torch."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as exc:
+        raise BackboneError(f"unknown device {device!r}: {exc}") from exc
+
+
+def create_backbone(cfg: BackboneConfig, device: str | torch.device = "cpu") -> Backbone:
+    """Build the model ``cfg`` names, apply its freezing options, and put it on ``device``."""
+    register_builtin_configs()
+    name, pretrained = _resolve_name(cfg.arch, cfg.pretrained)
+    model_cfg = _model_config(name)
+    model = _create_model(name, pretrained)
+    _apply_freezing(model, cfg)
+    model.to(device)
+    tokenizer = open_clip.get_tokenizer(name)
+    preprocess_cfg = dict(model.visual.preprocess_cfg)
+    source = {"arch": cfg.arch, "pretrained": cfg.pretrained}
+    return Backbone(model, tokenizer, model_cfg, preprocess_cfg, source)
+
+
+def _resolve_name(arch: str, pretrained: str | None) -> tuple[str, str | None]:
+    """Turn a plain folder path into open_clip's ``local-dir:`` schema; check files exist."""
+    if arch.startswith(LOCAL_DIR) or os.path.isdir(arch):
+        folder = arch.removeprefix(LOCAL_DIR)
+        if not (Path(folder) / OPEN_CLIP_CONFIG).is_file():
+            raise BackboneError(f"model folder {folder} has no {OPEN_CLIP_CONFIG}")
+        return LOCAL_DIR + folder, None
+    if arch.startswith("hf-hub:"):
+        return arch, None
+    if arch not in list_architectures():
+        raise BackboneError(
+            f"unknown architecture {arch!r}; see models.list_architectures() "
+            "(a folder path or 'local-dir:'/'hf-hub:' names are accepted too)"
+        )
+    if pretrained and _looks_like_path(pretrained) and not os.path.isfile(pretrained):
+        raise BackboneError(f"pretrained weights file {pretrained} does not exist")
+    return arch, pretrained
+
+
+def _looks_like_path(value: str) -> bool:
+    return os.sep in value or value.endswith((".pt", ".pth", ".bin", ".safetensors"))
+
+
+def _model_config(name: str) -> dict[str, Any]:
+    cfg = open_clip.get_model_config(name)
+    if cfg is None:
+        raise BackboneError(f"open_clip has no config for {name!r}")
+    return copy.deepcopy(cfg)
+
+
+def _create_model(name: str, pretrained: str | None) -> ClipModel:
+    # open_clip logs a warning for every randomly initialised model; tests build many.
+    logger = logging.getLogger()
+    level = logger.level
+    logger.setLevel(max(level, logging.ERROR))
+    try:
+        return open_clip.create_model(name, pretrained=pretrained, weights_only=True)
+    except (RuntimeError, FileNotFoundError, ValueError) as exc:
+        raise BackboneError(f"cannot create {name!r} (pretrained={pretrained!r}): {exc}") from exc
+    finally:
+        logger.setLevel(level)
+
+
+def _apply_freezing(model: ClipModel, cfg: BackboneConfig) -> None:
+    if cfg.freeze_text:
+        model.lock_text_tower(unlocked_layers=0)
+    if cfg.image_unlocked_groups is not None:
+        model.lock_image_tower(unlocked_groups=cfg.image_unlocked_groups)
+
+
+def build_from_open_clip_config(
+    config: dict[str, Any], folder: str | Path, tokenizer_name: str | None = None
+) -> Backbone:
+    """Rebuild the architecture described by an ``open_clip_config.json`` (random weights).
+
+    Artifacts load their own weights afterwards with strict key checks, so open_clip must not
+    pick a checkpoint file from the folder by itself.
+    """
+    register_builtin_configs()
+    name = LOCAL_DIR + str(folder)
+    model = open_clip.create_model(name, load_weights=False)
+    tokenizer = open_clip.get_tokenizer(tokenizer_name or name)
+    source = {"arch": str(folder), "pretrained": None}
+    return Backbone(model, tokenizer, config["model_cfg"], dict(config["preprocess_cfg"]), source)
+
+
+def write_open_clip_config(backbone: Backbone, folder: str | Path) -> None:
+    with open(Path(folder) / OPEN_CLIP_CONFIG, "w", encoding="utf-8") as fh:
+        json.dump(backbone.open_clip_config(), fh, indent=2)
+
+
+def trainable_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

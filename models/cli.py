@@ -1,0 +1,210 @@
+"""``python -m models``: finetune, eval, merge, predict, and small helpers.
+
+Every command prints a one-line error naming what is wrong (exit code 2) for a user mistake;
+only a bug gives a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+from models.artifacts import FINETUNED, load_artifact, load_weights, read_card, save_artifact
+from models.backbone import list_architectures
+from models.config import RunConfig, from_dict, load_run_config, to_dict
+from models.data import open_dataset
+from models.errors import Cancelled, DataError, ModelsError
+from models.evaluation import split_evaluator, summary
+from models.heads import HEAD_NAMES
+from models.objectives import OBJECTIVES
+from models.pipeline import build_classifier, cpu_state, finetune, load_state
+from models.synthetic import write_shapes_dataset
+from models.templates import TEMPLATE_SETS
+from models.train import Progress
+from models.wiseft import merge
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
+    try:
+        result: int = args.run(args)
+        return result
+    except (ModelsError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m models", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    p = sub.add_parser("finetune", help="fine-tune a model and write an artifact")
+    p.add_argument("--config", help="YAML run config (defaults when omitted)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides")
+    p.add_argument("--checkpoint-dir", help="keep resumable checkpoints here (resumes if present)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(run=cmd_finetune)
+
+    p = sub.add_parser("eval", help="evaluate an artifact on dataset splits")
+    p.add_argument("artifact")
+    p.add_argument("--data", required=True, help="image folder or manifest")
+    p.add_argument("--splits", nargs="+", default=["val"])
+    p.add_argument("--out", help="also write the metrics JSON here")
+    p.set_defaults(run=cmd_eval)
+
+    p = sub.add_parser("merge", help="re-merge an artifact's fine-tuned weights at a new alpha")
+    p.add_argument("artifact")
+    p.add_argument("--alpha", type=float, required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(run=cmd_merge)
+
+    p = sub.add_parser("predict", help="classify image files with an artifact")
+    p.add_argument("artifact")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--head", choices=HEAD_NAMES, default="dual")
+    p.set_defaults(run=cmd_predict)
+
+    p = sub.add_parser("synthetic", help="write the small synthetic shapes shift dataset")
+    p.add_argument("out")
+    p.add_argument("--per-class", type=int, default=24)
+    p.add_argument("--size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=cmd_synthetic)
+
+    p = sub.add_parser("list", help="architectures, objectives and template sets")
+    p.set_defaults(run=cmd_list)
+    return parser
+
+
+class ProgressBar:
+    """A tqdm bar fed by the training callback."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bar: tqdm[Any] | None = None
+
+    def __call__(self, progress: Progress) -> None:
+        if not self.enabled:
+            return
+        if self.bar is None:
+            self.bar = tqdm(total=progress.total_steps, initial=progress.step - 1, unit="step")
+        if progress.event == "step":
+            self.bar.update(progress.step - self.bar.n)
+            loss = progress.losses.get("loss", float("nan"))
+            self.bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{progress.images_per_s:.1f}")
+        elif progress.metrics:
+            self.bar.write(f"step {progress.step}: {summary(progress.metrics)}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    cfg = load_run_config(args.config, args.overrides)
+    out = Path(cfg.output_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    bar = ProgressBar(not args.no_progress)
+    try:
+        result = finetune(cfg, callback=bar, checkpoint_dir=args.checkpoint_dir, note=print)
+    except Cancelled as exc:
+        print(f"stopped: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        bar.close()
+    # The resolved config goes beside the outputs, so the run can be repeated as it was.
+    with open(out / "config.yaml", "w", encoding="utf-8") as fh:
+        yaml.safe_dump(to_dict(cfg), fh, sort_keys=False)
+    metrics = result.card["metrics"]["selected"]
+    print(f"artifact: {result.artifact.path}")
+    print(f"selected alpha {result.card['wise']['selected_alpha']}: {summary(metrics)}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    artifact = load_artifact(args.artifact)
+    classifier = artifact.classifier
+    ds = open_dataset(args.data, classnames=classifier.classnames)
+    splits = {name: ds.split(name) for name in args.splits}
+    evaluate = split_evaluator(splits, classifier.classnames, classifier.backbone.transform())
+    metrics = evaluate(classifier)
+    text = json.dumps(metrics, indent=2)
+    if args.out:
+        Path(args.out).write_text(text)
+    print(text)
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    card = read_card(args.artifact)
+    finetuned = load_weights(Path(args.artifact) / FINETUNED)
+    cfg = from_dict(RunConfig, card["config"])
+    # Rebuild the zero-shot model exactly as the run started it (same source and seed).
+    classifier = build_classifier(cfg, card["classnames"], card["descriptions"])
+    zeroshot = cpu_state(classifier)
+    load_state(classifier, merge(zeroshot, finetuned, args.alpha))
+    curve = {p["alpha"]: p["metrics"] for p in card["wise"]["curve"]}
+    new_card = {k: v for k, v in card.items() if k not in ("files",)}
+    new_card["wise"] = {**card["wise"], "selected_alpha": args.alpha, "selection": "manual"}
+    new_card["metrics"] = {**card["metrics"], "selected": curve.get(args.alpha)}
+    path = save_artifact(args.out, classifier, new_card, finetuned)
+    print(f"artifact: {path} (alpha {args.alpha})")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    artifact = load_artifact(args.artifact)
+    classifier = artifact.classifier
+    transform = classifier.backbone.transform()
+    images = torch.stack([transform(_open_image(p)) for p in args.images])
+    with torch.no_grad():
+        probs = classifier(images.to(classifier.device), head=args.head).cpu()
+    k = max(1, min(args.top_k, len(classifier.classnames)))
+    for path, row in zip(args.images, probs, strict=True):
+        values, indices = row.topk(k)
+        labels = ", ".join(
+            f"{classifier.classnames[i]} {v:.3f}"
+            for v, i in zip(values.tolist(), indices.tolist(), strict=True)
+        )
+        print(f"{path}: {labels}")
+    return 0
+
+
+def _open_image(path: str) -> Image.Image:
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (UnidentifiedImageError, OSError) as exc:
+        raise DataError(f"cannot read image: {exc}", file=path) from exc
+
+
+def cmd_synthetic(args: argparse.Namespace) -> int:
+    root = write_shapes_dataset(args.out, per_class=args.per_class, size=args.size, seed=args.seed)
+    print(f"dataset: {root} (descriptions: {root / 'descriptions.json'})")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    print("objectives:")
+    for name, text in OBJECTIVES.items():
+        print(f"  {name:9s} {text}")
+    print("template sets: " + ", ".join(f"{k} ({len(v)})" for k, v in TEMPLATE_SETS.items()))
+    print("architectures: " + ", ".join(list_architectures()))
+    return 0

@@ -1,0 +1,296 @@
+"""Run configuration: frozen dataclasses, built from plain dicts (YAML, JSON, API payloads).
+
+Nothing mutates a config; derive new ones with ``dataclasses.replace`` or ``with_overrides``.
+Validation lives in ``__post_init__`` so every way of building a config checks the same rules,
+and every error names the dotted key it is about.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import yaml
+
+from models.errors import ConfigError
+
+OBJECTIVES = ("zeroshot", "ce", "flyp", "drm")
+WRM_READINGS = ("weight", "soft")
+PC_MODES = ("cached", "per_step")
+AMP_MODES = ("auto", "none", "bf16", "fp16")
+SELECTION_RULES = ("best_id_val", "fixed")
+SELECTION_METRICS = ("top1", "macro_f1", "worst_group_acc")
+DEFAULT_ALPHAS = tuple(round(0.1 * i, 1) for i in range(11))
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(message, key=key)
+
+
+def _check_choice(value: str, choices: Sequence[str], key: str) -> None:
+    _check(value in choices, key, f"must be one of {list(choices)}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """Which open_clip model to start from and what of it to train.
+
+    ``arch`` is an open_clip architecture (``ViT-B-16``), ``local-dir:/path``, ``hf-hub:org/repo``,
+    or the path of one of our artifact folders. ``pretrained`` is an open_clip tag (``openai``), a
+    checkpoint file (.pt/.safetensors), or None for random weights.
+    """
+
+    arch: str = "test-tiny-vit"
+    pretrained: str | None = None
+    freeze_text: bool = False
+    # None trains the whole image tower; N unlocks only its top N groups (open_clip's LiT lock).
+    image_unlocked_groups: int | None = None
+
+    def __post_init__(self) -> None:
+        _check(bool(self.arch), "backbone.arch", "must not be empty")
+        groups = self.image_unlocked_groups
+        _check(groups is None or groups >= 0, "backbone.image_unlocked_groups", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """Zero-shot heads: prompt templates for the default head, beta for dual inference."""
+
+    # A built-in template set name (see models.templates) or an explicit list with '{c}'.
+    templates: str | tuple[str, ...] = "generic"
+    beta: float = 0.5
+
+    def __post_init__(self) -> None:
+        _check(0.0 <= self.beta <= 1.0, "head.beta", f"must lie in [0, 1], got {self.beta}")
+        if not isinstance(self.templates, str):
+            _check(len(self.templates) > 0, "head.templates", "must not be an empty list")
+            for t in self.templates:
+                _check("{c}" in t, "head.templates", f"template {t!r} lacks the '{{c}}' slot")
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    """The training objective, by registry name, with DRM's knobs."""
+
+    name: str = "drm"
+    wrm: str = "weight"
+    lam: float = 1.0
+    pc_mode: str = "cached"
+    # FLYP treats same-class pairs off the diagonal as false negatives; masking removes them.
+    mask_same_class: bool = True
+
+    def __post_init__(self) -> None:
+        _check_choice(self.name, OBJECTIVES, "objective.name")
+        _check_choice(self.wrm, WRM_READINGS, "objective.wrm")
+        _check_choice(self.pc_mode, PC_MODES, "objective.pc_mode")
+        _check(self.lam >= 0.0, "objective.lam", f"must be >= 0, got {self.lam}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the images and the class descriptions are, and which splits play which role."""
+
+    path: str = ""
+    descriptions: str | None = None
+    train_split: str = "train"
+    val_split: str = "val"
+    ood_splits: tuple[str, ...] = ()
+    # Random-resized-crop scale range used for training augmentation (FLYP: 0.9-1.0).
+    crop_scale: tuple[float, float] = (0.9, 1.0)
+    num_workers: int = 0
+    check_images: bool = True
+    # Off makes training views deterministic (eval preprocessing); used to check p_c caching.
+    augment: bool = True
+
+    def __post_init__(self) -> None:
+        lo, hi = self.crop_scale
+        _check(0.0 < lo <= hi <= 1.0, "data.crop_scale", "must satisfy 0 < lo <= hi <= 1")
+        _check(self.num_workers >= 0, "data.num_workers", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The optimisation: AdamW, cosine schedule with warm-up, clipping, accumulation."""
+
+    epochs: int = 1
+    max_steps: int | None = None
+    batch_size: int = 32
+    lr: float = 1e-5
+    weight_decay: float = 0.1
+    warmup_steps: int = 0
+    grad_clip: float | None = 1.0
+    grad_accum: int = 1
+    amp: str = "auto"
+    seed: int = 0
+    eval_every: int = 0
+    checkpoint_every: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, "train.epochs", "must be >= 1")
+        _check(self.max_steps is None or self.max_steps >= 1, "train.max_steps", "must be >= 1")
+        _check(self.batch_size >= 2, "train.batch_size", "must be >= 2 (contrastive losses)")
+        _check(self.lr > 0, "train.lr", "must be > 0")
+        _check(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+        _check(self.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
+        clip = self.grad_clip
+        _check(clip is None or clip > 0, "train.grad_clip", "must be > 0 or null")
+        _check(self.grad_accum >= 1, "train.grad_accum", "must be >= 1")
+        _check_choice(self.amp, AMP_MODES, "train.amp")
+        _check(self.eval_every >= 0, "train.eval_every", "must be >= 0")
+        _check(self.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class WiseConfig:
+    """WiSE-FT: which mixing weights to evaluate and how to pick one."""
+
+    alphas: tuple[float, ...] = DEFAULT_ALPHAS
+    # best_id_val: highest ID-validation top-1, ties to the smaller alpha (closer to zero-shot,
+    # which is the more robust end). fixed: take fixed_alpha whatever the curve says.
+    selection: str = "best_id_val"
+    fixed_alpha: float = 0.5
+    # What best_id_val maximises, read from the dual head on the validation split.
+    metric: str = "top1"
+
+    def __post_init__(self) -> None:
+        _check(len(self.alphas) > 0, "wise.alphas", "must not be empty")
+        for a in self.alphas:
+            _check(0.0 <= a <= 1.0, "wise.alphas", f"every alpha must lie in [0, 1], got {a}")
+        _check_choice(self.selection, SELECTION_RULES, "wise.selection")
+        _check(0.0 <= self.fixed_alpha <= 1.0, "wise.fixed_alpha", "must lie in [0, 1]")
+        _check_choice(self.metric, SELECTION_METRICS, "wise.metric")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one fine-tuning run needs. ``output_dir`` receives the artifact."""
+
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    wise: WiseConfig = field(default_factory=WiseConfig)
+    output_dir: str = "runs/latest"
+
+
+T = TypeVar("T")
+
+
+def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
+    """Build dataclass ``cls`` from a plain mapping, refusing unknown keys by name."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"expected a mapping, got {type(data).__name__}", key=prefix or None)
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {unknown}; known: {sorted(names)}", key=prefix or None)
+    kwargs = {k: _coerce(hints[k], v, f"{prefix}{k}") for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    """Coerce a YAML/JSON value to the annotated type, or say which key is wrong."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, prefix=f"{key}.")  # type: ignore[arg-type]
+    if origin in (typing.Union, types.UnionType):
+        return _coerce_union(args, value, key)
+    if origin is tuple:
+        return _coerce_tuple(args, value, key)
+    return _coerce_scalar(tp, value, key)
+
+
+def _coerce_union(args: tuple[Any, ...], value: Any, key: str) -> Any:
+    if value is None and type(None) in args:
+        return None
+    errors = []
+    for arg in args:
+        if arg is type(None):
+            continue
+        try:
+            return _coerce(arg, value, key)
+        except ConfigError as exc:
+            errors.append(str(exc))
+    raise ConfigError(f"{value!r} fits none of the accepted types ({'; '.join(errors)})", key=key)
+
+
+def _coerce_tuple(args: tuple[Any, ...], value: Any, key: str) -> tuple[Any, ...]:
+    if isinstance(value, str) or not isinstance(value, Sequence):
+        raise ConfigError(f"expected a list, got {value!r}", key=key)
+    if len(args) == 2 and args[1] is Ellipsis:
+        return tuple(_coerce(args[0], v, key) for v in value)
+    if len(value) != len(args):
+        raise ConfigError(f"expected {len(args)} values, got {len(value)}", key=key)
+    return tuple(_coerce(a, v, key) for a, v in zip(args, value, strict=True))
+
+
+def _coerce_scalar(tp: Any, value: Any, key: str) -> Any:
+    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):
+        # YAML 1.1 reads "2e-5" (no dot) as a string; users mean the number.
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if tp is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if tp is bool and isinstance(value, bool):
+        return value
+    if tp is str and isinstance(value, str):
+        return value
+    raise ConfigError(f"expected {getattr(tp, '__name__', tp)}, got {value!r}", key=key)
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """Plain JSON/YAML-ready dict (tuples become lists)."""
+    return _plain(dataclasses.asdict(config))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def with_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides (values parsed as YAML) to a nested dict copy."""
+    result: dict[str, Any] = _plain(dict(data))
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        dotted, raw = item.split("=", 1)
+        parts = dotted.strip().split(".")
+        node = result
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"cannot set a sub-key of a {type(child).__name__}", key=dotted)
+            node = child
+        node[parts[-1]] = yaml.safe_load(raw)
+    return result
+
+
+def load_run_config(path: str | None, overrides: Sequence[str] = ()) -> RunConfig:
+    """Read a YAML run config (or start from defaults when ``path`` is None) and apply overrides."""
+    data: Mapping[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                data = yaml.safe_load(fh) or {}
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    return from_dict(RunConfig, with_overrides(data, overrides))

@@ -1,0 +1,257 @@
+"""A whole fine-tuning run: data -> zero-shot -> training -> WiSE-FT sweep -> artifact.
+
+This is what the CLI's ``finetune`` and the service's worker call. It reads nothing from the
+environment; the caller passes the config, a device and where to keep checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import platform
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import open_clip
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from models._version import __version__
+from models.artifacts import Artifact, classifier_card, save_artifact
+from models.backbone import create_backbone, resolve_device
+from models.config import RunConfig, to_dict
+from models.data import (
+    DatasetSplits,
+    ImageDataset,
+    check_descriptions,
+    load_descriptions,
+    open_dataset,
+    validate_splits,
+)
+from models.errors import ConfigError
+from models.evaluation import split_evaluator, summary
+from models.heads import Classifier
+from models.objectives import CorePrior, build_objective
+from models.templates import resolve_templates
+from models.train import Callback, TrainResult, train
+from models.wiseft import CurvePoint, merge, select_alpha, sweep
+
+log = logging.getLogger(__name__)
+Note = Callable[[str], None]
+
+
+@dataclass
+class RunResult:
+    artifact: Artifact
+    card: dict[str, Any]
+
+
+def run_key(cfg: RunConfig) -> str:
+    """What must match for a checkpoint to be continued: everything but where outputs go."""
+    relevant = {k: v for k, v in to_dict(cfg).items() if k != "output_dir"}
+    relevant["train"].pop("device", None)
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def versions() -> dict[str, str]:
+    return {
+        "models": __version__,
+        "torch": torch.__version__,
+        "open_clip": open_clip.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def prepare_data(cfg: RunConfig) -> tuple[DatasetSplits, dict[str, tuple[str, ...]]]:
+    """Open and validate the dataset and its class descriptions; bad data fails here, early."""
+    data = cfg.data
+    if not data.path:
+        raise ConfigError("no dataset given", key="data.path")
+    ds = open_dataset(data.path)
+    required = [data.train_split, data.val_split, *data.ood_splits]
+    validate_splits(ds, required, check_images=data.check_images)
+    if data.descriptions is None:
+        if cfg.objective.name == "drm":
+            raise ConfigError("the drm objective needs class descriptions", key="data.descriptions")
+        # Without descriptions the concept head falls back to the bare class names.
+        return ds, {c: (c,) for c in ds.classnames}
+    descriptions = load_descriptions(data.descriptions)
+    check_descriptions(ds.classnames, descriptions)
+    return ds, descriptions
+
+
+def eval_splits(cfg: RunConfig, ds: DatasetSplits) -> dict[str, Sequence[Any]]:
+    """ID validation, ID test when the dataset has one, and every OOD split asked for."""
+    names = [cfg.data.val_split]
+    if "test" in ds.splits and "test" not in names:
+        names.append("test")
+    names += [s for s in cfg.data.ood_splits if s not in names]
+    return {name: ds.split(name) for name in names}
+
+
+def build_classifier(cfg: RunConfig, classnames: Sequence[str], descriptions: Any) -> Classifier:
+    device = resolve_device(cfg.train.device)
+    # Random-init backbones (the test architectures) must be reproducible from the seed.
+    torch.manual_seed(cfg.train.seed)
+    backbone_cfg = cfg.backbone
+    if cfg.objective.name == "ce" and not backbone_cfg.freeze_text:
+        # ce never uses the text tower's gradients; freezing it keeps weight decay off it.
+        backbone_cfg = dataclasses.replace(backbone_cfg, freeze_text=True)
+    backbone = create_backbone(backbone_cfg, device)
+    templates = resolve_templates(cfg.head.templates)
+    return Classifier(
+        backbone,
+        classnames,
+        templates,
+        descriptions,
+        beta=cfg.head.beta,
+        learned_head=cfg.objective.name == "ce",
+    )
+
+
+def cpu_state(classifier: Classifier) -> dict[str, Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in classifier.state_dict().items()}
+
+
+def core_prior(
+    cfg: RunConfig, classifier: Classifier, train_set: Sequence[Any], classnames: Sequence[str]
+) -> CorePrior | None:
+    if cfg.objective.name != "drm":
+        return None
+    if cfg.objective.pc_mode == "per_step":
+        return CorePrior.per_step(classifier)
+    plain = ImageDataset(train_set, classnames, classifier.backbone.transform(train=False))
+    loader = DataLoader(plain, batch_size=64, num_workers=cfg.data.num_workers)
+    return CorePrior.cached(classifier, loader)
+
+
+def finetune(
+    cfg: RunConfig,
+    *,
+    callback: Callback | None = None,
+    checkpoint_dir: str | Path | None = None,
+    note: Note | None = None,
+) -> RunResult:
+    """Run ``cfg`` end to end and write the artifact to ``cfg.output_dir``."""
+    started = time.monotonic()
+    say = note or log.info
+    ds, descriptions = prepare_data(cfg)
+    classifier = build_classifier(cfg, ds.classnames, descriptions)
+    evaluate = split_evaluator(
+        eval_splits(cfg, ds),
+        ds.classnames,
+        classifier.backbone.transform(train=False),
+        num_workers=cfg.data.num_workers,
+    )
+    zeroshot_state = cpu_state(classifier)
+    zeroshot_metrics = evaluate(classifier)
+    say(f"zero-shot (dual): {summary(zeroshot_metrics)}")
+
+    objective = build_objective(
+        cfg.objective,
+        classifier,
+        cfg.train.seed,
+        core_prior(cfg, classifier, ds.split(cfg.data.train_split), ds.classnames),
+    )
+    result: TrainResult | None = None
+    curve: list[CurvePoint] = [CurvePoint(0.0, zeroshot_metrics)]
+    finetuned_state = None
+    selected = 0.0
+    if objective.trains:
+        train_set = ImageDataset(ds.split(cfg.data.train_split), ds.classnames)
+        result = train(
+            classifier,
+            objective,
+            train_set,
+            cfg.train,
+            transform=classifier.backbone.transform(cfg.data.augment, cfg.data.crop_scale),
+            callback=callback,
+            evaluate=_refreshing(evaluate),
+            checkpoint_dir=checkpoint_dir,
+            num_workers=cfg.data.num_workers,
+            run_key=run_key(cfg),
+        )
+        finetuned_state = cpu_state(classifier)
+        curve = sweep(zeroshot_state, finetuned_state, cfg.wise.alphas, _at(classifier, evaluate))
+        selected = select_alpha(curve, cfg.wise, split=cfg.data.val_split)
+        load_state(classifier, merge(zeroshot_state, finetuned_state, selected))
+        if selected not in {p.alpha for p in curve}:  # a fixed alpha off the swept grid
+            curve = sorted([*curve, CurvePoint(selected, evaluate(classifier))], key=_alpha)
+        for point in curve:
+            say(f"alpha {point.alpha:.2f}: {summary(point.metrics)}")
+        say(f"selected alpha {selected} ({cfg.wise.selection})")
+
+    card = run_card(cfg, ds, curve, selected, zeroshot_metrics, result, time.monotonic() - started)
+    path = save_artifact(cfg.output_dir, classifier, card, finetuned_state)
+    artifact = Artifact(classifier, {**classifier_card(classifier), **card}, path)
+    return RunResult(artifact, artifact.card)
+
+
+def _alpha(point: CurvePoint) -> float:
+    return point.alpha
+
+
+def load_state(classifier: Classifier, state: Mapping[str, Tensor]) -> None:
+    """Load a (merged) state and rebuild the text-derived heads from its text tower."""
+    classifier.load_state_dict(state, strict=True)
+    classifier.refresh_heads()
+
+
+def _at(classifier: Classifier, evaluate: Callable[[Classifier], dict[str, Any]]) -> Any:
+    def evaluate_state(state: dict[str, Tensor]) -> dict[str, Any]:
+        load_state(classifier, state)
+        return evaluate(classifier)
+
+    return evaluate_state
+
+
+def _refreshing(evaluate: Callable[[Classifier], dict[str, Any]]) -> Any:
+    """During training the heads lag the text tower; rebuild them before each evaluation."""
+
+    def run(classifier: Classifier) -> dict[str, Any]:
+        classifier.refresh_heads()
+        return evaluate(classifier)
+
+    return run
+
+
+def run_card(
+    cfg: RunConfig,
+    ds: DatasetSplits,
+    curve: Sequence[CurvePoint],
+    selected: float,
+    zeroshot_metrics: dict[str, Any],
+    result: TrainResult | None,
+    wall_s: float,
+) -> dict[str, Any]:
+    """Everything about the run worth keeping beside the weights."""
+    by_alpha = {p.alpha: p.metrics for p in curve}
+    return {
+        "config": to_dict(cfg),
+        "objective": cfg.objective.name,
+        "dataset": {"source": ds.source, "fingerprint": ds.fingerprint, "counts": ds.counts()},
+        "wise": {
+            "alphas": [p.alpha for p in curve],
+            "selection": cfg.wise.selection,
+            "metric": cfg.wise.metric,
+            "selected_alpha": selected,
+            "curve": [{"alpha": p.alpha, "metrics": p.metrics} for p in curve],
+        },
+        "metrics": {
+            "zeroshot": zeroshot_metrics,
+            "finetuned": by_alpha.get(1.0),
+            "selected": by_alpha.get(selected),
+        },
+        "training": None
+        if result is None
+        else {"steps": result.steps, "final_losses": result.losses, "evals": result.evals},
+        "wall_s": wall_s,
+        "versions": versions(),
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }

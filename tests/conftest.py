@@ -1,0 +1,34 @@
+"""Shared fixtures: a tiny random open_clip model and a small synthetic shift dataset."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.backbone import create_backbone
+from models.config import BackboneConfig
+from models.heads import Classifier
+from models.synthetic import CLASSES, DESCRIPTIONS, write_shapes_dataset
+
+logging.getLogger("root").setLevel(logging.ERROR)
+
+
+@pytest.fixture(scope="session")
+def shapes_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The synthetic shapes dataset (train/val/test/ood_test), written once per session."""
+    return write_shapes_dataset(tmp_path_factory.mktemp("shapes"), per_class=8, size=32)
+
+
+def make_classifier(seed: int = 0) -> Classifier:
+    """A tiny random classifier over the shapes classes; the same weights for the same seed."""
+    torch.manual_seed(seed)
+    backbone = create_backbone(BackboneConfig(arch="test-tiny-vit"))
+    return Classifier(backbone, CLASSES, ["a photo of a {c}.", "a {c}."], DESCRIPTIONS, beta=0.5)
+
+
+@pytest.fixture
+def classifier() -> Classifier:
+    return make_classifier()

@@ -1,0 +1,92 @@
+"""The whole run through the CLI, as a user would: finetune, predict, eval, merge."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.artifacts import load_artifact
+from models.cli import main
+from models.config import load_run_config
+from models.errors import ConfigError
+from models.pipeline import finetune
+
+pytestmark = pytest.mark.slow
+
+
+def _overrides(root: Path, out: Path, objective: str = "drm") -> list[str]:
+    return [
+        f"data.path={root}",
+        f"data.descriptions={root / 'descriptions.json'}",
+        "data.ood_splits=[ood_test]",
+        f"objective.name={objective}",
+        "train.epochs=2",
+        "train.batch_size=8",
+        "train.lr=0.001",
+        "wise.alphas=[0, 0.5, 1]",
+        f"output_dir={out}",
+    ]
+
+
+@pytest.mark.parametrize("objective", ["ce", "flyp", "drm"])
+def test_finetune_writes_a_complete_card(shapes_root: Path, tmp_path: Path, objective: str) -> None:
+    cfg = load_run_config(None, _overrides(shapes_root, tmp_path / "m", objective))
+    result = finetune(cfg)
+    card = result.card
+    assert [p["alpha"] for p in card["wise"]["curve"]] == [0.0, 0.5, 1.0]
+    assert card["wise"]["selected_alpha"] in (0.0, 0.5, 1.0)
+    assert set(card["metrics"]["zeroshot"]) == {"val", "test", "ood_test"}
+    assert set(card["metrics"]["zeroshot"]["val"]) == {"default", "concept", "dual"}
+    assert card["dataset"]["fingerprint"] and card["versions"]["torch"] == torch.__version__
+    assert card["descriptions"]["circle"] and card["templates"]
+    # The alpha = 0 end of the curve is the zero-shot model, evaluated the same way.
+    assert card["wise"]["curve"][0]["metrics"] == card["metrics"]["zeroshot"]
+    loaded = load_artifact(tmp_path / "m", verify=True)
+    images = torch.randn(3, 3, 32, 32)
+    assert torch.equal(loaded.classifier(images), result.artifact.classifier.eval()(images))
+
+
+def test_drm_without_descriptions_is_refused(shapes_root: Path, tmp_path: Path) -> None:
+    overrides = [o for o in _overrides(shapes_root, tmp_path) if "descriptions" not in o]
+    with pytest.raises(ConfigError, match="data.descriptions"):
+        finetune(load_run_config(None, overrides))
+
+
+def test_cli_finetune_predict_eval_merge(shapes_root: Path, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "m"
+    args = ["finetune", "--no-progress"]
+    for item in _overrides(shapes_root, out):
+        args += ["--set", item]
+    assert main(args) == 0
+    assert (out / "config.yaml").is_file()
+    image = shapes_root / "ood_test" / "circle" / "0000.png"
+    assert main(["predict", str(out), str(image), "--top-k", "2"]) == 0
+    assert str(image) in capsys.readouterr().out
+    assert main(["eval", str(out), "--data", str(shapes_root), "--splits", "ood_test"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert 0.0 <= metrics["ood_test"]["dual"]["top1"] <= 1.0
+    assert main(["merge", str(out), "--alpha", "0.5", "--out", str(tmp_path / "half")]) == 0
+    half = load_artifact(tmp_path / "half")
+    assert half.card["wise"]["selected_alpha"] == 0.5
+
+
+def test_cli_reports_user_errors_in_one_line(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    assert main(["finetune", "--set", "train.lr=-1"]) == 2
+    assert "train.lr" in capsys.readouterr().err
+    assert main(["predict", str(tmp_path), "x.png"]) == 2
+    assert "not an artifact" in capsys.readouterr().err
+
+
+def test_models_imports_no_framework() -> None:
+    code = (
+        "import sys, models, models.cli; "
+        "bad = [m for m in ('fastapi', 'celery', 'sqlalchemy', 'pydantic_settings', 'service', "
+        "'worker') if m in sys.modules]; print(bad)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

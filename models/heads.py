@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.backbone import Backbone
+from models.backbone import Backbone, encode_text
 from models.errors import ConfigError
 from models.templates import fill
 
@@ -41,7 +41,7 @@ def encode_texts(backbone: Backbone, texts: Sequence[str], device: torch.device)
     with torch.no_grad():
         for start in range(0, len(texts), TEXT_BATCH):
             tokens = backbone.tokenizer(list(texts[start : start + TEXT_BATCH])).to(device)
-            chunks.append(F.normalize(backbone.model.encode_text(tokens).float(), dim=-1))
+            chunks.append(F.normalize(encode_text(backbone.model, tokens).float(), dim=-1))
     return torch.cat(chunks)
 
 

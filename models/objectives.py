@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models.backbone import encode_text
 from models.config import ObjectiveConfig
 from models.heads import Classifier
 
@@ -79,7 +80,7 @@ class DualEncoder(nn.Module):
         image_features = F.normalize(clip.encode_image(images), dim=-1)
         text_features = None
         if tokens is not None:
-            text_features = F.normalize(clip.encode_text(tokens), dim=-1)
+            text_features = F.normalize(encode_text(clip, tokens), dim=-1)
         return image_features, text_features, clip.logit_scale.exp()
 
 

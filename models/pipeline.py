@@ -82,7 +82,7 @@ def prepare_data(cfg: RunConfig) -> tuple[DatasetSplits, dict[str, tuple[str, ..
         # Without descriptions the concept head falls back to the bare class names.
         return ds, {c: (c,) for c in ds.classnames}
     descriptions = load_descriptions(data.descriptions)
-    check_descriptions(ds.classnames, descriptions)
+    check_descriptions(ds.classnames, descriptions, file=data.descriptions)
     return ds, descriptions
 
 

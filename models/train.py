@@ -147,14 +147,18 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
 
 
 def _batches(
-    view: SeededView, cfg: TrainConfig, epoch: int, start: int, device: torch.device
+    view: SeededView,
+    cfg: TrainConfig,
+    epoch: int,
+    start: int,
+    device: torch.device,
+    num_workers: int,
 ) -> Iterator[Batch]:
     rank, world_size = world()
     view.epoch = epoch
     order = epoch_order(len(view), cfg.seed, epoch, rank, world_size)
     usable = batches_per_epoch(len(view), cfg.batch_size, world_size) * cfg.batch_size
     order = order[:usable][start * cfg.batch_size :]
-    num_workers = getattr(view, "num_workers", 0)
     loader = DataLoader(view, batch_size=cfg.batch_size, sampler=order, num_workers=num_workers)
     for images, labels, indices in loader:
         yield Batch(images.to(device, non_blocking=True), labels.to(device), indices)
@@ -248,7 +252,6 @@ def train(
     folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
 
     view = SeededView(dataset, transform, cfg.seed)
-    view.num_workers = num_workers  # type: ignore[attr-defined]
     steps_per_epoch = max(
         1, batches_per_epoch(len(view), cfg.batch_size, world_size) // cfg.grad_accum
     )
@@ -292,13 +295,12 @@ def train(
     window_start, window_images = time.monotonic(), 0
     while step < total:
         epoch = step // steps_per_epoch
-        micro_batches = _batches(
-            view, cfg, epoch, (step % steps_per_epoch) * cfg.grad_accum, device
-        )
+        start = (step % steps_per_epoch) * cfg.grad_accum
+        micro_batches = _batches(view, cfg, epoch, start, device, num_workers)
         while step < total and step // steps_per_epoch == epoch:
             group = [b for _, b in zip(range(cfg.grad_accum), micro_batches, strict=False)]
-            if not group:
-                break
+            if not group:  # cannot happen with the counts above; never spin on an empty loader
+                raise TrainingError(f"the data loader ran dry in epoch {epoch} at step {step}")
             parts_seen = []
             for i, batch in enumerate(group):
                 # Only the last micro-batch of an accumulation group syncs gradients in DDP.

@@ -1,0 +1,200 @@
+"""The FastAPI app: ``create_app(settings)``; the lifespan opens what requests share."""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import torch
+from celery import Celery
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from models.errors import ArtifactError, BackboneError, ConfigError, DataError
+from service.auth.service import SCOPES, store_key
+from service.context import AppContext
+from service.datasets.router import router as datasets_router
+from service.db.engine import make_engine, make_sessionmaker
+from service.db.migrate import upgrade
+from service.descriptions.router import router as descriptions_router
+from service.errors import ServiceError
+from service.health.router import router as health_router
+from service.jobs.router import router as jobs_router
+from service.limits import BodySizeLimit
+from service.observability import Metrics, middleware
+from service.predict import service as predict_service
+from service.predict.cache import ModelCache
+from service.predict.router import router as predict_router
+from service.registry.router import router as registry_router
+from service.settings import Settings
+from service.storage import ArtifactStore
+from worker.contracts import celery_config
+
+log = logging.getLogger(__name__)
+
+
+def build_context(settings: Settings) -> AppContext:
+    if settings.auto_migrate:
+        upgrade(settings.database_url)
+    engine = make_engine(settings.database_url)
+    sessions = make_sessionmaker(engine)
+    if settings.bootstrap_api_key:
+        with sessions() as session:
+            store_key(session, "bootstrap", settings.bootstrap_api_key, SCOPES)
+    broker = Celery("rcs-api", set_as_current=False)
+    broker.conf.update(celery_config(settings.broker_url, settings.visibility_timeout_s))
+    return AppContext(
+        settings=settings,
+        engine=engine,
+        sessions=sessions,
+        store=ArtifactStore(settings.artifacts_url, settings.artifact_cache_dir),
+        broker=broker,
+        models=ModelCache(settings.model_cache_bytes, _device(settings.device)),
+        metrics=Metrics(),
+    )
+
+
+def _device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def load_default_model(ctx: AppContext) -> None:
+    """Load and warm the default model; readiness waits for this."""
+    ref = ctx.settings.default_model
+    if ref is None:
+        return
+    try:
+        with ctx.sessions() as session:
+            predict_service.model_for(ctx, session, ref)
+        ctx.default_model_ready = True
+        log.info("default model %s loaded and warmed up", ref)
+    except Exception as exc:  # reported by /readyz; the API still serves everything else
+        ctx.default_model_error = f"{type(exc).__name__}: {exc}"
+        log.warning("default model %s failed to load: %s", ref, exc)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.torch_threads > 0:
+            torch.set_num_threads(settings.torch_threads)
+        ctx = build_context(settings)
+        app.state.ctx = ctx
+        loader = threading.Thread(target=load_default_model, args=(ctx,), daemon=True)
+        loader.start()
+        try:
+            yield
+        finally:
+            ctx.engine.dispose()
+            ctx.broker.close()
+
+    app = FastAPI(
+        title="Robust CLIP fine-tuning service",
+        version="0.1.0",
+        summary="Fine-tune CLIP-style zero-shot classifiers with DRM/FLYP/WiSE-FT and serve them",
+        lifespan=lifespan,
+    )
+    for router in (
+        jobs_router,
+        datasets_router,
+        descriptions_router,
+        registry_router,
+        predict_router,
+        health_router,
+    ):
+        app.include_router(router)
+    _install_error_handlers(app)
+    app.middleware("http")(_record_metrics)
+    app.add_middleware(BodySizeLimit, limit_for=_limits(settings))
+    return app
+
+
+async def _record_metrics(request: Request, call_next: Any) -> Any:
+    ctx: AppContext | None = getattr(request.app.state, "ctx", None)
+    if ctx is None:
+        return await call_next(request)
+    return await middleware(ctx.metrics)(request, call_next)
+
+
+def _limits(settings: Settings) -> Any:
+    def limit_for(path: str) -> int | None:
+        if path == "/predict":
+            return settings.max_predict_bytes
+        if path == "/datasets/upload":
+            return settings.max_upload_bytes
+        return 1024 * 1024  # JSON bodies of every other route
+
+    return limit_for
+
+
+def error_body(status: int, code: str, message: str, param: str | None) -> JSONResponse:
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    return JSONResponse(
+        {"error": {"code": code, "message": message, "param": param, "type": kind}}, status
+    )
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ServiceError)
+    async def service_error(_: Request, exc: ServiceError) -> JSONResponse:
+        return error_body(exc.status, exc.code, exc.message, exc.param)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        param, message = describe_validation(exc.errors())
+        return error_body(422, "invalid_request", message, param)
+
+    @app.exception_handler(ConfigError)
+    async def config_error(_: Request, exc: ConfigError) -> JSONResponse:
+        return error_body(422, "invalid_config", str(exc), exc.key)
+
+    @app.exception_handler(DataError)
+    async def data_error(_: Request, exc: DataError) -> JSONResponse:
+        return error_body(422, "invalid_data", str(exc), None)
+
+    @app.exception_handler(BackboneError)
+    async def backbone_error(_: Request, exc: BackboneError) -> JSONResponse:
+        return error_body(422, "invalid_model", str(exc), "model")
+
+    @app.exception_handler(ArtifactError)
+    async def artifact_error(_: Request, exc: ArtifactError) -> JSONResponse:
+        # A stored artifact that cannot be read: the model is unavailable, not the request wrong.
+        return error_body(503, "model_unavailable", str(exc), None)
+
+
+def describe_validation(errors: Any) -> tuple[str | None, str]:
+    """The first error as (dotted field, message), with the core's config key appended."""
+    first = errors[0]
+    loc = [str(p) for p in first.get("loc", ()) if _is_field(p)]
+    error = (first.get("ctx") or {}).get("error")
+    if isinstance(error, ConfigError) and error.key:
+        loc.append(error.key.split(".", 1)[-1])
+    param = ".".join(loc) or None
+    message = str(first.get("msg", "invalid request")).removeprefix("Value error, ")
+    if param and first.get("type") == "missing":
+        message = "field required"
+    return param, f"{param}: {message}" if param else message
+
+
+_LOCATIONS = {"body", "query", "header", "path"}
+# Pydantic puts the union member it tried into the location ("int", "constrained-float", ...).
+_TYPE_TAGS = {"int", "float", "str", "bool", "dict", "list", "none", "tuple"}
+
+
+def _is_field(part: object) -> bool:
+    if isinstance(part, int):
+        return True
+    text = str(part)
+    return text not in _LOCATIONS and text not in _TYPE_TAGS and not re.search(r"[\[\]\-]", text)
+
+
+def app_from_env() -> FastAPI:
+    """For ``uvicorn --factory service.app:app_from_env``: settings from RCS_* variables."""
+    return create_app(Settings())

@@ -1,0 +1,1 @@
+"""API keys, hashed at rest, with two scopes: ``predict`` and ``train``."""

@@ -1,0 +1,45 @@
+"""What the app's lifespan builds once and every request shares."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from fastapi import Request
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.settings import Settings
+from service.storage import ArtifactStore
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+    from service.observability import Metrics
+    from service.predict.cache import ModelCache
+
+
+@dataclass
+class AppContext:
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    store: ArtifactStore
+    broker: Celery
+    models: ModelCache
+    metrics: Metrics
+    # Set once the default model is loaded and has answered one forward pass.
+    default_model_ready: bool = False
+    default_model_error: str | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+def get_ctx(request: Request) -> AppContext:
+    ctx: AppContext = request.app.state.ctx
+    return ctx
+
+
+def session_scope(ctx: AppContext) -> Iterator[Session]:
+    with ctx.sessions() as session:
+        yield session

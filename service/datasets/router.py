@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from service.auth.deps import AnyKey, TrainKey
+from service.datasets import service
+from service.datasets.schemas import DatasetFromPath, DatasetObject
+from service.deps import Ctx, Db
+from service.errors import InvalidRequest
+from service.schemas import ERROR_RESPONSES, ListResponse
+
+router = APIRouter(prefix="/datasets", tags=["datasets"], responses=ERROR_RESPONSES)
+
+
+@router.post("", response_model=DatasetObject)
+def register_from_path(body: DatasetFromPath, ctx: Ctx, db: Db, _: TrainKey) -> DatasetObject:
+    """Register a dataset folder (or .csv/.jsonl manifest) under an allowed server root."""
+    return DatasetObject.of(service.register_path(db, ctx.settings, body.name, body.path))
+
+
+@router.post(
+    "/upload",
+    response_model=DatasetObject,
+    openapi_extra={
+        "requestBody": {
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["file", "name"],
+                        "properties": {
+                            "name": {"type": "string"},
+                            "file": {"type": "string", "format": "binary"},
+                        },
+                    }
+                }
+            }
+        }
+    },
+)
+async def register_upload(request: Request, ctx: Ctx, db: Db, _: TrainKey) -> DatasetObject:
+    """Upload a .zip or .tar(.gz) of an image folder; capped by RCS_MAX_UPLOAD_BYTES."""
+    # Parsed here rather than by FastAPI so the size-limit middleware sees the stream first.
+    async with request.form(max_files=1, max_fields=4) as form:
+        upload, name = form.get("file"), form.get("name")
+        if not isinstance(upload, UploadFile):
+            raise InvalidRequest("a multipart 'file' part with the archive is required", "file")
+        if not isinstance(name, str) or not name.strip():
+            raise InvalidRequest("a non-empty 'name' field is required", "name")
+        row = await run_in_threadpool(
+            service.register_upload,
+            db,
+            ctx.settings,
+            name.strip(),
+            upload.filename or "",
+            upload.file,
+        )
+    return DatasetObject.of(row)
+
+
+@router.get("", response_model=ListResponse[DatasetObject])
+def list_datasets(
+    db: Db,
+    _: AnyKey,
+    after: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> ListResponse[DatasetObject]:
+    rows, more = service.list_all(db, after, limit)
+    return ListResponse(data=[DatasetObject.of(r) for r in rows], has_more=more)
+
+
+@router.get("/{dataset_id}", response_model=DatasetObject)
+def get_dataset(dataset_id: str, db: Db, _: AnyKey) -> DatasetObject:
+    return DatasetObject.of(service.get(db, dataset_id))

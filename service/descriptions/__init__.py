@@ -1,0 +1,1 @@
+"""Class descriptions: named sets, each POST adding a new immutable version."""

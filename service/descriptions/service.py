@@ -1,0 +1,69 @@
+"""Store description sets as versions of a name, and resolve references to them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from service.db.tables import DescriptionSet, new_id
+from service.errors import Conflict, InvalidRequest, NotFound
+
+RETRIES = 5
+
+
+def create(session: Session, name: str, descriptions: dict[str, list[str]]) -> DescriptionSet:
+    """A new version of ``name``; concurrent creators retry on the (name, version) key."""
+    for _ in range(RETRIES):
+        latest = session.scalar(
+            select(func.max(DescriptionSet.version)).where(DescriptionSet.name == name)
+        )
+        row = DescriptionSet(
+            id=new_id("desc"), name=name, version=(latest or 0) + 1, descriptions=descriptions
+        )
+        session.add(row)
+        try:
+            session.commit()
+            return row
+        except IntegrityError:
+            session.rollback()
+    raise Conflict(f"could not allocate a version of {name!r}; retry")
+
+
+def get(session: Session, set_id: str) -> DescriptionSet:
+    row = session.get(DescriptionSet, set_id)
+    if row is None:
+        raise NotFound(f"no description set {set_id!r}")
+    return row
+
+
+def resolve(session: Session, ref: str, param: str) -> DescriptionSet:
+    """``desc-...`` (an id), ``name`` (its latest version) or ``name/3``."""
+    if ref.startswith("desc-"):
+        row = session.get(DescriptionSet, ref)
+    else:
+        name, _, version = ref.partition("/")
+        query = select(DescriptionSet).where(DescriptionSet.name == name)
+        if version:
+            if not version.isdigit():
+                raise InvalidRequest(f"bad description set reference {ref!r}", param)
+            query = query.where(DescriptionSet.version == int(version))
+        row = session.scalar(query.order_by(DescriptionSet.version.desc()).limit(1))
+    if row is None:
+        raise InvalidRequest(f"no description set {ref!r}", param)
+    return row
+
+
+def list_all(
+    session: Session, name: str | None, after: str | None, limit: int
+) -> tuple[list[DescriptionSet], bool]:
+    query: Any = select(DescriptionSet)
+    if name is not None:
+        query = query.where(DescriptionSet.name == name)
+    query = query.order_by(DescriptionSet.id.desc())
+    if after is not None:
+        query = query.where(DescriptionSet.id < after)
+    rows = list(session.scalars(query.limit(limit + 1)))
+    return rows[:limit], len(rows) > limit

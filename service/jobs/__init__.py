@@ -1,0 +1,1 @@
+"""Fine-tuning jobs (after the OpenAI fine-tuning jobs API)."""

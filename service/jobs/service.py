@@ -1,0 +1,324 @@
+"""Creating, reading and cancelling jobs.
+
+A job is validated completely before anything is stored (a bad request is a 422 naming the
+field, and nothing is queued); it is committed, and only then is the task sent by name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from models.backbone import list_architectures, list_pretrained
+from models.config import RunConfig, from_dict, to_dict
+from models.data import check_descriptions
+from models.errors import ConfigError, DataError
+from service.datasets import service as datasets
+from service.db.tables import Dataset, Job, JobCheckpoint, JobEvent, new_id
+from service.descriptions import service as description_sets
+from service.errors import Conflict, InvalidRequest, NotFound, Unavailable
+from service.jobs import state
+from service.jobs.schemas import FineTuneRequest, Hyperparameters
+from service.registry import service as registry
+from service.settings import Settings
+
+# Where a core config key came from in the request, for 422s that name the request's field.
+PARAM_OF_KEY = {
+    "train.epochs": "hyperparameters.n_epochs",
+    "train.batch_size": "hyperparameters.batch_size",
+    "train.lr": "hyperparameters.learning_rate",
+    "train.weight_decay": "hyperparameters.weight_decay",
+    "train.warmup_steps": "hyperparameters.warmup_steps",
+    "train.max_steps": "hyperparameters.max_steps",
+    "train.seed": "seed",
+    "backbone.arch": "model",
+}
+REGISTRY_PREFIX = "models:/"
+Sender = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Base:
+    model: str
+    backbone: dict[str, Any]
+    version_id: int | None
+    pretrained: bool
+
+
+def request_hash(body: FineTuneRequest) -> str:
+    canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def find_idempotent(session: Session, scope: str, key: str) -> Job | None:
+    return session.scalar(
+        select(Job).where(Job.idempotency_scope == scope, Job.idempotency_key == key)
+    )
+
+
+def _same_request(job: Job, digest: str) -> Job:
+    if job.request_hash != digest:
+        raise Conflict("Idempotency-Key was used with a different request", "Idempotency-Key")
+    return job
+
+
+def create(
+    session: Session,
+    settings: Settings,
+    body: FineTuneRequest,
+    send: Sender,
+    scope: str,
+    idempotency_key: str | None,
+) -> tuple[Job, bool]:
+    """The job and whether it was created now (False: an earlier request with the same key)."""
+    digest = request_hash(body)
+    if idempotency_key is not None:
+        existing = find_idempotent(session, scope, idempotency_key)
+        if existing is not None:
+            return _same_request(existing, digest), False
+    job = build(session, settings, body)
+    job.idempotency_scope, job.idempotency_key, job.request_hash = scope, idempotency_key, digest
+    session.add(job)
+    state.add_event(session, job.id, f"Validated dataset {job.dataset_id} and descriptions")
+    state.add_event(session, job.id, "Job queued")
+    try:
+        session.commit()
+    except IntegrityError:
+        # A concurrent request with the same key won the race: answer with its job.
+        session.rollback()
+        if idempotency_key is None:
+            raise
+        winner = find_idempotent(session, scope, idempotency_key)
+        if winner is None:
+            raise
+        return _same_request(winner, digest), False
+    try:
+        send(job.id)
+    except Exception as exc:  # any broker failure: the job must not stay queued forever
+        state.fail(session, job.id, "queue_unavailable", f"could not queue the job: {exc}")
+        raise Unavailable("the task queue is unavailable; the job was not queued") from exc
+    return job, True
+
+
+def build(session: Session, settings: Settings, body: FineTuneRequest) -> Job:
+    dataset = datasets.get(session, body.dataset, param="dataset")
+    splits = _splits(body, dataset)
+    descriptions, set_id = _descriptions(session, body, dataset)
+    base = _base_model(session, body)
+    seed = body.seed if body.seed is not None else secrets.randbelow(2**31)
+    hyper = resolve_hyperparameters(body.hyperparameters, _train_count(dataset, splits[0]), base)
+    run = run_config(settings, body, dataset, splits, base, hyper, seed)
+    return Job(
+        id=new_id("ftjob"),
+        status="queued",
+        model=base.model,
+        method={"type": body.method.type, "objective": to_dict(run.objective)},
+        hyperparameters=hyper,
+        wise_ft=to_dict(run.wise),
+        seed=seed,
+        metadata_=dict(body.metadata),
+        registered_model_name=body.registered_model_name,
+        dataset_id=dataset.id,
+        description_set_id=set_id,
+        descriptions=descriptions,
+        run_config=to_dict(run),
+        base_version_id=base.version_id,
+        progress_step=0,
+        progress_total=hyper["max_steps"],
+        attempts=0,
+    )
+
+
+def _splits(body: FineTuneRequest, dataset: Dataset) -> tuple[str, str, list[str]]:
+    available = list(dataset.counts)
+    for field, name in (("train", body.splits.train), ("validation", body.splits.validation)):
+        if name not in available:
+            raise InvalidRequest(
+                f"the dataset has no split {name!r} ({available})", f"splits.{field}"
+            )
+    ood = body.splits.ood
+    if ood is None:
+        ood = [s for s in available if s.startswith("ood")]
+    missing = [s for s in ood if s not in available]
+    if missing:
+        raise InvalidRequest(f"the dataset has no split(s) {missing} ({available})", "splits.ood")
+    return body.splits.train, body.splits.validation, ood
+
+
+def _train_count(dataset: Dataset, split: str) -> int:
+    return int(sum(dataset.counts[split].values()))
+
+
+def _descriptions(
+    session: Session, body: FineTuneRequest, dataset: Dataset
+) -> tuple[dict[str, list[str]] | None, str | None]:
+    value, set_id = body.descriptions, None
+    if isinstance(value, str):
+        row = description_sets.resolve(session, value, "descriptions")
+        value, set_id = dict(row.descriptions), row.id
+    if value is None:
+        if body.method.type == "drm":
+            raise InvalidRequest("the drm method needs class descriptions", "descriptions")
+        return None, None
+    texts = {k: [v] if isinstance(v, str) else list(v) for k, v in value.items()}
+    try:
+        check_descriptions(dataset.classes, texts)
+    except DataError as exc:
+        raise InvalidRequest(f"{exc} (dataset {dataset.id})", "descriptions") from exc
+    return texts, set_id
+
+
+def _base_model(session: Session, body: FineTuneRequest) -> Base:
+    if body.model.startswith(REGISTRY_PREFIX):
+        if body.pretrained is not None:
+            raise InvalidRequest("a registry model carries its own weights", "pretrained")
+        version = registry.resolve(session, body.model, "model")
+        ref = f"{REGISTRY_PREFIX}{version.name}/{version.version}"
+        # The worker swaps the reference for a local copy of the artifact folder.
+        return Base(ref, {"arch": ref, "pretrained": None}, version.id, True)
+    if body.model not in list_architectures() and not body.model.startswith("hf-hub:"):
+        raise InvalidRequest(
+            f"unknown model {body.model!r}: expected an open_clip architecture or "
+            f"'{REGISTRY_PREFIX}name[/version|@alias]'",
+            "model",
+        )
+    if body.pretrained is not None and body.pretrained not in list_pretrained(body.model):
+        tags = list_pretrained(body.model)
+        raise InvalidRequest(
+            f"{body.model} has no pretrained tag {body.pretrained!r} ({tags})", "pretrained"
+        )
+    backbone = {"arch": body.model, "pretrained": body.pretrained}
+    return Base(body.model, backbone, None, body.pretrained is not None)
+
+
+def resolve_hyperparameters(hp: Hyperparameters, n_train: int, base: Base) -> dict[str, Any]:
+    """Turn every "auto" into a number, from the training-set size."""
+    batch = hp.batch_size if hp.batch_size != "auto" else _auto_batch(n_train)
+    steps_per_epoch = max(1, n_train // batch)
+    # Small sets get enough passes for ~100 steps; large ones at most the FLYP-like 20 epochs.
+    epochs = hp.n_epochs if hp.n_epochs != "auto" else min(20, math.ceil(100 / steps_per_epoch))
+    total = hp.max_steps if hp.max_steps != "auto" else epochs * steps_per_epoch
+    # FLYP's 1e-5 keeps pretrained features; a random-init backbone has none to keep.
+    lr = hp.learning_rate if hp.learning_rate != "auto" else (1e-5 if base.pretrained else 5e-4)
+    return {
+        "n_epochs": epochs,
+        "batch_size": batch,
+        "learning_rate": lr,
+        "weight_decay": hp.weight_decay if hp.weight_decay != "auto" else 0.1,
+        "warmup_steps": hp.warmup_steps if hp.warmup_steps != "auto" else min(500, total // 10),
+        "max_steps": total,
+    }
+
+
+def _auto_batch(n_train: int) -> int:
+    target = max(2, min(256, n_train // 4))
+    return 1 << (target.bit_length() - 1)
+
+
+def run_config(
+    settings: Settings,
+    body: FineTuneRequest,
+    dataset: Dataset,
+    splits: tuple[str, str, list[str]],
+    base: Base,
+    hyper: dict[str, Any],
+    seed: int,
+) -> RunConfig:
+    objective: dict[str, Any] = to_dict(body.method.objective) if body.method.objective else {}
+    data = {
+        "path": dataset.path,
+        "train_split": splits[0],
+        "val_split": splits[1],
+        "ood_splits": splits[2],
+        # Every image was decoded at registration; the worker re-checks the fingerprint.
+        "check_images": False,
+    }
+    train = {
+        "epochs": hyper["n_epochs"],
+        "max_steps": hyper["max_steps"],
+        "batch_size": hyper["batch_size"],
+        "lr": hyper["learning_rate"],
+        "weight_decay": hyper["weight_decay"],
+        "warmup_steps": hyper["warmup_steps"],
+        "seed": seed,
+        "checkpoint_every": settings.checkpoint_every,
+    }
+    raw = {
+        "backbone": base.backbone,
+        "objective": {**objective, "name": body.method.type},
+        "data": data,
+        "train": train,
+        "head": to_dict(body.head) if body.head else {},
+        "wise": to_dict(body.wise_ft) if body.wise_ft else {},
+    }
+    try:
+        return from_dict(RunConfig, raw)
+    except ConfigError as exc:
+        raise InvalidRequest(str(exc), PARAM_OF_KEY.get(exc.key or "", exc.key)) from exc
+
+
+def get(session: Session, job_id: str) -> Job:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise NotFound(f"no fine-tuning job {job_id!r}")
+    return job
+
+
+def list_jobs(
+    session: Session, after: str | None, limit: int, status: str | None
+) -> tuple[list[Job], bool]:
+    query = select(Job)
+    if status is not None:
+        query = query.where(Job.status == status)
+    if after is not None:
+        query = query.where(Job.id < after)
+    rows = list(session.scalars(query.order_by(Job.id.desc()).limit(limit + 1)))
+    return rows[:limit], len(rows) > limit
+
+
+def cancel(session: Session, job_id: str) -> Job:
+    job = get(session, job_id)
+    if job.status in ("succeeded", "failed", "cancelled"):
+        raise Conflict(f"job {job_id} already {job.status}; terminal states never change")
+    if not state.cancel(session, job_id):
+        session.refresh(job)
+        raise Conflict(f"job {job_id} already {job.status}; terminal states never change")
+    session.refresh(job)
+    return job
+
+
+def parse_event_cursor(after: str | None) -> int:
+    if after is None:
+        return 0
+    digits = after.removeprefix("ftevent-")
+    if not digits.isdigit():
+        raise InvalidRequest(f"bad event cursor {after!r}", "after")
+    return int(digits)
+
+
+def events(
+    session: Session, job_id: str, after_seq: int, limit: int
+) -> tuple[list[JobEvent], bool]:
+    """Oldest first: a client follows a job by passing the last id it saw as ``after``."""
+    query = (
+        select(JobEvent)
+        .where(JobEvent.job_id == job_id, JobEvent.seq > after_seq)
+        .order_by(JobEvent.seq)
+        .limit(limit + 1)
+    )
+    rows = list(session.scalars(query))
+    return rows[:limit], len(rows) > limit
+
+
+def checkpoints(session: Session, job_id: str) -> list[JobCheckpoint]:
+    query = select(JobCheckpoint).where(JobCheckpoint.job_id == job_id)
+    return list(session.scalars(query.order_by(JobCheckpoint.step_number.desc())))

@@ -1,0 +1,1 @@
+"""Inference with registered models: dual-head probabilities, top-k labels."""

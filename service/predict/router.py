@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+import json
+
+from fastapi import APIRouter, Request
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+
+from service.auth.deps import PredictKey
+from service.deps import Ctx, Db
+from service.errors import BadRequest, InvalidRequest, PayloadTooLarge
+from service.predict import service
+from service.predict.schemas import PredictJSON, PredictResponse
+from service.schemas import ERROR_RESPONSES
+
+router = APIRouter(tags=["predict"], responses=ERROR_RESPONSES)
+
+_MULTIPART_SCHEMA = {
+    "type": "object",
+    "required": ["model", "files"],
+    "properties": {
+        "model": {"type": "string"},
+        "top_k": {"type": "integer", "default": 5},
+        "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
+    },
+}
+
+
+@router.post(
+    "/predict",
+    response_model=PredictResponse,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": PredictJSON.model_json_schema()},
+                "multipart/form-data": {"schema": _MULTIPART_SCHEMA},
+            },
+        }
+    },
+)
+async def predict(request: Request, ctx: Ctx, db: Db, _: PredictKey) -> PredictResponse:
+    """Classify one or many images (multipart ``files`` or base64 JSON ``images``)."""
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+        ref, top_k, images = await _from_multipart(request, ctx.settings.max_images_per_request)
+    elif content_type.startswith("application/json"):
+        ref, top_k, images = await _from_json(request)
+    else:
+        raise BadRequest("send application/json or multipart/form-data")
+    return await run_in_threadpool(service.predict, ctx, db, ref, images, top_k)
+
+
+async def _from_json(request: Request) -> tuple[str, int, list[service.ImageInput]]:
+    try:
+        body = PredictJSON.model_validate_json(await request.body())
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = ".".join(str(p) for p in first["loc"]) or None
+        raise InvalidRequest(f"{param}: {first['msg']}" if param else first["msg"], param) from exc
+    except json.JSONDecodeError as exc:
+        raise InvalidRequest(f"invalid JSON: {exc}") from exc
+    return body.model, body.top_k, service.from_base64(body.images)
+
+
+async def _from_multipart(
+    request: Request, max_files: int
+) -> tuple[str, int, list[service.ImageInput]]:
+    try:
+        form = await request.form(max_files=max_files)
+    except HTTPException as exc:
+        if "Too many files" in str(exc.detail):
+            # Starlette stops parsing at the file limit; answer like any other "too many images".
+            raise PayloadTooLarge(f"more than {max_files} images in one request", "files") from exc
+        raise BadRequest(f"malformed multipart body: {exc.detail}") from exc
+    try:
+        ref = form.get("model")
+        if not isinstance(ref, str) or not ref.strip():
+            raise InvalidRequest("a 'model' field is required", "model")
+        top_k = _top_k(form.get("top_k"))
+        uploads = [f for key in ("files", "file") for f in form.getlist(key)]
+        images = []
+        for i, upload in enumerate(uploads):
+            if not isinstance(upload, UploadFile):
+                raise InvalidRequest(f"files[{i}] must be a file part", f"files[{i}]")
+            images.append(service.ImageInput(await upload.read(), upload.filename, f"files[{i}]"))
+    finally:
+        await form.close()
+    if not images:
+        raise InvalidRequest("no image files given (multipart field 'files')", "files")
+    return ref.strip(), top_k, images
+
+
+def _top_k(value: object) -> int:
+    if value is None:
+        return 5
+    if not isinstance(value, str) or not value.isdigit() or not 1 <= int(value) <= 1000:
+        raise InvalidRequest("top_k must be an integer from 1 to 1000", "top_k")
+    return int(value)

@@ -1,0 +1,98 @@
+"""Decode images, resolve the model, run dual inference, keep the top k."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import warnings
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+from sqlalchemy.orm import Session
+
+from service.context import AppContext
+from service.errors import InvalidRequest, PayloadTooLarge
+from service.predict.cache import LoadedModel
+from service.predict.schemas import Label, Prediction, PredictResponse
+from service.registry import service as registry
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    data: bytes
+    filename: str | None
+    param: str
+
+
+def from_base64(items: list[str]) -> list[ImageInput]:
+    images = []
+    for i, text in enumerate(items):
+        payload = text.split(",", 1)[1] if text.startswith("data:") else text
+        try:
+            data = base64.b64decode(payload, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise InvalidRequest(f"image {i} is not valid base64: {exc}", f"images[{i}]") from exc
+        images.append(ImageInput(data, None, f"images[{i}]"))
+    return images
+
+
+def decode(image: ImageInput, max_pixels: int) -> Image.Image:
+    name = f"'{image.filename}'" if image.filename else image.param
+    try:
+        with warnings.catch_warnings():
+            # PIL only warns between max_pixels and twice that; we refuse the whole band.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(image.data)) as opened:
+                if opened.width * opened.height > max_pixels:
+                    raise PayloadTooLarge(
+                        f"image {name} has {opened.width}x{opened.height} pixels, over the "
+                        f"{max_pixels} limit",
+                        image.param,
+                    )
+                opened.load()
+                return opened.convert("RGB")
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise PayloadTooLarge(f"image {name} is too large: {exc}", image.param) from exc
+    except PayloadTooLarge:
+        raise
+    except Exception as exc:  # PIL raises many types (OSError, SyntaxError, ...) on bad data
+        raise InvalidRequest(f"image {name} cannot be decoded: {exc}", image.param) from exc
+
+
+def model_for(ctx: AppContext, session: Session, ref: str) -> LoadedModel:
+    row = registry.resolve(session, ref)
+    key = registry.version_key(row.name, row.version)
+    return ctx.models.get(row.name, row.version, lambda: ctx.store.local_path(key))
+
+
+def predict(
+    ctx: AppContext, session: Session, ref: str, images: list[ImageInput], top_k: int
+) -> PredictResponse:
+    limit = ctx.settings.max_images_per_request
+    if len(images) > limit:
+        raise PayloadTooLarge(f"{len(images)} images in one request, over the limit of {limit}")
+    if not images:
+        raise InvalidRequest("no images given", "images")
+    model = model_for(ctx, session, ref)
+    decoded = [decode(image, ctx.settings.max_image_pixels) for image in images]
+    batch = torch.stack([model.transform(img) for img in decoded]).to(model.classifier.device)
+    with torch.inference_mode():
+        probs = model.classifier(batch).float().cpu()
+    k = min(top_k, probs.shape[1])
+    values, indices = probs.topk(k, dim=1)
+    names = model.classnames
+    ctx.metrics.predicted_images.inc(len(images))
+    data = [
+        Prediction(
+            index=i,
+            filename=image.filename,
+            labels=[
+                Label(label=names[j], probability=float(p))
+                for p, j in zip(values[i].tolist(), indices[i].tolist(), strict=True)
+            ],
+        )
+        for i, image in enumerate(images)
+    ]
+    return PredictResponse(model=model.ref, data=data)

@@ -1,0 +1,1 @@
+"""The model registry (after MLflow): named models, integer versions, aliases."""

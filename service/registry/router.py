@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
+
+from service.auth.deps import AnyKey, TrainKey
+from service.deps import Ctx, Db
+from service.registry import service
+from service.registry.schemas import (
+    AliasObject,
+    AliasUpdate,
+    ModelVersionObject,
+    RegisteredModelObject,
+)
+from service.schemas import ERROR_RESPONSES, ListResponse
+
+router = APIRouter(prefix="/models", tags=["registry"], responses=ERROR_RESPONSES)
+
+
+def _model_object(db: Db, name: str) -> RegisteredModelObject:
+    row = service.get_model(db, name)
+    return RegisteredModelObject.of(
+        row, service.versions_of(db, name), service.aliases_of(db, name)
+    )
+
+
+@router.get("", response_model=ListResponse[RegisteredModelObject])
+def list_models(
+    db: Db,
+    _: AnyKey,
+    after: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> ListResponse[RegisteredModelObject]:
+    rows, more = service.list_models(db, after, limit)
+    return ListResponse(data=[_model_object(db, r.name) for r in rows], has_more=more)
+
+
+@router.get("/{name}", response_model=RegisteredModelObject)
+def get_model(name: str, db: Db, _: AnyKey) -> RegisteredModelObject:
+    return _model_object(db, name)
+
+
+@router.get("/{name}/versions", response_model=ListResponse[ModelVersionObject])
+def list_versions(name: str, db: Db, _: AnyKey) -> ListResponse[ModelVersionObject]:
+    service.get_model(db, name)
+    aliases = service.aliases_of(db, name)
+    rows = service.versions_of(db, name)
+    return ListResponse(data=[ModelVersionObject.of(r, aliases) for r in rows])
+
+
+@router.get("/{name}/versions/{version}", response_model=ModelVersionObject)
+def get_version(name: str, version: int, db: Db, _: AnyKey) -> ModelVersionObject:
+    row = service.get_version(db, name, version)
+    return ModelVersionObject.of(row, service.aliases_of(db, name))
+
+
+@router.delete("/{name}/versions/{version}", status_code=204)
+def delete_version(name: str, version: int, ctx: Ctx, db: Db, _: TrainKey) -> Response:
+    row = service.delete_version(db, name, version)
+    ctx.models.evict(row.name, row.version)
+    ctx.store.delete(service.version_key(row.name, row.version))
+    return Response(status_code=204)
+
+
+@router.put("/{name}/aliases/{alias}", response_model=AliasObject)
+def set_alias(name: str, alias: str, body: AliasUpdate, db: Db, _: TrainKey) -> AliasObject:
+    row = service.set_alias(db, name, alias, body.version)
+    return AliasObject(name=row.name, alias=row.alias, version=row.version)
+
+
+@router.get("/{name}/aliases/{alias}", response_model=ModelVersionObject)
+def get_by_alias(name: str, alias: str, db: Db, _: AnyKey) -> ModelVersionObject:
+    aliases = service.aliases_of(db, name)
+    if alias not in aliases:
+        service.get_model(db, name)
+        raise service.NotFound(f"model {name!r} has no alias {alias!r}")
+    return ModelVersionObject.of(service.get_version(db, name, aliases[alias]), aliases)
+
+
+@router.delete("/{name}/aliases/{alias}", status_code=204)
+def delete_alias(name: str, alias: str, db: Db, _: TrainKey) -> Response:
+    service.delete_alias(db, name, alias)
+    return Response(status_code=204)

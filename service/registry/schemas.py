@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.db.tables import ModelVersion, RegisteredModel
+
+
+class VersionSummary(BaseModel):
+    version: int
+    status: str
+
+
+class RegisteredModelObject(BaseModel):
+    object: Literal["registered_model"] = "registered_model"
+    name: str
+    description: str
+    tags: dict[str, str]
+    created_at: int
+    updated_at: int
+    aliases: dict[str, int]
+    latest_versions: list[VersionSummary]
+
+    @classmethod
+    def of(
+        cls, row: RegisteredModel, versions: list[ModelVersion], aliases: dict[str, int]
+    ) -> RegisteredModelObject:
+        return cls(
+            name=row.name,
+            description=row.description,
+            tags=dict(row.tags),
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+            aliases=aliases,
+            latest_versions=[VersionSummary(version=v.version, status=v.status) for v in versions],
+        )
+
+
+class ModelVersionObject(BaseModel):
+    """A version and its model card: metrics, the WiSE-FT curve, provenance."""
+
+    object: Literal["model_version"] = "model_version"
+    name: str
+    version: int
+    status: str
+    status_message: str | None
+    source: str
+    job_id: str | None
+    tags: dict[str, str]
+    description: str
+    aliases: list[str]
+    created_at: int
+    updated_at: int
+    objective: str | None = None
+    beta: float | None = None
+    classes: list[str] = Field(default_factory=list)
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    wise_ft: dict[str, Any] = Field(default_factory=dict)
+    hyperparameters: dict[str, Any] = Field(default_factory=dict)
+    dataset: dict[str, Any] = Field(default_factory=dict)
+    descriptions: dict[str, list[str]] = Field(default_factory=dict)
+    backbone: dict[str, Any] = Field(default_factory=dict)
+
+    @classmethod
+    def of(cls, row: ModelVersion, aliases: dict[str, int]) -> ModelVersionObject:
+        card: dict[str, Any] = row.card or {}
+        config = card.get("config") or {}
+        return cls(
+            name=row.name,
+            version=row.version,
+            status=row.status,
+            status_message=row.status_message,
+            source=row.source,
+            job_id=row.job_id,
+            tags=dict(row.tags),
+            description=row.description,
+            aliases=sorted(a for a, v in aliases.items() if v == row.version),
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+            objective=card.get("objective"),
+            beta=card.get("beta"),
+            classes=list(card.get("classnames", [])),
+            metrics=card.get("metrics") or {},
+            wise_ft=card.get("wise") or {},
+            hyperparameters=config.get("train") or {},
+            dataset=card.get("dataset") or {},
+            descriptions=card.get("descriptions") or {},
+            backbone=card.get("backbone") or {},
+        )
+
+
+class AliasUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = Field(ge=1)
+
+
+class AliasObject(BaseModel):
+    object: Literal["model_alias"] = "model_alias"
+    name: str
+    alias: str
+    version: int

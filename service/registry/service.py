@@ -1,0 +1,210 @@
+"""Registry operations. The worker registers versions; the API reads, aliases and deletes.
+
+A version is created PENDING_REGISTRATION, its artifact copied to storage, and only then marked
+READY, so a reader never serves half an artifact. Registration is keyed by the job id, so a job
+delivered twice registers once.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from service.db.tables import ModelAlias, ModelVersion, RegisteredModel, now
+from service.errors import Conflict, InvalidRequest, NotFound, ServiceError
+
+PENDING = "PENDING_REGISTRATION"
+FAILED = "FAILED_REGISTRATION"
+READY = "READY"
+ALIAS_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,99}$")
+RESERVED_ALIAS = re.compile(r"^(latest|v\d+)$")
+REF_PATTERN = re.compile(
+    r"^(?:models:/)?(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]*)(?:/(?P<version>\d+)|@(?P<alias>[A-Za-z0-9_-]+))?$"
+)  # noqa: E501
+RETRIES = 5
+
+
+@dataclass(frozen=True)
+class Ref:
+    name: str
+    version: int | None = None
+    alias: str | None = None
+
+    def __str__(self) -> str:
+        if self.version is not None:
+            return f"{self.name}/{self.version}"
+        return f"{self.name}@{self.alias}" if self.alias else self.name
+
+
+def parse_ref(text: str) -> Ref | None:
+    """``name`` (latest READY), ``name/3``, ``name@alias``; ``models:/`` prefix optional."""
+    match = REF_PATTERN.match(text.strip())
+    if match is None:
+        return None
+    version = match["version"]
+    return Ref(match["name"], int(version) if version else None, match["alias"])
+
+
+def version_key(name: str, version: int) -> str:
+    return f"{name}/v{version}"
+
+
+def resolve(session: Session, text: str, param: str | None = None) -> ModelVersion:
+    """The READY version ``text`` names; NotFound (or a 422 on ``param``) otherwise."""
+    ref = parse_ref(text)
+    fail: type[ServiceError] = InvalidRequest if param else NotFound
+    if ref is None:
+        raise fail(f"{text!r} is not a model reference (name, name/3 or name@alias)", param)
+    if ref.alias is not None and ref.alias != "latest":
+        alias = session.get(ModelAlias, (ref.name, ref.alias))
+        if alias is None:
+            raise fail(f"model {ref.name!r} has no alias {ref.alias!r}", param)
+        ref = Ref(ref.name, alias.version)
+    query = select(ModelVersion).where(ModelVersion.name == ref.name)
+    if ref.version is not None:
+        row = session.scalar(query.where(ModelVersion.version == ref.version))
+    else:
+        ready = query.where(ModelVersion.status == READY)
+        row = session.scalar(ready.order_by(ModelVersion.version.desc()).limit(1))
+    if row is None:
+        raise fail(f"no model {text!r}", param)
+    if row.status != READY:
+        raise Conflict(f"model {text!r} is {row.status}, not READY", param)
+    return row
+
+
+def get_model(session: Session, name: str) -> RegisteredModel:
+    row = session.get(RegisteredModel, name)
+    if row is None:
+        raise NotFound(f"no registered model {name!r}")
+    return row
+
+
+def list_models(
+    session: Session, after: str | None, limit: int
+) -> tuple[list[RegisteredModel], bool]:
+    query = select(RegisteredModel).order_by(RegisteredModel.name)
+    if after is not None:
+        query = query.where(RegisteredModel.name > after)
+    rows = list(session.scalars(query.limit(limit + 1)))
+    return rows[:limit], len(rows) > limit
+
+
+def versions_of(session: Session, name: str) -> list[ModelVersion]:
+    query = select(ModelVersion).where(ModelVersion.name == name)
+    return list(session.scalars(query.order_by(ModelVersion.version.desc())))
+
+
+def aliases_of(session: Session, name: str) -> dict[str, int]:
+    rows = session.scalars(select(ModelAlias).where(ModelAlias.name == name))
+    return {row.alias: row.version for row in rows}
+
+
+def get_version(session: Session, name: str, version: int) -> ModelVersion:
+    get_model(session, name)
+    row = session.scalar(
+        select(ModelVersion).where(ModelVersion.name == name, ModelVersion.version == version)
+    )
+    if row is None:
+        raise NotFound(f"model {name!r} has no version {version}")
+    return row
+
+
+def set_alias(session: Session, name: str, alias: str, version: int) -> ModelAlias:
+    if not ALIAS_PATTERN.match(alias) or RESERVED_ALIAS.match(alias):
+        raise InvalidRequest(
+            f"{alias!r} is not a usable alias ('latest', 'v<n>' are reserved)", "alias"
+        )
+    target = get_version(session, name, version)
+    if target.status != READY:
+        raise Conflict(f"version {version} of {name!r} is {target.status}, not READY", "version")
+    row = session.get(ModelAlias, (name, alias))
+    if row is None:
+        row = ModelAlias(name=name, alias=alias, version=version)
+        session.add(row)
+    row.version, row.updated_at = version, now()
+    session.commit()
+    return row
+
+
+def delete_alias(session: Session, name: str, alias: str) -> None:
+    row = session.get(ModelAlias, (name, alias))
+    if row is None:
+        raise NotFound(f"model {name!r} has no alias {alias!r}")
+    session.delete(row)
+    session.commit()
+
+
+def delete_version(session: Session, name: str, version: int) -> ModelVersion:
+    """Remove the row and its aliases; the caller deletes the artifact after the commit."""
+    row = get_version(session, name, version)
+    session.execute(
+        delete(ModelAlias).where(ModelAlias.name == name, ModelAlias.version == version)
+    )
+    session.delete(row)
+    session.commit()
+    return row
+
+
+# --- registration, used by the worker ---
+
+
+def begin_version(
+    session: Session, name: str, job_id: str, card: dict[str, Any], description: str = ""
+) -> ModelVersion:
+    """The version this job registers, created PENDING on the first call, found on later ones."""
+    for _ in range(RETRIES):
+        existing = session.scalar(select(ModelVersion).where(ModelVersion.job_id == job_id))
+        if existing is not None:
+            return existing
+        _ensure_model(session, name)
+        latest = session.scalar(
+            select(func.max(ModelVersion.version)).where(ModelVersion.name == name)
+        )
+        version = (latest or 0) + 1
+        row = ModelVersion(
+            name=name,
+            version=version,
+            status=PENDING,
+            source="",
+            job_id=job_id,
+            card=card,
+            description=description,
+            tags={},
+        )
+        session.add(row)
+        try:
+            session.commit()
+            return row
+        except IntegrityError:
+            # Another registration took this number (or this job's row): look again.
+            session.rollback()
+    raise Conflict(f"could not allocate a version of {name!r}")
+
+
+def _ensure_model(session: Session, name: str) -> None:
+    if session.get(RegisteredModel, name) is not None:
+        return
+    session.add(RegisteredModel(name=name, description="", tags={}))
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+
+
+def mark_ready(session: Session, row: ModelVersion, source: str) -> None:
+    """Flag READY within the caller's transaction (the caller commits with the job's state)."""
+    row.status, row.source, row.updated_at = READY, source, now()
+    model = session.get(RegisteredModel, row.name)
+    if model is not None:
+        model.updated_at = now()
+
+
+def mark_failed(session: Session, row: ModelVersion, message: str) -> None:
+    row.status, row.status_message, row.updated_at = FAILED, message, now()
+    session.commit()

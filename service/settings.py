@@ -1,0 +1,105 @@
+"""Settings, read from ``RCS_*`` environment variables and validated once at start.
+
+The API and the worker read the same settings so both sides agree on the database, the broker
+and where artifacts live. Outside ``RCS_ENV=local`` placeholder secrets and disabled auth are
+refused: a deployment must fail at start, not run open.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from worker.contracts import TRAINING_QUEUE
+
+PLACEHOLDERS = frozenset({"", "changeme", "change-me", "changethis", "secret", "password", "xxx"})
+DEFAULT_ROOT = Path("runs/service")
+
+
+def _split_list(value: object) -> object:
+    if isinstance(value, str):
+        return [item.strip() for item in value.replace(";", ",").split(",") if item.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RCS_", extra="ignore")
+
+    env: Literal["local", "production"] = "production"
+    database_url: str = f"sqlite:///{DEFAULT_ROOT}/rcs.db"
+    broker_url: str = f"sqla+sqlite:///{DEFAULT_ROOT}/broker.db"
+    # One queue per pool of identical GPUs; the API sends every training job here.
+    training_queue: str = TRAINING_QUEUE
+    # Where registered artifacts live: a folder, or any fsspec URL (s3://bucket/prefix).
+    artifacts_url: str = str(DEFAULT_ROOT / "artifacts")
+    # Local scratch: uploaded datasets, job checkpoints, downloaded artifacts.
+    work_dir: Path = DEFAULT_ROOT / "work"
+    # Server-side dataset folders may only be registered from under these roots.
+    allowed_dataset_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list)
+    auto_migrate: bool = True
+
+    auth_disabled: bool = False
+    # Inserted (hashed) at start with both scopes, so a fresh deployment has a first key.
+    bootstrap_api_key: str | None = None
+
+    default_model: str | None = None
+    model_cache_bytes: int = 2 * 1024**3
+    device: str = "auto"
+    torch_threads: int = 0
+
+    max_upload_bytes: int = 2 * 1024**3
+    max_extracted_bytes: int = 8 * 1024**3
+    max_predict_bytes: int = 16 * 1024**2
+    max_images_per_request: int = 64
+    max_image_pixels: int = 40_000_000
+
+    # Must exceed the longest job: Redis re-delivers unacknowledged messages after it.
+    visibility_timeout_s: int = 48 * 3600
+    # A running job whose worker stopped renewing this lease may be taken over.
+    lease_s: int = 300
+    checkpoint_every: int = 200
+    # The worker touches this file every few seconds; its container healthcheck reads the age.
+    worker_heartbeat_file: Path = Path("/tmp/rcs-worker-heartbeat")
+    readiness_timeout_s: float = 2.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lists(cls, data: object) -> object:
+        if isinstance(data, dict) and "allowed_dataset_roots" in data:
+            data = {**data, "allowed_dataset_roots": _split_list(data["allowed_dataset_roots"])}
+        return data
+
+    @field_validator("default_model", "bootstrap_api_key", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: object) -> object:
+        # Compose passes unset optional variables as empty strings.
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _refuse_unsafe(self) -> Settings:
+        if self.env == "local":
+            return self
+        if self.auth_disabled:
+            raise ValueError("RCS_AUTH_DISABLED is only allowed with RCS_ENV=local")
+        key = self.bootstrap_api_key
+        if key is not None and (key.strip().lower() in PLACEHOLDERS or len(key) < 16):
+            raise ValueError("RCS_BOOTSTRAP_API_KEY is a placeholder or shorter than 16 chars")
+        for word in ("changeme", "changethis", ":password@"):
+            if word in self.database_url:
+                raise ValueError("RCS_DATABASE_URL contains a placeholder password")
+        return self
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.work_dir / "datasets"
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.work_dir / "jobs"
+
+    @property
+    def artifact_cache_dir(self) -> Path:
+        return self.work_dir / "artifact-cache"

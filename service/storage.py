@@ -1,0 +1,83 @@
+"""Artifact storage: a local folder by default, any fsspec URL (S3-compatible) by configuration.
+
+Writes are atomic where the filesystem allows: a folder is written under a temporary name and
+renamed into place. Object stores cannot rename a folder, so there the card (``artifact.json``)
+is written last, and the registry marks a version READY only after ``put_folder`` returns.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+CARD = "artifact.json"
+
+
+class ArtifactStore:
+    def __init__(self, url: str, cache_dir: Path) -> None:
+        fs, root = fsspec.core.url_to_fs(url)
+        self.fs: Any = fs
+        self.root = str(root).rstrip("/")
+        self.cache_dir = cache_dir
+        self.local = isinstance(fs, LocalFileSystem)
+        if self.local:
+            Path(self.root).mkdir(parents=True, exist_ok=True)
+
+    def uri(self, key: str) -> str:
+        path = f"{self.root}/{key}"
+        return path if self.local else self.fs.unstrip_protocol(path)
+
+    def put_folder(self, local: Path, key: str) -> str:
+        """Copy ``local`` to ``key``; a second call for the same key replaces the first."""
+        target = f"{self.root}/{key}"
+        if self.local:
+            _local_atomic_copy(local, Path(target))
+        else:
+            files = sorted(p for p in local.rglob("*") if p.is_file())
+            for path in sorted(files, key=lambda p: p.name == CARD):  # the card last
+                self.fs.put_file(str(path), f"{target}/{path.relative_to(local).as_posix()}")
+        return self.uri(key)
+
+    def local_path(self, key: str) -> Path:
+        """A local folder with the artifact: the file itself, or a cached download."""
+        if self.local:
+            return Path(f"{self.root}/{key}")
+        cached = self.cache_dir / key
+        if not (cached / CARD).is_file():
+            tmp = cached.parent / f".{cached.name}.tmp-{uuid.uuid4().hex[:8]}"
+            self.fs.get(f"{self.root}/{key}/", str(tmp), recursive=True)
+            _replace_folder(tmp, cached)
+        return cached
+
+    def delete(self, key: str) -> None:
+        target = f"{self.root}/{key}"
+        if self.fs.exists(target):
+            self.fs.rm(target, recursive=True)
+        shutil.rmtree(self.cache_dir / key, ignore_errors=True)
+
+
+def _local_atomic_copy(source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        shutil.copytree(source, tmp)
+        _replace_folder(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _replace_folder(tmp: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists():
+        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, target)

@@ -1,0 +1,144 @@
+"""The real processes: uvicorn serving the API and a Celery worker, on Redis, with SQLite or
+PostgreSQL for metadata. Skips (with the reason) only when Redis or PostgreSQL cannot be reached.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from service.processes import Process, api_process, free_port, wait_ready, worker_process
+from tests.service.support import API_KEY
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def redis_or_skip() -> Any:
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL, socket_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        pytest.skip(f"Redis at {REDIS_URL} is unreachable: {exc}")
+    return client
+
+
+def postgres_database_or_skip() -> tuple[str, Callable[[], None]]:
+    """A fresh database for this run, and how to drop it."""
+    import psycopg
+
+    name = f"rcs_e2e_{secrets.token_hex(4)}"
+    try:
+        admin = psycopg.connect(POSTGRES_ADMIN, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"PostgreSQL at {POSTGRES_ADMIN} is unreachable: {exc}")
+    admin.execute(f'CREATE DATABASE "{name}"')
+
+    def drop() -> None:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+    return f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}", drop
+
+
+@dataclass
+class Stack:
+    base_url: str
+    settings: dict[str, str]
+    api: Process
+    worker: Process
+    workdir: Path
+    data: Path
+
+    def client(self, key: str | None = API_KEY) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.Client(base_url=self.base_url, headers=headers, timeout=30)
+
+    def restart_worker(self, kill: bool) -> None:
+        if kill:
+            self.worker.kill()
+        else:
+            self.worker.stop()
+        self.worker = worker_process(self.settings, self.workdir / "worker.log").start()
+
+    def logs(self) -> str:
+        return f"--- api ---\n{self.api.tail()}\n--- worker ---\n{self.worker.tail(80)}"
+
+
+def wait_for(
+    check: Callable[[], Any], timeout: float, what: str, stack: Stack | None = None
+) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.25)
+    raise AssertionError(f"timed out waiting for {what}\n{stack.logs() if stack else ''}")
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, shapes_root: Path
+) -> Iterator[Stack]:
+    redis_client = redis_or_skip()
+    drop: Callable[[], None] = lambda: None  # noqa: E731
+    workdir = tmp_path_factory.mktemp(f"e2e-{request.param}")
+    if request.param == "postgres":
+        database_url, drop = postgres_database_or_skip()
+    else:
+        database_url = f"sqlite:///{workdir / 'rcs.db'}"
+    queue = f"training-e2e-{secrets.token_hex(4)}"
+    settings = {
+        "RCS_ENV": "production",
+        "RCS_DATABASE_URL": database_url,
+        "RCS_BROKER_URL": REDIS_URL,
+        "RCS_TRAINING_QUEUE": queue,
+        "RCS_ARTIFACTS_URL": str(workdir / "artifacts"),
+        "RCS_WORK_DIR": str(workdir / "work"),
+        "RCS_ALLOWED_DATASET_ROOTS": str(shapes_root),
+        "RCS_BOOTSTRAP_API_KEY": API_KEY,
+        "RCS_DEVICE": "cpu",
+        "RCS_CHECKPOINT_EVERY": "2",
+        "RCS_LEASE_S": "4",
+        "RCS_MAX_PREDICT_BYTES": "200000",
+        "RCS_TORCH_THREADS": "1",
+    }
+    port = free_port()
+    api = api_process(settings, port, workdir / "api.log").start()
+    worker = None
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", api)
+        worker = worker_process(settings, workdir / "worker.log").start()
+        built = Stack(f"http://127.0.0.1:{port}", settings, api, worker, workdir, shapes_root)
+        yield built
+        worker = built.worker
+    finally:
+        if worker is not None:
+            worker.stop()
+        api.stop()
+        drop()
+        clean_redis(redis_client, queue)
+
+
+def clean_redis(client: Any, queue: str) -> None:
+    """Remove this run's queue, bindings and unacknowledged messages (a killed worker's)."""
+    client.delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
+    for tag, raw in client.hgetall("unacked").items():
+        try:
+            routing_key = json.loads(raw)[2]
+        except (ValueError, IndexError, TypeError):
+            continue
+        if routing_key == queue:
+            client.hdel("unacked", tag)
+            client.zrem("unacked_index", tag)

@@ -1,0 +1,183 @@
+"""Registry reads, aliases and deletion; POST /predict in both encodings and its errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from models.artifacts import load_artifact
+from service.context import AppContext
+from tests.service.support import b64, png_bytes, register_artifact
+
+
+@pytest.fixture
+def versions(ctx: AppContext, artifact_folder: Path) -> list[int]:
+    with ctx.sessions() as session:
+        return [
+            register_artifact(session, ctx.store, "shapes", artifact_folder, f"ftjob-{i:024x}")
+            for i in range(2)
+        ]
+
+
+def test_registration_is_keyed_by_job(ctx: AppContext, artifact_folder: Path) -> None:
+    with ctx.sessions() as session:
+        first = register_artifact(session, ctx.store, "m", artifact_folder, "ftjob-" + "a" * 24)
+        again = register_artifact(session, ctx.store, "m", artifact_folder, "ftjob-" + "a" * 24)
+    assert first == again == 1
+
+
+def test_model_and_version_objects(client: TestClient, versions: list[int]) -> None:
+    assert versions == [1, 2]
+    model = client.get("/models/shapes").json()
+    assert model["object"] == "registered_model"
+    assert [v["version"] for v in model["latest_versions"]] == [2, 1]
+    card = client.get("/models/shapes/versions/2").json()
+    assert card["status"] == "READY"
+    assert card["objective"] == "zeroshot"
+    assert card["beta"] == 0.5
+    assert card["classes"] == ["circle", "cross", "square", "triangle"]
+    assert set(card["metrics"]) >= {"zeroshot", "selected"}
+    assert card["wise_ft"]["curve"][0]["alpha"] == 0.0
+    assert len(card["dataset"]["fingerprint"]) == 64
+    assert card["descriptions"]["circle"]
+    assert card["source"].endswith("shapes/v2")
+    assert client.get("/models").json()["data"][0]["name"] == "shapes"
+
+
+def test_aliases_move_and_reserved_names_are_refused(
+    client: TestClient, versions: list[int]
+) -> None:
+    put = client.put("/models/shapes/aliases/champion", json={"version": 1})
+    assert put.status_code == 200 and put.json()["version"] == 1
+    client.put("/models/shapes/aliases/champion", json={"version": 2})
+    assert client.get("/models/shapes").json()["aliases"] == {"champion": 2}
+    assert client.get("/models/shapes/aliases/champion").json()["version"] == 2
+    for reserved in ("latest", "v3"):
+        response = client.put(f"/models/shapes/aliases/{reserved}", json={"version": 1})
+        assert response.status_code == 422 and response.json()["error"]["param"] == "alias"
+    missing = client.put("/models/shapes/aliases/x", json={"version": 9})
+    assert missing.status_code == 404
+    assert client.delete("/models/shapes/aliases/champion").status_code == 204
+    assert client.delete("/models/shapes/aliases/champion").status_code == 404
+
+
+def test_delete_version_removes_aliases_artifact_and_cache(
+    client: TestClient, ctx: AppContext, versions: list[int]
+) -> None:
+    client.put("/models/shapes/aliases/champion", json={"version": 2})
+    client.post("/predict", json={"model": "shapes/2", "images": [b64(png_bytes())]})
+    assert ("shapes", 2) in ctx.models.keys()
+    assert client.delete("/models/shapes/versions/2").status_code == 204
+    assert ("shapes", 2) not in ctx.models.keys()
+    assert not ctx.store.local_path("shapes/v2").exists()
+    assert client.get("/models/shapes").json()["aliases"] == {}
+    assert client.get("/models/shapes/versions/2").status_code == 404
+    latest = client.post("/predict", json={"model": "shapes", "images": [b64(png_bytes())]})
+    assert latest.json()["model"] == "shapes/1"
+
+
+def test_predict_json_matches_the_artifact(
+    client: TestClient, versions: list[int], artifact_folder: Path, shapes_root: Path
+) -> None:
+    image_path = shapes_root / "test" / "circle" / "0000.png"
+    body = {"model": "shapes/1", "images": [b64(image_path.read_bytes())] * 2, "top_k": 4}
+    response = client.post("/predict", json=body)
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert result["model"] == "shapes/1"
+    assert len(result["data"]) == 2
+    labels = result["data"][0]["labels"]
+    assert len(labels) == 4
+    assert sum(label["probability"] for label in labels) == pytest.approx(1.0, abs=1e-5)
+
+    artifact = load_artifact(artifact_folder)
+    from PIL import Image
+
+    transform = artifact.classifier.backbone.transform(train=False)
+    with torch.inference_mode():
+        probs = artifact.classifier(transform(Image.open(image_path).convert("RGB"))[None])[0]
+    expected = artifact.classifier.classnames[int(probs.argmax())]
+    assert labels[0]["label"] == expected
+    assert labels[0]["probability"] == pytest.approx(float(probs.max()), abs=1e-5)
+
+
+def test_predict_multipart_by_alias(client: TestClient, versions: list[int]) -> None:
+    client.put("/models/shapes/aliases/champion", json={"version": 1})
+    files = [
+        ("files", ("a.png", png_bytes(), "image/png")),
+        ("files", ("b.png", png_bytes((1, 2, 3)), "image/png")),
+    ]
+    response = client.post("/predict", data={"model": "shapes@champion", "top_k": "1"}, files=files)
+    assert response.status_code == 200, response.text
+    data = response.json()["data"]
+    assert [d["filename"] for d in data] == ["a.png", "b.png"]
+    assert all(len(d["labels"]) == 1 for d in data)
+
+
+def test_predict_errors(client: TestClient, versions: list[int]) -> None:
+    good = b64(png_bytes())
+    unknown = client.post("/predict", json={"model": "nope", "images": [good]})
+    assert unknown.status_code == 404 and "no model 'nope'" in unknown.json()["error"]["message"]
+    alias = client.post("/predict", json={"model": "shapes@ghost", "images": [good]})
+    assert alias.status_code == 404
+    version = client.post("/predict", json={"model": "shapes/7", "images": [good]})
+    assert version.status_code == 404
+
+    garbage = client.post("/predict", json={"model": "shapes", "images": [good, b64(b"junk")]})
+    assert garbage.status_code == 422
+    assert garbage.json()["error"]["param"] == "images[1]"
+    assert "cannot be decoded" in garbage.json()["error"]["message"]
+    not_b64 = client.post("/predict", json={"model": "shapes", "images": ["***"]})
+    assert not_b64.status_code == 422 and "base64" in not_b64.json()["error"]["message"]
+
+    files = [
+        ("files", ("ok.png", png_bytes(), "image/png")),
+        ("files", ("bad.jpg", b"nope", "image/jpeg")),
+    ]
+    named = client.post("/predict", data={"model": "shapes"}, files=files)
+    assert named.status_code == 422 and "'bad.jpg'" in named.json()["error"]["message"]
+
+    empty = client.post("/predict", json={"model": "shapes", "images": []})
+    assert empty.status_code == 422 and empty.json()["error"]["param"] == "images"
+    wrong_type = client.post("/predict", content=b"x", headers={"content-type": "text/plain"})
+    assert wrong_type.status_code == 400
+
+
+@pytest.mark.parametrize(
+    "settings_overrides",
+    [{"max_predict_bytes": 4000, "max_images_per_request": 2, "max_image_pixels": 64 * 64}],
+)
+def test_predict_limits_are_413(client: TestClient, versions: list[int]) -> None:
+    small = b64(png_bytes())
+    too_many = client.post("/predict", json={"model": "shapes", "images": [small] * 3})
+    assert (
+        too_many.status_code == 413 and "over the limit of 2" in too_many.json()["error"]["message"]
+    )
+    files = [("files", (f"{i}.png", png_bytes(), "image/png")) for i in range(4)]
+    many_files = client.post("/predict", data={"model": "shapes"}, files=files)
+    assert many_files.status_code == 413 and many_files.json()["error"]["param"] == "files"
+    huge = client.post("/predict", json={"model": "shapes", "images": [b64(png_bytes(size=200))]})
+    assert huge.status_code == 413 and "pixels" in huge.json()["error"]["message"]
+    body = {"model": "shapes", "images": [b64(bytes(5000))]}
+    too_big = client.post("/predict", json=body)
+    assert too_big.status_code == 413
+    assert too_big.json()["error"]["code"] == "payload_too_large"
+
+
+def test_model_cache_is_lru_bounded_by_bytes(artifact_folder: Path) -> None:
+    from service.predict.cache import ModelCache, load
+
+    size = load("m", 1, artifact_folder, "cpu").nbytes
+    cache = ModelCache(max_bytes=int(size * 2.5))
+    for version in (1, 2, 3):
+        cache.get("m", version, lambda: artifact_folder)
+    assert cache.keys() == [("m", 2), ("m", 3)]
+    cache.get("m", 2, lambda: artifact_folder)  # touch: 3 becomes the least recently used
+    cache.get("m", 4, lambda: artifact_folder)
+    assert cache.keys() == [("m", 2), ("m", 4)]
+    assert cache.get("m", 4, lambda: Path("/nonexistent")) is cache.get(
+        "m", 4, lambda: artifact_folder
+    )

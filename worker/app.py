@@ -1,0 +1,80 @@
+"""The Celery app and its one task, registered by name.
+
+Run with ``python -m worker`` (solo pool, the training queue): one process per GPU, since
+prefork children cannot re-initialise CUDA after fork.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from celery import Celery, Task
+from celery.exceptions import Reject
+from celery.signals import worker_ready, worker_shutting_down
+from pydantic import ValidationError
+from sqlalchemy import select
+
+from service.db.engine import make_engine, make_sessionmaker
+from service.db.tables import Job
+from service.settings import Settings
+from service.storage import ArtifactStore
+from worker.contracts import TASK_FINETUNE, FinetunePayload, celery_config
+from worker.runner import WorkerContext, run_job
+
+log = logging.getLogger(__name__)
+
+
+def make_context(settings: Settings) -> WorkerContext:
+    engine = make_engine(settings.database_url)
+    return WorkerContext(
+        settings=settings,
+        sessions=make_sessionmaker(engine),
+        store=ArtifactStore(settings.artifacts_url, settings.artifact_cache_dir),
+    )
+
+
+def create_celery(ctx: WorkerContext) -> Celery:
+    app = Celery("rcs-worker", set_as_current=True)
+    app.conf.update(celery_config(ctx.settings.broker_url, ctx.settings.visibility_timeout_s))
+    queue = ctx.settings.training_queue
+    app.conf.update(
+        worker_hijack_root_logger=False,
+        task_default_queue=queue,
+        task_routes={TASK_FINETUNE: {"queue": queue}},
+    )
+
+    @app.task(name=TASK_FINETUNE, bind=True, max_retries=None)
+    def finetune(self: Task, payload: dict[str, Any]) -> dict[str, Any]:
+        try:
+            job_id = FinetunePayload.model_validate(payload).job_id
+        except ValidationError as exc:
+            # A malformed message cannot succeed on retry: log it and let it be acknowledged.
+            log.error("rejected payload %r: %s", payload, exc)
+            return {"status": "rejected"}
+        outcome = run_job(ctx, job_id)
+        if outcome.status == "busy" and outcome.retry_in_s is not None:
+            # Another worker holds the job's lease; look again when it would have expired.
+            raise self.retry(countdown=outcome.retry_in_s)
+        if outcome.status == "released":
+            raise Reject("worker stopping; job checkpointed", requeue=True)
+        return {"status": outcome.status, "detail": outcome.detail}
+
+    def stopping(**_: Any) -> None:
+        ctx.stopping.set()
+
+    def requeue_orphans(**_: Any) -> None:
+        """Jobs left 'running' by a dead worker: send them again now instead of waiting for
+        the broker's visibility timeout. A duplicate delivery is harmless (leases)."""
+        with ctx.sessions() as session:
+            orphaned = (Job.status == "queued") | (
+                (Job.status == "running") & (Job.lease_until < time.time())
+            )
+            ids = list(session.scalars(select(Job.id).where(orphaned)))
+            for job_id in ids:
+                app.send_task(TASK_FINETUNE, kwargs={"payload": {"job_id": job_id}}, queue=queue)
+
+    worker_shutting_down.connect(stopping, weak=False)
+    worker_ready.connect(requeue_orphans, weak=False)
+    return app

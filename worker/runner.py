@@ -1,0 +1,266 @@
+"""Run one job: claim it, train with ``models.pipeline.finetune``, register the artifact.
+
+Everything here tolerates being run twice for the same job: the claim is a conditional UPDATE
+with a lease, training resumes from the job's checkpoints, and registration is keyed by job id.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import shutil
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from models.config import RunConfig, from_dict
+from models.data import open_dataset
+from models.errors import Cancelled, ModelsError
+from models.pipeline import RunResult, finetune
+from models.train import Progress
+from service.db.tables import Dataset, Job, ModelVersion
+from service.jobs import state
+from service.registry import service as registry
+from service.settings import Settings
+from service.storage import ArtifactStore
+
+log = logging.getLogger(__name__)
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+@dataclass
+class WorkerContext:
+    settings: Settings
+    sessions: sessionmaker[Session]
+    store: ArtifactStore
+    owner: str = field(
+        default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+    )
+    # Set when the worker is asked to stop: a running job checkpoints and goes back to the queue.
+    stopping: threading.Event = field(default_factory=threading.Event)
+    # Seconds between lease renewals (each also checks for cancellation) and progress events.
+    renew_every_s: float = 0.5
+    event_every_s: float = 2.0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str  # what this delivery did: succeeded, failed, cancelled, skipped, busy, released
+    detail: str = ""
+    retry_in_s: float | None = None
+
+
+class JobObserver:
+    """The training callback: progress events, lease renewal, cancellation between steps."""
+
+    def __init__(self, ctx: WorkerContext, job_id: str, checkpoint_every: int) -> None:
+        self.ctx, self.job_id, self.checkpoint_every = ctx, job_id, checkpoint_every
+        self.last_renew = self.last_event = 0.0
+        self.lost = False
+
+    def note(self, message: str) -> None:
+        with self.ctx.sessions() as session:
+            state.add_event(session, self.job_id, message)
+            session.commit()
+
+    def __call__(self, progress: Progress) -> str | None:
+        now = time.monotonic()
+        with self.ctx.sessions() as session:
+            self._record(session, progress, now)
+            session.commit()
+            if (
+                now - self.last_renew >= self.ctx.renew_every_s
+                or progress.step == progress.total_steps
+            ):
+                self.last_renew = now
+                step = (progress.step, progress.total_steps, progress.eta_s)
+                if not state.renew(
+                    session, self.job_id, self.ctx.owner, self.ctx.settings.lease_s, step
+                ):
+                    self.lost = True  # cancelled, or another worker took the job over
+                    return "cancel"
+        return "preempt" if self.ctx.stopping.is_set() else None
+
+    def _record(self, session: Session, progress: Progress, now: float) -> None:
+        due = now - self.last_event >= self.ctx.event_every_s
+        if progress.event == "eval" or due or progress.step in (1, progress.total_steps):
+            self.last_event = now
+            data = {k: v for k, v in dataclasses.asdict(progress).items() if v is not None}
+            loss = progress.losses.get("loss", float("nan"))
+            message = f"Step {progress.step}/{progress.total_steps}: loss={loss:.4f}"
+            state.add_event(session, self.job_id, message, type="metrics", data=_plain(data))
+        # The loop saves its periodic checkpoint right after this callback returns.
+        if self.checkpoint_every and progress.step % self.checkpoint_every == 0:
+            state.add_checkpoint(session, self.job_id, progress.step, {"losses": progress.losses})
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe copy for JSON columns: tuples become lists, non-finite floats None."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return str(value)
+
+
+def job_dir(ctx: WorkerContext, job_id: str) -> Path:
+    return ctx.settings.jobs_dir / job_id
+
+
+def run_job(ctx: WorkerContext, job_id: str) -> Outcome:
+    with ctx.sessions() as session:
+        job = session.get(Job, job_id)
+        if job is None:
+            return Outcome("skipped", f"no job {job_id}")
+        if job.status in TERMINAL:
+            # A second delivery of a finished job: never train or register twice.
+            return Outcome("skipped", f"already {job.status}")
+        if not state.claim(session, job_id, ctx.owner, ctx.settings.lease_s):
+            session.refresh(job)
+            if job.status in TERMINAL:
+                return Outcome("skipped", f"already {job.status}")
+            wait = max(1.0, (job.lease_until or 0) - time.time() + 1)
+            return Outcome("busy", f"held by {job.lease_owner}", retry_in_s=wait)
+        session.refresh(job)
+        state.add_event(session, job_id, f"Job started on {ctx.owner} (attempt {job.attempts})")
+        session.commit()
+    return _train_and_register(ctx, job_id)
+
+
+def _train_and_register(ctx: WorkerContext, job_id: str) -> Outcome:
+    observer = None
+    try:
+        cfg, observer = _prepare(ctx, job_id)
+        result = finetune(
+            cfg,
+            callback=observer,
+            checkpoint_dir=job_dir(ctx, job_id) / "checkpoints",
+            note=observer.note,
+        )
+        outcome = register(ctx, job_id, result)
+    except Cancelled:
+        outcome = _stopped(ctx, job_id, observer)
+    except ModelsError as exc:
+        outcome = _failed(ctx, job_id, type(exc).__name__, str(exc))
+    except Exception as exc:  # a bug or an environment failure: fail the job, keep the worker
+        log.exception("job %s failed", job_id)
+        outcome = _failed(ctx, job_id, "internal_error", f"{type(exc).__name__}: {exc}")
+    if outcome.status != "released":
+        shutil.rmtree(job_dir(ctx, job_id), ignore_errors=True)
+    return outcome
+
+
+def _prepare(ctx: WorkerContext, job_id: str) -> tuple[RunConfig, JobObserver]:
+    """The job's RunConfig with this machine's paths and device filled in."""
+    folder = job_dir(ctx, job_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    with ctx.sessions() as session:
+        job = session.get(Job, job_id)
+        dataset = session.get(Dataset, job.dataset_id) if job else None
+        if job is None or dataset is None:
+            raise ModelsError(f"job {job_id} or its dataset disappeared")
+        cfg = from_dict(RunConfig, job.run_config)
+        _check_fingerprint(dataset)
+        descriptions = None
+        if job.descriptions:
+            descriptions = folder / "descriptions.json"
+            descriptions.write_text(json.dumps(job.descriptions), encoding="utf-8")
+        backbone = cfg.backbone
+        if job.base_version_id is not None:
+            base = session.get(ModelVersion, job.base_version_id)
+            if base is None or base.status != registry.READY:
+                raise ModelsError(f"base model {job.model} is no longer available")
+            local = ctx.store.local_path(registry.version_key(base.name, base.version))
+            backbone = dataclasses.replace(backbone, arch=str(local))
+    cfg = dataclasses.replace(
+        cfg,
+        backbone=backbone,
+        data=dataclasses.replace(
+            cfg.data, descriptions=str(descriptions) if descriptions else None
+        ),
+        train=dataclasses.replace(cfg.train, device=ctx.settings.device),
+        output_dir=str(folder / "artifact"),
+    )
+    return cfg, JobObserver(ctx, job_id, cfg.train.checkpoint_every)
+
+
+def _check_fingerprint(dataset: Dataset) -> None:
+    current = open_dataset(dataset.path).fingerprint
+    if current != dataset.fingerprint:
+        raise ModelsError(
+            f"dataset {dataset.id} changed on disk since it was registered ({dataset.path})"
+        )
+
+
+def register(ctx: WorkerContext, job_id: str, result: RunResult) -> Outcome:
+    """PENDING version -> artifact copied to storage -> READY and job succeeded, together."""
+    card = _plain({k: v for k, v in result.card.items() if k != "files"})
+    with ctx.sessions() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        version = registry.begin_version(session, job.registered_model_name, job_id, card)
+        key = registry.version_key(version.name, version.version)
+        source = ctx.store.put_folder(result.artifact.path, key)
+        registry.mark_ready(session, version, source)
+        ref = f"{version.name}/{version.version}"
+        steps = (card.get("training") or {}).get("steps", job.progress_step)
+        values = {
+            "fine_tuned_model": ref,
+            "wise_ft": card.get("wise") or {},
+            "progress_step": steps,
+        }
+        if not state.finish(session, job_id, ctx.owner, "succeeded", values=values, commit=False):
+            # Cancelled (or taken over) while registering: the version must not go READY.
+            session.rollback()
+            registry.mark_failed(session, version, "the job stopped before registration finished")
+            ctx.store.delete(key)
+            return Outcome("cancelled", "stopped before registration")
+        state.add_checkpoint(
+            session, job_id, steps, {"selected": (card.get("metrics") or {}).get("selected")}
+        )
+        state.add_event(
+            session, job_id, f"Registered {ref} (alpha={card['wise']['selected_alpha']})"
+        )
+        state.add_event(session, job_id, "The job has successfully completed")
+        session.commit()
+    return Outcome("succeeded", ref)
+
+
+def _stopped(ctx: WorkerContext, job_id: str, observer: JobObserver | None) -> Outcome:
+    with ctx.sessions() as session:
+        if observer is not None and not observer.lost and ctx.stopping.is_set():
+            state.release(session, job_id, ctx.owner)
+            state.add_event(session, job_id, "Worker stopping: checkpointed, back in the queue")
+            session.commit()
+            return Outcome("released", "preempted")
+        state.add_event(session, job_id, "Training stopped")
+        session.commit()
+    return Outcome("cancelled", "stopped between steps")
+
+
+def _failed(ctx: WorkerContext, job_id: str, code: str, message: str) -> Outcome:
+    with ctx.sessions() as session:
+        if state.finish(
+            session,
+            job_id,
+            ctx.owner,
+            "failed",
+            error={"code": code, "message": message},
+            commit=False,
+        ):
+            state.add_event(session, job_id, f"Job failed: {message}", level="error")
+        session.commit()
+    return Outcome("failed", message)

@@ -93,7 +93,7 @@ def save_artifact(
     tmp.mkdir()
     try:
         _write_files(tmp, classifier, card, finetuned_state)
-        _swap_into_place(tmp, target)
+        swap_into_place(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -133,7 +133,8 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"cannot write {type(value).__name__} to an artifact card")
 
 
-def _swap_into_place(tmp: Path, target: Path) -> None:
+def swap_into_place(tmp: Path, target: Path) -> None:
+    """Rename ``tmp`` to ``target``, replacing an existing folder with the smallest window."""
     if not target.exists():
         os.replace(tmp, target)
         return

@@ -23,7 +23,6 @@ import importlib.metadata
 import itertools
 import json
 import logging
-import os
 import shutil
 import time
 import uuid
@@ -43,6 +42,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from models.artifacts import swap_into_place
 from models.backbone import (
     DEFAULT_BACKBONE_CACHE,
     HF_TEXT_FILES,
@@ -575,7 +575,7 @@ def build_offline_backbone(
                 card["zero_shot"] = zero_shot_table(loaded, cfg.eval_limit, progress)
         card["wall_s"] = round(time.monotonic() - started, 1)
         _write_json(tmp / CARD, card)
-        _swap_into_place(tmp, target)
+        swap_into_place(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -619,16 +619,6 @@ def write_model_folder(backbone: Backbone, folder: Path) -> None:
     save_file(state, str(folder / WEIGHTS))
     for name, content in backbone.extra_files.items():
         (folder / name).write_bytes(content)
-
-
-def _swap_into_place(tmp: Path, target: Path) -> None:
-    if not target.exists():
-        os.replace(tmp, target)
-        return
-    old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-    os.replace(target, old)
-    os.replace(tmp, target)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _write_json(path: Path, value: Any) -> None:

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import yaml
 
 from models.errors import ConfigError
+from models.seeding import MAX_SEED
 
 OBJECTIVES = ("zeroshot", "ce", "flyp", "drm")
 WRM_READINGS = ("weight", "soft")
@@ -144,6 +145,7 @@ class TrainConfig:
         _check_choice(self.amp, AMP_MODES, "train.amp")
         _check(self.eval_every >= 0, "train.eval_every", "must be >= 0")
         _check(self.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0")
+        _check(0 <= self.seed <= MAX_SEED, "train.seed", f"must lie in [0, {MAX_SEED}]")
 
 
 @dataclass(frozen=True)

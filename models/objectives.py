@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from models.backbone import encode_text
 from models.config import ObjectiveConfig
 from models.heads import Classifier
+from models.seeding import derive_seed
 
 PC_EPS = 1e-8
 
@@ -147,7 +148,7 @@ class PromptSampler:
     seed: int
 
     def for_labels(self, labels: Tensor, step: int, salt: int = 0) -> list[str]:
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + step * 7 + salt)
+        gen = torch.Generator().manual_seed(derive_seed(self.seed, step, salt))
         picks = torch.randint(0, 1 << 30, (len(labels),), generator=gen).tolist()
         return [
             self.prompts[k][r % len(self.prompts[k])]

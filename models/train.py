@@ -28,6 +28,7 @@ from models.config import TrainConfig
 from models.errors import Cancelled, TrainingError
 from models.heads import Classifier
 from models.objectives import Batch, DualEncoder, Objective
+from models.seeding import derive_seed
 
 LATEST = "latest"
 KEEP_CHECKPOINTS = 2
@@ -78,7 +79,7 @@ class SeededView(Dataset[tuple[Tensor, int, int]]):
     def __getitem__(self, i: int) -> tuple[Tensor, int, int]:
         image, label, index = self.base[i]
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index)
+            torch.manual_seed(derive_seed(self.seed, self.epoch, index))
             return self.transform(image), label, index
 
 
@@ -91,7 +92,7 @@ def world() -> tuple[int, int]:
 
 def epoch_order(n: int, seed: int, epoch: int, rank: int, world_size: int) -> list[int]:
     """This rank's share of a permutation seeded by (seed, epoch); equal shares on every rank."""
-    gen = torch.Generator().manual_seed(seed * 7_919 + epoch)
+    gen = torch.Generator().manual_seed(derive_seed(seed, epoch, -1))
     order = torch.randperm(n, generator=gen).tolist()
     per_rank = n // world_size
     return order[rank * per_rank : (rank + 1) * per_rank]
@@ -248,7 +249,7 @@ def train(
     started = time.monotonic()
     device = classifier.device
     rank, world_size = world()
-    torch.manual_seed(cfg.seed + rank)
+    torch.manual_seed(derive_seed(cfg.seed, rank, -2))
     folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
 
     view = SeededView(dataset, transform, cfg.seed)

@@ -14,6 +14,7 @@ from celery import Celery
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from models.errors import ArtifactError, BackboneError, ConfigError, DataError
 from service.auth.service import SCOPES, store_key
@@ -26,7 +27,7 @@ from service.errors import ServiceError
 from service.health.router import router as health_router
 from service.jobs.router import router as jobs_router
 from service.limits import BodySizeLimit
-from service.observability import Metrics, middleware
+from service.observability import Metrics, RecordMetrics
 from service.predict import service as predict_service
 from service.predict.cache import ModelCache
 from service.predict.router import router as predict_router
@@ -87,6 +88,7 @@ def create_app(settings: Settings) -> FastAPI:
             torch.set_num_threads(settings.torch_threads)
         ctx = build_context(settings)
         app.state.ctx = ctx
+        app.state.metrics = ctx.metrics
         loader = threading.Thread(target=load_default_model, args=(ctx,), daemon=True)
         loader.start()
         try:
@@ -111,16 +113,11 @@ def create_app(settings: Settings) -> FastAPI:
     ):
         app.include_router(router)
     _install_error_handlers(app)
-    app.middleware("http")(_record_metrics)
+    # The size limit wraps the app directly, so nothing reads a body before it counts it; the
+    # metrics wrap both, so refused requests (413) are counted too.
     app.add_middleware(BodySizeLimit, limit_for=_limits(settings))
+    app.add_middleware(RecordMetrics)
     return app
-
-
-async def _record_metrics(request: Request, call_next: Any) -> Any:
-    ctx: AppContext | None = getattr(request.app.state, "ctx", None)
-    if ctx is None:
-        return await call_next(request)
-    return await middleware(ctx.metrics)(request, call_next)
 
 
 def _limits(settings: Settings) -> Any:
@@ -141,10 +138,21 @@ def error_body(status: int, code: str, message: str, param: str | None) -> JSONR
     )
 
 
+HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}
+
+
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def service_error(_: Request, exc: ServiceError) -> JSONResponse:
         return error_body(exc.status, exc.code, exc.message, exc.param)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # Unknown routes, wrong methods and the like, in our error shape rather than Starlette's.
+        code = HTTP_CODES.get(exc.status_code, "http_error")
+        response = error_body(exc.status_code, code, str(exc.detail), None)
+        response.headers.update(exc.headers or {})
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -172,6 +180,13 @@ def _install_error_handlers(app: FastAPI) -> None:
 def describe_validation(errors: Any) -> tuple[str | None, str]:
     """The first error as (dotted field, message), with the core's config key appended."""
     first = errors[0]
+    if first.get("type") == "json_invalid":
+        # The location holds the character offset, not a field.
+        reason = (first.get("ctx") or {}).get("error", "")
+        offset = first["loc"][-1] if len(first.get("loc", ())) > 1 else "?"
+        return None, f"the body is not valid JSON (at character {offset}): {reason}".rstrip(": ")
+    if first.get("type") == "missing" and tuple(first.get("loc", ())) == ("body",):
+        return None, "a JSON request body is required"
     loc = [str(p) for p in first.get("loc", ()) if _is_field(p)]
     error = (first.get("ctx") or {}).get("error")
     if isinstance(error, ConfigError) and error.key:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 class ServiceError(Exception):
     """An expected condition a client can cause; never a 500."""
@@ -53,3 +55,14 @@ class PayloadTooLarge(ServiceError):
 class Unavailable(ServiceError):
     status = 503
     code = "unavailable"
+
+
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)[^@\s]+@")
+
+
+def redact(text: str) -> str:
+    """Hide the password of any URL in ``text`` (driver errors may quote the URL they used).
+
+    For messages that leave the process: job events and errors, the readiness report.
+    """
+    return _URL_PASSWORD.sub(r"\g<head>***@", text)

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
 
-from fastapi import Request, Response
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
 class Metrics:
@@ -37,23 +36,31 @@ class Metrics:
         )
 
 
-def route_of(request: Request) -> str:
-    # The route template (/jobs/{job_id}), not the path: ids would explode the label space.
-    route = request.scope.get("route")
-    return getattr(route, "path", "unmatched")
+class RecordMetrics:
+    """Pure ASGI middleware (not ``BaseHTTPMiddleware``): it runs the app in the same task, so an
+    exception from the body stream (``BodyTooLarge``) reaches the size limit unwrapped."""
 
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
 
-def middleware(
-    metrics: Metrics,
-) -> Callable[[Request, Callable[[Request], Awaitable[Response]]], Awaitable[Response]]:
-    async def record(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        metrics: Metrics | None = getattr(getattr(scope.get("app"), "state", None), "metrics", None)
+        if scope["type"] != "http" or metrics is None:
+            await self.app(scope, receive, send)
+            return
         started = time.perf_counter()
-        response = await call_next(request)
-        route = route_of(request)
-        metrics.requests.labels(request.method, route, str(response.status_code)).inc()
-        metrics.latency.labels(route).observe(time.perf_counter() - started)
-        return response
+        status = 500
 
-    return record
+        async def recording_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, recording_send)
+        finally:
+            # The route template (/jobs/{job_id}), not the path: ids would explode the labels.
+            route = getattr(scope.get("route"), "path", "unmatched")
+            metrics.requests.labels(scope["method"], route, str(status)).inc()
+            metrics.latency.labels(route).observe(time.perf_counter() - started)

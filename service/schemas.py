@@ -8,6 +8,8 @@ from pydantic import BaseModel
 
 T = TypeVar("T")
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
+# Version numbers and sequence cursors are integer columns; larger numbers name nothing.
+MAX_INT = 2**31 - 1
 
 
 class ListResponse(BaseModel, Generic[T]):

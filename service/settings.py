@@ -26,7 +26,9 @@ def _split_list(value: object) -> object:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="RCS_", extra="ignore")
+    # hide_input_in_errors: a refused setting must not print the others (database password,
+    # API key) into the deployment's logs.
+    model_config = SettingsConfigDict(env_prefix="RCS_", extra="ignore", hide_input_in_errors=True)
 
     env: Literal["local", "production"] = "production"
     database_url: str = f"sqlite:///{DEFAULT_ROOT}/rcs.db"

@@ -28,13 +28,13 @@ from models.errors import Cancelled, ModelsError
 from models.pipeline import RunResult, finetune
 from models.train import Progress
 from service.db.tables import Dataset, Job, ModelVersion
+from service.errors import redact
 from service.jobs import state
 from service.registry import service as registry
 from service.settings import Settings
 from service.storage import ArtifactStore
 
 log = logging.getLogger(__name__)
-TERMINAL = ("succeeded", "failed", "cancelled")
 
 
 @dataclass
@@ -125,12 +125,12 @@ def run_job(ctx: WorkerContext, job_id: str) -> Outcome:
         job = session.get(Job, job_id)
         if job is None:
             return Outcome("skipped", f"no job {job_id}")
-        if job.status in TERMINAL:
+        if job.status in state.TERMINAL:
             # A second delivery of a finished job: never train or register twice.
             return Outcome("skipped", f"already {job.status}")
         if not state.claim(session, job_id, ctx.owner, ctx.settings.lease_s):
             session.refresh(job)
-            if job.status in TERMINAL:
+            if job.status in state.TERMINAL:
                 return Outcome("skipped", f"already {job.status}")
             wait = max(1.0, (job.lease_until or 0) - time.time() + 1)
             return Outcome("busy", f"held by {job.lease_owner}", retry_in_s=wait)
@@ -213,7 +213,12 @@ def register(ctx: WorkerContext, job_id: str, result: RunResult) -> Outcome:
         assert job is not None
         version = registry.begin_version(session, job.registered_model_name, job_id, card)
         key = registry.version_key(version.name, version.version)
-        source = ctx.store.put_folder(result.artifact.path, key)
+        try:
+            source = ctx.store.put_folder(result.artifact.path, key)
+        except Exception as exc:
+            # Never leave a version PENDING forever: the job fails, and so does its version.
+            registry.mark_failed(session, version, redact(f"storing the artifact failed: {exc}"))
+            raise
         registry.mark_ready(session, version, source)
         ref = f"{version.name}/{version.version}"
         steps = (card.get("training") or {}).get("steps", job.progress_step)
@@ -252,6 +257,7 @@ def _stopped(ctx: WorkerContext, job_id: str, observer: JobObserver | None) -> O
 
 
 def _failed(ctx: WorkerContext, job_id: str, code: str, message: str) -> Outcome:
+    message = redact(message)
     with ctx.sessions() as session:
         if state.finish(
             session,

@@ -8,9 +8,10 @@ from starlette.datastructures import UploadFile
 
 from service.auth.deps import AnyKey, TrainKey
 from service.datasets import service
-from service.datasets.schemas import DatasetFromPath, DatasetObject
+from service.datasets.schemas import MAX_NAME, DatasetFromPath, DatasetObject
 from service.deps import Ctx, Db
 from service.errors import InvalidRequest
+from service.multipart import read_form
 from service.schemas import ERROR_RESPONSES, ListResponse
 
 router = APIRouter(prefix="/datasets", tags=["datasets"], responses=ERROR_RESPONSES)
@@ -45,12 +46,15 @@ def register_from_path(body: DatasetFromPath, ctx: Ctx, db: Db, _: TrainKey) -> 
 async def register_upload(request: Request, ctx: Ctx, db: Db, _: TrainKey) -> DatasetObject:
     """Upload a .zip or .tar(.gz) of an image folder; capped by RCS_MAX_UPLOAD_BYTES."""
     # Parsed here rather than by FastAPI so the size-limit middleware sees the stream first.
-    async with request.form(max_files=1, max_fields=4) as form:
+    form = await read_form(request, max_files=1, max_fields=4)
+    try:
         upload, name = form.get("file"), form.get("name")
         if not isinstance(upload, UploadFile):
             raise InvalidRequest("a multipart 'file' part with the archive is required", "file")
-        if not isinstance(name, str) or not name.strip():
-            raise InvalidRequest("a non-empty 'name' field is required", "name")
+        if not isinstance(name, str) or not 0 < len(name.strip()) <= MAX_NAME:
+            raise InvalidRequest(
+                f"a 'name' field of 1 to {MAX_NAME} characters is required", "name"
+            )
         row = await run_in_threadpool(
             service.register_upload,
             db,
@@ -59,6 +63,8 @@ async def register_upload(request: Request, ctx: Ctx, db: Db, _: TrainKey) -> Da
             upload.filename or "",
             upload.file,
         )
+    finally:
+        await form.close()
     return DatasetObject.of(row)
 
 

@@ -6,11 +6,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from service.db.tables import Dataset
 
+MAX_NAME = 200  # the column's length
+
 
 class DatasetFromPath(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=200)
+    name: str = Field(min_length=1, max_length=MAX_NAME)
     path: str = Field(min_length=1, description="A folder or manifest under an allowed root")
 
 

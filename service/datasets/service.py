@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from models.data import DatasetSplits, image_problem, open_dataset
 from models.errors import DataError
+from service.db.queries import page
 from service.db.tables import Dataset, new_id
 from service.errors import InvalidRequest, NotFound, PayloadTooLarge
 from service.settings import Settings
@@ -176,5 +177,4 @@ def list_all(session: Session, after: str | None, limit: int) -> tuple[list[Data
     query = select(Dataset).order_by(Dataset.id.desc())
     if after is not None:
         query = query.where(Dataset.id < after)
-    rows = list(session.scalars(query.limit(limit + 1)))
-    return rows[:limit], len(rows) > limit
+    return page(session, query, limit)

@@ -22,6 +22,9 @@ def normalise(value: Descriptions) -> dict[str, list[str]]:
             raise ValueError("class names must be non-empty")
         if not cleaned or len(cleaned) != len(items):
             raise ValueError(f"class {name!r}: every description must be a non-empty text")
+        if name.strip() in result:
+            # Two keys that differ only in surrounding spaces: one would silently replace the other.
+            raise ValueError(f"class {name.strip()!r} is given twice")
         result[name.strip()] = cleaned
     return result
 

@@ -5,31 +5,29 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from service.db.queries import insert_with_retry, page
 from service.db.tables import DescriptionSet, new_id
 from service.errors import Conflict, InvalidRequest, NotFound
-
-RETRIES = 5
+from service.schemas import MAX_INT
 
 
 def create(session: Session, name: str, descriptions: dict[str, list[str]]) -> DescriptionSet:
     """A new version of ``name``; concurrent creators retry on the (name, version) key."""
-    for _ in range(RETRIES):
+
+    def build() -> DescriptionSet:
         latest = session.scalar(
             select(func.max(DescriptionSet.version)).where(DescriptionSet.name == name)
         )
-        row = DescriptionSet(
+        return DescriptionSet(
             id=new_id("desc"), name=name, version=(latest or 0) + 1, descriptions=descriptions
         )
-        session.add(row)
-        try:
-            session.commit()
-            return row
-        except IntegrityError:
-            session.rollback()
-    raise Conflict(f"could not allocate a version of {name!r}; retry")
+
+    row = insert_with_retry(session, build)
+    if row is None:
+        raise Conflict(f"could not allocate a version of {name!r}; retry")
+    return row
 
 
 def get(session: Session, set_id: str) -> DescriptionSet:
@@ -47,7 +45,7 @@ def resolve(session: Session, ref: str, param: str) -> DescriptionSet:
         name, _, version = ref.partition("/")
         query = select(DescriptionSet).where(DescriptionSet.name == name)
         if version:
-            if not version.isdigit():
+            if not version.isdecimal() or not 1 <= int(version) <= MAX_INT:
                 raise InvalidRequest(f"bad description set reference {ref!r}", param)
             query = query.where(DescriptionSet.version == int(version))
         row = session.scalar(query.order_by(DescriptionSet.version.desc()).limit(1))
@@ -65,5 +63,4 @@ def list_all(
     query = query.order_by(DescriptionSet.id.desc())
     if after is not None:
         query = query.where(DescriptionSet.id < after)
-    rows = list(session.scalars(query.limit(limit + 1)))
-    return rows[:limit], len(rows) > limit
+    return page(session, query, limit)

@@ -6,13 +6,14 @@ from typing import Any
 
 from service.context import AppContext
 from service.db.engine import ping
+from service.errors import redact
 
 
 def check_database(ctx: AppContext) -> str | None:
     try:
         ping(ctx.engine)
     except Exception as exc:  # any driver error means not ready, with the reason
-        return f"database: {type(exc).__name__}: {exc}"
+        return redact(f"database: {type(exc).__name__}: {exc}")
     return None
 
 
@@ -21,7 +22,7 @@ def check_broker(ctx: AppContext) -> str | None:
         with ctx.broker.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, timeout=ctx.settings.readiness_timeout_s)
     except Exception as exc:  # kombu raises transport-specific errors
-        return f"broker: {type(exc).__name__}: {exc}"
+        return redact(f"broker: {type(exc).__name__}: {exc}")
     return None
 
 

@@ -13,9 +13,8 @@ from service.auth.deps import AnyKey, TrainKey
 from service.context import AppContext
 from service.db.tables import now
 from service.deps import Ctx, Db
-from service.jobs import service
+from service.jobs import service, state
 from service.jobs.schemas import (
-    TERMINAL_STATES,
     CheckpointObject,
     EventObject,
     FineTuneRequest,
@@ -117,8 +116,11 @@ def list_events(
 
 def _poll(ctx: AppContext, job_id: str, cursor: int) -> tuple[list[EventObject], str]:
     with ctx.sessions() as session:
-        rows, _ = service.events(session, job_id, cursor, 500)
+        # Status first: the worker commits its last events with the terminal status, so events
+        # read afterwards include them. Read the other way round, a job finishing between the
+        # two reads would end the stream without its final events.
         status = service.get(session, job_id).status
+        rows, _ = service.events(session, job_id, cursor, 500)
         return [EventObject.of(r) for r in rows], status
 
 
@@ -129,7 +131,7 @@ async def _event_stream(ctx: AppContext, job_id: str, cursor: int) -> AsyncItera
         for event in events:
             cursor = int(event.id.removeprefix("ftevent-"))
             yield f"id: {event.id}\nevent: {event.type}\ndata: {event.model_dump_json()}\n\n"
-        if not events and status in TERMINAL_STATES:
+        if not events and status in state.TERMINAL:
             yield f"event: end\ndata: {json.dumps({'status': status})}\n\n"
             return
         idle = 0.0 if events else idle + STREAM_POLL_S

@@ -15,8 +15,11 @@ StrictObjective = strict(ObjectiveConfig)
 StrictHead = strict(HeadConfig)
 StrictWise = strict(WiseConfig)
 
-RUNNING_STATES = ("validating_files", "queued", "running")
-TERMINAL_STATES = ("succeeded", "failed", "cancelled")
+# Seeds are stored in a 32-bit integer column (PostgreSQL INTEGER); the core hashes any seed
+# into torch's range (models.seeding), so this is the only bound.
+MAX_SEED = 2**31 - 1
+# Steps are stored in 32-bit integer columns (PostgreSQL INTEGER).
+MAX_STEPS = 10_000_000
 Status = Literal["validating_files", "queued", "running", "succeeded", "failed", "cancelled"]
 
 
@@ -29,8 +32,8 @@ class Hyperparameters(BaseModel):
     batch_size: Annotated[int, Field(ge=2, le=8192)] | Auto = "auto"
     learning_rate: Annotated[float, Field(gt=0, le=1)] | Auto = "auto"
     weight_decay: Annotated[float, Field(ge=0, le=10)] | Auto = "auto"
-    warmup_steps: Annotated[int, Field(ge=0)] | Auto = "auto"
-    max_steps: Annotated[int, Field(ge=1)] | Auto = "auto"
+    warmup_steps: Annotated[int, Field(ge=0, le=MAX_STEPS)] | Auto = "auto"
+    max_steps: Annotated[int, Field(ge=1, le=MAX_STEPS)] | Auto = "auto"
 
 
 class Method(BaseModel):
@@ -81,7 +84,7 @@ class FineTuneRequest(BaseModel):
     wise_ft: StrictWise | None = None  # type: ignore[valid-type]
     splits: Splits = Field(default_factory=Splits)
     registered_model_name: str = Field(pattern=NAME_PATTERN)
-    seed: int | None = Field(None, ge=0, le=2**31 - 1)
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
     metadata: dict[str, Annotated[str, Field(max_length=512)]] = Field(default_factory=dict)
 
     @field_validator("metadata")

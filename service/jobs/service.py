@@ -22,13 +22,16 @@ from models.backbone import list_architectures, list_pretrained
 from models.config import RunConfig, from_dict, to_dict
 from models.data import check_descriptions
 from models.errors import ConfigError, DataError
+from models.templates import resolve_templates
 from service.datasets import service as datasets
+from service.db.queries import page
 from service.db.tables import Dataset, Job, JobCheckpoint, JobEvent, new_id
 from service.descriptions import service as description_sets
 from service.errors import Conflict, InvalidRequest, NotFound, Unavailable
 from service.jobs import state
-from service.jobs.schemas import FineTuneRequest, Hyperparameters
+from service.jobs.schemas import MAX_SEED, MAX_STEPS, FineTuneRequest, Hyperparameters
 from service.registry import service as registry
+from service.schemas import MAX_INT
 from service.settings import Settings
 
 # Where a core config key came from in the request, for 422s that name the request's field.
@@ -114,8 +117,9 @@ def build(session: Session, settings: Settings, body: FineTuneRequest) -> Job:
     splits = _splits(body, dataset)
     descriptions, set_id = _descriptions(session, body, dataset)
     base = _base_model(session, body)
-    seed = body.seed if body.seed is not None else secrets.randbelow(2**31)
+    seed = body.seed if body.seed is not None else secrets.randbelow(MAX_SEED + 1)
     hyper = resolve_hyperparameters(body.hyperparameters, _train_count(dataset, splits[0]), base)
+    _check_templates(body)
     run = run_config(settings, body, dataset, splits, base, hyper, seed)
     return Job(
         id=new_id("ftjob"),
@@ -200,13 +204,33 @@ def _base_model(session: Session, body: FineTuneRequest) -> Base:
     return Base(body.model, backbone, None, body.pretrained is not None)
 
 
+def _check_templates(body: FineTuneRequest) -> None:
+    # The core resolves a template set's name only when the worker builds the heads.
+    if body.head is not None:
+        try:
+            resolve_templates(body.head.templates)
+        except ConfigError as exc:
+            raise InvalidRequest(str(exc), "head.templates") from exc
+
+
 def resolve_hyperparameters(hp: Hyperparameters, n_train: int, base: Base) -> dict[str, Any]:
     """Turn every "auto" into a number, from the training-set size."""
+    if hp.batch_size != "auto" and hp.batch_size > n_train:
+        raise InvalidRequest(
+            f"batch_size {hp.batch_size} exceeds the {n_train} training images",
+            "hyperparameters.batch_size",
+        )
     batch = hp.batch_size if hp.batch_size != "auto" else _auto_batch(n_train)
     steps_per_epoch = max(1, n_train // batch)
     # Small sets get enough passes for ~100 steps; large ones at most the FLYP-like 20 epochs.
     epochs = hp.n_epochs if hp.n_epochs != "auto" else min(20, math.ceil(100 / steps_per_epoch))
     total = hp.max_steps if hp.max_steps != "auto" else epochs * steps_per_epoch
+    if total > MAX_STEPS:
+        raise InvalidRequest(
+            f"{epochs} epochs of {steps_per_epoch} steps exceed {MAX_STEPS} steps; "
+            "set max_steps or fewer n_epochs",
+            "hyperparameters.n_epochs",
+        )
     # FLYP's 1e-5 keeps pretrained features; a random-init backbone has none to keep.
     lr = hp.learning_rate if hp.learning_rate != "auto" else (1e-5 if base.pretrained else 5e-4)
     return {
@@ -281,13 +305,12 @@ def list_jobs(
         query = query.where(Job.status == status)
     if after is not None:
         query = query.where(Job.id < after)
-    rows = list(session.scalars(query.order_by(Job.id.desc()).limit(limit + 1)))
-    return rows[:limit], len(rows) > limit
+    return page(session, query.order_by(Job.id.desc()), limit)
 
 
 def cancel(session: Session, job_id: str) -> Job:
     job = get(session, job_id)
-    if job.status in ("succeeded", "failed", "cancelled"):
+    if job.status in state.TERMINAL:
         raise Conflict(f"job {job_id} already {job.status}; terminal states never change")
     if not state.cancel(session, job_id):
         session.refresh(job)
@@ -300,7 +323,7 @@ def parse_event_cursor(after: str | None) -> int:
     if after is None:
         return 0
     digits = after.removeprefix("ftevent-")
-    if not digits.isdigit():
+    if not digits.isdecimal() or int(digits) > MAX_INT:
         raise InvalidRequest(f"bad event cursor {after!r}", "after")
     return int(digits)
 
@@ -313,10 +336,8 @@ def events(
         select(JobEvent)
         .where(JobEvent.job_id == job_id, JobEvent.seq > after_seq)
         .order_by(JobEvent.seq)
-        .limit(limit + 1)
     )
-    rows = list(session.scalars(query))
-    return rows[:limit], len(rows) > limit
+    return page(session, query, limit)
 
 
 def checkpoints(session: Session, job_id: str) -> list[JobCheckpoint]:

@@ -14,8 +14,10 @@ from sqlalchemy import CursorResult, or_, select, update
 from sqlalchemy.orm import Session
 
 from service.db.tables import Job, JobCheckpoint, JobEvent, now
+from service.errors import redact
 
 ACTIVE = ("validating_files", "queued", "running")
+TERMINAL = ("succeeded", "failed", "cancelled")
 
 
 def add_event(
@@ -125,6 +127,7 @@ def cancel(session: Session, job_id: str) -> bool:
 
 def fail(session: Session, job_id: str, code: str, message: str) -> None:
     """Fail a job no worker holds (it could not be queued)."""
+    message = redact(message)
     session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status.in_(ACTIVE))

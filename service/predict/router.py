@@ -6,11 +6,11 @@ from fastapi import APIRouter, Request
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException
 
 from service.auth.deps import PredictKey
 from service.deps import Ctx, Db
-from service.errors import BadRequest, InvalidRequest, PayloadTooLarge
+from service.errors import BadRequest, InvalidRequest
+from service.multipart import read_form
 from service.predict import service
 from service.predict.schemas import PredictJSON, PredictResponse
 from service.schemas import ERROR_RESPONSES
@@ -68,13 +68,7 @@ async def _from_json(request: Request) -> tuple[str, int, list[service.ImageInpu
 async def _from_multipart(
     request: Request, max_files: int
 ) -> tuple[str, int, list[service.ImageInput]]:
-    try:
-        form = await request.form(max_files=max_files)
-    except HTTPException as exc:
-        if "Too many files" in str(exc.detail):
-            # Starlette stops parsing at the file limit; answer like any other "too many images".
-            raise PayloadTooLarge(f"more than {max_files} images in one request", "files") from exc
-        raise BadRequest(f"malformed multipart body: {exc.detail}") from exc
+    form = await read_form(request, max_files=max_files)
     try:
         ref = form.get("model")
         if not isinstance(ref, str) or not ref.strip():
@@ -96,6 +90,6 @@ async def _from_multipart(
 def _top_k(value: object) -> int:
     if value is None:
         return 5
-    if not isinstance(value, str) or not value.isdigit() or not 1 <= int(value) <= 1000:
+    if not isinstance(value, str) or not value.isdecimal() or not 1 <= int(value) <= 1000:
         raise InvalidRequest("top_k must be an integer from 1 to 1000", "top_k")
     return int(value)

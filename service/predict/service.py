@@ -57,6 +57,11 @@ def decode(image: ImageInput, max_pixels: int) -> Image.Image:
         raise PayloadTooLarge(f"image {name} is too large: {exc}", image.param) from exc
     except PayloadTooLarge:
         raise
+    except Image.UnidentifiedImageError as exc:
+        # PIL's own message names an in-memory buffer object, which tells a client nothing.
+        raise InvalidRequest(
+            f"image {name} cannot be decoded: not a recognised image format", image.param
+        ) from exc
     except Exception as exc:  # PIL raises many types (OSError, SyntaxError, ...) on bad data
         raise InvalidRequest(f"image {name} cannot be decoded: {exc}", image.param) from exc
 

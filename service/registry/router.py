@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Path, Query, Response
 
 from service.auth.deps import AnyKey, TrainKey
 from service.deps import Ctx, Db
@@ -13,8 +13,10 @@ from service.registry.schemas import (
     ModelVersionObject,
     RegisteredModelObject,
 )
-from service.schemas import ERROR_RESPONSES, ListResponse
+from service.schemas import ERROR_RESPONSES, MAX_INT, ListResponse
 
+# Versions are 32-bit integers in the database; a larger number is a 422, not a driver error.
+Version = Annotated[int, Path(ge=1, le=MAX_INT)]
 router = APIRouter(prefix="/models", tags=["registry"], responses=ERROR_RESPONSES)
 
 
@@ -50,13 +52,13 @@ def list_versions(name: str, db: Db, _: AnyKey) -> ListResponse[ModelVersionObje
 
 
 @router.get("/{name}/versions/{version}", response_model=ModelVersionObject)
-def get_version(name: str, version: int, db: Db, _: AnyKey) -> ModelVersionObject:
+def get_version(name: str, version: Version, db: Db, _: AnyKey) -> ModelVersionObject:
     row = service.get_version(db, name, version)
     return ModelVersionObject.of(row, service.aliases_of(db, name))
 
 
 @router.delete("/{name}/versions/{version}", status_code=204)
-def delete_version(name: str, version: int, ctx: Ctx, db: Db, _: TrainKey) -> Response:
+def delete_version(name: str, version: Version, ctx: Ctx, db: Db, _: TrainKey) -> Response:
     row = service.delete_version(db, name, version)
     ctx.models.evict(row.name, row.version)
     ctx.store.delete(service.version_key(row.name, row.version))

@@ -5,6 +5,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.db.tables import ModelVersion, RegisteredModel
+from service.schemas import MAX_INT
 
 
 class VersionSummary(BaseModel):
@@ -93,7 +94,7 @@ class ModelVersionObject(BaseModel):
 class AliasUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    version: int = Field(ge=1)
+    version: int = Field(ge=1, le=MAX_INT)
 
 
 class AliasObject(BaseModel):

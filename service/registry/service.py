@@ -15,8 +15,10 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from service.db.queries import insert_with_retry, page
 from service.db.tables import ModelAlias, ModelVersion, RegisteredModel, now
 from service.errors import Conflict, InvalidRequest, NotFound, ServiceError
+from service.schemas import MAX_INT
 
 PENDING = "PENDING_REGISTRATION"
 FAILED = "FAILED_REGISTRATION"
@@ -26,7 +28,6 @@ RESERVED_ALIAS = re.compile(r"^(latest|v\d+)$")
 REF_PATTERN = re.compile(
     r"^(?:models:/)?(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]*)(?:/(?P<version>\d+)|@(?P<alias>[A-Za-z0-9_-]+))?$"
 )  # noqa: E501
-RETRIES = 5
 
 
 @dataclass(frozen=True)
@@ -46,8 +47,10 @@ def parse_ref(text: str) -> Ref | None:
     match = REF_PATTERN.match(text.strip())
     if match is None:
         return None
-    version = match["version"]
-    return Ref(match["name"], int(version) if version else None, match["alias"])
+    version = int(match["version"]) if match["version"] else None
+    if version is not None and not 1 <= version <= MAX_INT:
+        return None
+    return Ref(match["name"], version, match["alias"])
 
 
 def version_key(name: str, version: int) -> str:
@@ -91,8 +94,7 @@ def list_models(
     query = select(RegisteredModel).order_by(RegisteredModel.name)
     if after is not None:
         query = query.where(RegisteredModel.name > after)
-    rows = list(session.scalars(query.limit(limit + 1)))
-    return rows[:limit], len(rows) > limit
+    return page(session, query, limit)
 
 
 def versions_of(session: Session, name: str) -> list[ModelVersion]:
@@ -143,6 +145,9 @@ def delete_alias(session: Session, name: str, alias: str) -> None:
 def delete_version(session: Session, name: str, version: int) -> ModelVersion:
     """Remove the row and its aliases; the caller deletes the artifact after the commit."""
     row = get_version(session, name, version)
+    if row.status == PENDING:
+        # Its worker is copying the artifact now and would mark a deleted row READY.
+        raise Conflict(f"version {version} of {name!r} is still being registered", "version")
     session.execute(
         delete(ModelAlias).where(ModelAlias.name == name, ModelAlias.version == version)
     )
@@ -158,7 +163,9 @@ def begin_version(
     session: Session, name: str, job_id: str, card: dict[str, Any], description: str = ""
 ) -> ModelVersion:
     """The version this job registers, created PENDING on the first call, found on later ones."""
-    for _ in range(RETRIES):
+
+    def build() -> ModelVersion:
+        # Found again when a clash was this job's own row (a second delivery registering).
         existing = session.scalar(select(ModelVersion).where(ModelVersion.job_id == job_id))
         if existing is not None:
             return existing
@@ -166,10 +173,9 @@ def begin_version(
         latest = session.scalar(
             select(func.max(ModelVersion.version)).where(ModelVersion.name == name)
         )
-        version = (latest or 0) + 1
-        row = ModelVersion(
+        return ModelVersion(
             name=name,
-            version=version,
+            version=(latest or 0) + 1,
             status=PENDING,
             source="",
             job_id=job_id,
@@ -177,14 +183,11 @@ def begin_version(
             description=description,
             tags={},
         )
-        session.add(row)
-        try:
-            session.commit()
-            return row
-        except IntegrityError:
-            # Another registration took this number (or this job's row): look again.
-            session.rollback()
-    raise Conflict(f"could not allocate a version of {name!r}")
+
+    row = insert_with_retry(session, build)
+    if row is None:
+        raise Conflict(f"could not allocate a version of {name!r}")
+    return row
 
 
 def _ensure_model(session: Session, name: str) -> None:

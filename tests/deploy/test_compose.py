@@ -130,3 +130,22 @@ def test_worker_healthcheck_reads_the_heartbeat(
     assert main([]) == 1
     beat.touch()
     assert main(["--max-age", "60"]) == 0
+
+
+def test_non_python_files_of_the_packages_are_package_data() -> None:
+    # A non-editable install (pip install .) ships only what package-data names: without the
+    # Alembic template, `alembic revision` breaks on an installed service.
+    import fnmatch
+    import tomllib
+
+    package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"
+    ]
+    for package in ("service", "worker"):
+        folder = ROOT / package
+        patterns = package_data.get(package, [])
+        for path in folder.rglob("*"):
+            if path.is_dir() or path.suffix in (".py", ".pyc") or "__pycache__" in path.parts:
+                continue
+            rel = path.relative_to(folder).as_posix()
+            assert any(fnmatch.fnmatch(rel, p) for p in patterns), f"{package}/{rel}"

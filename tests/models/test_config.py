@@ -35,6 +35,8 @@ def test_overrides_parse_yaml_values(tmp_path: Path) -> None:
         (["wise.alphas=[0.5, 1.5]"], "wise.alphas"),
         (["train.learning_rate=1"], "train"),
         (["head.templates=['no slot']"], "head.templates"),
+        (["train.seed=-1"], "train.seed"),
+        (["train.seed=9223372036854775808"], "train.seed"),
     ],
 )
 def test_bad_values_name_the_key(overrides: list[str], key: str) -> None:

@@ -9,6 +9,7 @@ from fastapi.testclient import TestClient
 
 from service.context import AppContext
 from service.jobs import state
+from service.jobs.schemas import MAX_SEED
 from tests.service.support import FakeBroker, finetune_body
 from worker.contracts import TASK_FINETUNE, FinetunePayload
 
@@ -80,6 +81,13 @@ def test_stored_description_set_by_id_and_by_name(
         ({"splits": {"train": "nope"}}, "splits.train", "no split"),
         ({"splits": {"ood": ["nope"]}}, "splits.ood", "no split"),
         ({"seed": -1}, "seed", "greater"),
+        # Regressions: each of these was accepted, then failed (or overflowed) later.
+        ({"seed": MAX_SEED + 1}, "seed", "less than or equal"),
+        ({"head": {"templates": "nope"}}, "head.templates", "unknown template set"),
+        ({"hyperparameters": {"batch_size": 4096}}, "hyperparameters.batch_size", "exceeds"),
+        ({"hyperparameters": {"max_steps": 10**11}}, "hyperparameters.max_steps", "less than"),
+        ({"hyperparameters": {"warmup_steps": 10**11}}, "hyperparameters.warmup_steps", "less"),
+        ({"descriptions": "shapes/99999999999999999999"}, "descriptions", "bad description set"),
     ],
 )
 def test_invalid_requests_are_422_naming_the_field_and_queue_nothing(

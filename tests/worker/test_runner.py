@@ -185,3 +185,20 @@ def test_payload_schema_rejects_anything_but_a_job_id() -> None:
     for bad in ({"job_id": "x"}, {"job_id": "ftjob-" + "0" * 24, "extra": 1}, {}):
         with pytest.raises(ValidationError):
             FinetunePayload.model_validate(bad)
+
+
+def test_storage_failure_fails_the_version_instead_of_leaving_it_pending(
+    ctx: WorkerContext, shapes_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*_: Any) -> str:
+        raise OSError("bucket s3://u:s3cret@host/x unreachable")
+
+    monkeypatch.setattr(ctx.store, "put_folder", broken)
+    job_id = new_job(ctx, shapes_root, hyperparameters={"n_epochs": 1, "batch_size": 8})
+    assert run_job(ctx, job_id).status == "failed"
+    job = job_row(ctx, job_id)
+    assert job.status == "failed" and job.error is not None
+    assert "s3cret" not in job.error["message"]  # credentials never reach the job's error
+    [version] = versions(ctx)
+    assert version.status == "FAILED_REGISTRATION"
+    assert "storing the artifact failed" in (version.status_message or "")

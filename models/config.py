@@ -131,6 +131,9 @@ class TrainConfig:
     eval_every: int = 0
     checkpoint_every: int = 0
     device: str = "auto"
+    # Batch-norm layers (the offline backbone's EfficientNet, CLIP's ResNets) keep the running
+    # statistics of the pretrained model instead of re-estimating them from small batches.
+    freeze_norm_stats: bool = True
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "train.epochs", "must be >= 1")

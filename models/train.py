@@ -292,7 +292,7 @@ def train(
         }
 
     result = TrainResult(steps=step, resumed_from=resumed_from, losses={})
-    classifier.train()
+    training_mode(classifier, cfg.freeze_norm_stats)
     window_start, window_images = time.monotonic(), 0
     while step < total:
         epoch = step // steps_per_epoch
@@ -343,7 +343,7 @@ def train(
             control = callback(progress) if callback is not None else None
 
             if evaluate is not None and cfg.eval_every and step % cfg.eval_every == 0:
-                metrics = _evaluate(classifier, evaluate, rank)
+                metrics = _evaluate(classifier, evaluate, rank, cfg.freeze_norm_stats)
                 result.evals.append({"step": step, **metrics})
                 if callback is not None:
                     callback(Progress(**{**progress.__dict__, "event": "eval", "metrics": metrics}))
@@ -356,11 +356,28 @@ def train(
     return result
 
 
-def _evaluate(classifier: Classifier, evaluate: Evaluate, rank: int) -> dict[str, Any]:
+def training_mode(module: nn.Module, freeze_norm_stats: bool) -> None:
+    """``module.train()``, with batch-norm layers left in eval mode when ``freeze_norm_stats``.
+
+    Frozen, they normalise with the running statistics the pretrained (zero-shot) model was
+    aligned with instead of each small batch's, and those statistics stay the zero-shot
+    model's, so WiSE-FT averages two models that agree on them. ViTs have no batch norm.
+    """
+    module.train()
+    if freeze_norm_stats:
+        for m in module.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
+
+def _evaluate(
+    classifier: Classifier, evaluate: Evaluate, rank: int, freeze_norm_stats: bool
+) -> dict[str, Any]:
     was_training = classifier.training
     classifier.eval()
     metrics = evaluate(classifier) if rank == 0 else {}
-    classifier.train(was_training)
+    if was_training:
+        training_mode(classifier, freeze_norm_stats)
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
     return metrics

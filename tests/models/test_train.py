@@ -10,7 +10,14 @@ from models.data import ImageDataset, open_dataset
 from models.errors import Cancelled, TrainingError
 from models.heads import Classifier
 from models.objectives import CorePrior, build_objective
-from models.train import Progress, cosine_with_warmup, epoch_order, param_groups, train
+from models.train import (
+    Progress,
+    cosine_with_warmup,
+    epoch_order,
+    param_groups,
+    train,
+    training_mode,
+)
 from tests.conftest import make_classifier
 
 
@@ -145,3 +152,16 @@ def test_weight_decay_groups_skip_gains_biases_and_temperature(classifier: Class
     assert id(classifier.clip.logit_scale) in no_decay_ids
     assert all(p.ndim >= 2 for p in decay["params"])
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_batch_norm_statistics_are_frozen_while_training_unless_asked(freeze: bool) -> None:
+    # Re-estimating them from small fine-tuning batches wrecked the offline backbone (an
+    # EfficientNet): ID top-1 fell from 0.91 to 0.55 within nine steps, for every objective.
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU())
+    before = model[1].running_mean.clone()
+    training_mode(model, freeze_norm_stats=freeze)
+    assert model.training and model[0].training
+    model(torch.randn(8, 3, 8, 8) + 5.0)
+    assert torch.equal(model[1].running_mean, before) is freeze
+    assert model[1].training is not freeze

@@ -178,7 +178,11 @@ def finetune(
             run_key=run_key(cfg),
         )
         finetuned_state = cpu_state(classifier)
-        curve = sweep(zeroshot_state, finetuned_state, cfg.wise.alphas, _at(classifier, evaluate))
+        # alpha 0 is the zero-shot model, evaluated above: its metrics are reused, not redone.
+        swept = [a for a in cfg.wise.alphas if a != 0.0]
+        curve = sweep(zeroshot_state, finetuned_state, swept, _at(classifier, evaluate))
+        if 0.0 in cfg.wise.alphas:
+            curve.insert(0, CurvePoint(0.0, zeroshot_metrics))
         selected = select_alpha(curve, cfg.wise, split=cfg.data.val_split)
         load_state(classifier, merge(zeroshot_state, finetuned_state, selected))
         if selected not in {p.alpha for p in curve}:  # a fixed alpha off the swept grid

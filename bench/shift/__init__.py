@@ -1,0 +1,1 @@
+"""The distribution-shift robustness benchmark: see bench/shift/README.md."""

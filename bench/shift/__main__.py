@@ -1,0 +1,5 @@
+import sys
+
+from bench.shift.run import main
+
+sys.exit(main())

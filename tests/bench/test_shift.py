@@ -1,0 +1,254 @@
+"""The distribution-shift benchmark: its tasks (real images, disjoint from the backbone's
+alignment corpus, shifts as specified), its report, and a quick end-to-end run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bench.shift import report
+from bench.shift.run import make_plan, parse, run_config
+from bench.shift.tasks import (
+    CORRUPTIONS,
+    PALETTE,
+    QUICK,
+    SPURIOUS_ALIGNED,
+    SPURIOUS_COLOURS,
+    TASKS,
+    Sizes,
+    build_task,
+    corrupted,
+    read_manifest,
+    upscaled,
+)
+from models.config import to_dict
+from models.data import open_dataset
+from models.offline_data import FASHION_CLASSNAMES, RESERVED, load_source, within_class_rank
+
+ROOT = Path(__file__).resolve().parents[2]
+SMALL = Sizes(train=12, val=4, test=6, ood=5)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("shift")
+    return {name: build_task(task, SMALL, root) for name, task in TASKS.items()}
+
+
+def _origins(rows: list[dict[str, Any]]) -> dict[str, set[str]]:
+    by_split: dict[str, set[str]] = {}
+    for row in rows:
+        by_split.setdefault(row["split"], set()).add(row["origin"])
+    return by_split
+
+
+def test_every_image_comes_from_a_benchmark_range_never_the_corpus(
+    built: dict[str, Path],
+) -> None:
+    for manifest in built.values():
+        rows = read_manifest(manifest)
+        for row in rows:
+            source, index = row["origin"].rsplit(":", 1)
+            full = load_source(source, "all")
+            reserved = RESERVED[source]
+            if reserved.per_class:
+                rank = within_class_rank(full.labels)[int(index)]
+                assert rank in reserved.benchmark, row
+            else:
+                assert int(index) in reserved.benchmark, row
+
+
+def test_id_splits_are_disjoint_and_ood_holds_no_training_image(built: dict[str, Path]) -> None:
+    for name, manifest in built.items():
+        origins = _origins(read_manifest(manifest))
+        assert not origins["train"] & origins["val"], name
+        assert not origins["train"] & origins["test"], name
+        assert not origins["val"] & origins["test"], name
+        for split in TASKS[name].ood_splits:
+            assert not origins[split] & (origins["train"] | origins["val"]), (name, split)
+
+
+def test_tasks_open_as_ordinary_datasets_with_the_counts_asked_for(
+    built: dict[str, Path],
+) -> None:
+    for name, manifest in built.items():
+        ds = open_dataset(manifest)
+        counts = ds.counts()
+        assert len(ds.classnames) == 10
+        assert counts["train"] == {c: SMALL.train for c in ds.classnames}, name
+        assert counts["val"] == {c: SMALL.val for c in ds.classnames}, name
+        for split in TASKS[name].ood_splits:
+            assert counts[split] == {c: SMALL.ood for c in ds.classnames}, (name, split)
+        descriptions = json.loads(manifest.with_name("descriptions.json").read_text())
+        assert sorted(descriptions) == sorted(ds.classnames)
+
+
+def test_descriptions_name_no_colour_or_background() -> None:
+    words = {*SPURIOUS_COLOURS, "background", "colour", "color", "white", "black"}
+    for task in TASKS.values():
+        for texts in task.descriptions.values():
+            for text in texts:
+                assert not words & set(text.replace(",", " ").replace(".", " ").split()), text
+
+
+def test_background_colour_predicts_the_class_in_id_and_misleads_out_of_it(tmp_path: Path) -> None:
+    sizes = Sizes(train=60, val=10, test=10, ood=20)
+    manifest = build_task(TASKS["fashion-spurious"], sizes, tmp_path)
+    rows = read_manifest(manifest)
+    groups = Counter((r["split"], r["group"]) for r in rows)
+    aligned = groups[("train", "aligned")] / (10 * sizes.train)
+    assert abs(aligned - SPURIOUS_ALIGNED) < 0.05
+    assert groups[("ood_swapped", "aligned")] == 0
+    assert groups[("ood_random", "aligned")] < 10 * 20 * 0.3
+    classes = list(FASHION_CLASSNAMES)  # colour k belongs to the source's class k
+    for row in rows[:: len(rows) // 40]:
+        corner = np.asarray(Image.open(manifest.parent / row["path"]))[0, 0]
+        colour = SPURIOUS_COLOURS.index(
+            min(PALETTE, key=lambda c: np.abs(np.subtract(PALETTE[c], corner)).sum())
+        )
+        k = classes.index(row["label"])
+        expected_aligned = colour == k
+        assert (row["group"] == "aligned") is expected_aligned, row
+        if row["split"] == "ood_swapped":
+            assert colour == (k + 1) % 10
+
+
+def test_corruptions_cycle_and_grow_with_severity(built: dict[str, Path]) -> None:
+    rows = read_manifest(built["animals-corruption"])
+    assert {r["group"] for r in rows if r["split"] == "ood_sev3"} == set(CORRUPTIONS)
+    gray = np.asarray(load_source("animal-mnist").images[0])
+    clean = upscaled(gray).astype(np.float64)
+    change = {
+        s: np.abs(corrupted(upscaled(gray), "gaussian_noise", s, seed=1) - clean).mean()
+        for s in (1, 5)
+    }
+    assert change[5] > 2 * change[1] > 0
+    again = corrupted(upscaled(gray), "gaussian_noise", 5, seed=1)
+    assert np.array_equal(again, corrupted(upscaled(gray), "gaussian_noise", 5, seed=1))
+
+
+def test_a_build_is_deterministic_and_reused(tmp_path: Path) -> None:
+    task = TASKS["animals-corruption"]
+    first = build_task(task, SMALL, tmp_path / "a")
+    second = build_task(task, SMALL, tmp_path / "b")
+    assert first.read_bytes() == second.read_bytes()
+    for row in read_manifest(first)[::7]:
+        a = (first.parent / row["path"]).read_bytes()
+        assert a == (second.parent / row["path"]).read_bytes()
+    stamp = (first.parent / "task.json").stat().st_mtime_ns
+    assert build_task(task, SMALL, tmp_path / "a") == first
+    assert (first.parent / "task.json").stat().st_mtime_ns == stamp
+
+
+def test_run_configs_use_tuned_values_and_quick_mode_trains_less(tmp_path: Path) -> None:
+    hparams = tmp_path / "hparams.json"
+    tuned = {"fashion-spurious": {"drm-soft": {"lr": 1e-4, "lam": 2.0}}}
+    hparams.write_text(json.dumps({"offline-lite0-minilm": tuned}))
+    plan = make_plan(parse(["--quick", "--hparams", str(hparams), "--out", str(tmp_path)]))
+    assert plan.seeds == (0,) and plan.sizes == QUICK
+    task = TASKS["fashion-spurious"]
+    from bench.shift.run import hparams_for
+
+    hp = hparams_for(plan, task.name, "drm-soft")
+    cfg = to_dict(run_config(plan, task, tmp_path / "m.csv", "drm-soft", 3, tmp_path, hp))
+    assert cfg["train"]["lr"] == 1e-4 and cfg["objective"]["lam"] == 2.0
+    assert cfg["objective"]["wrm"] == "soft" and cfg["train"]["seed"] == 3
+    assert cfg["data"]["ood_splits"] == ["ood_swapped", "ood_random"]
+    assert cfg["train"]["epochs"] == 1  # quick
+
+
+def test_bad_arguments_name_what_is_wrong() -> None:
+    with pytest.raises(SystemExit, match="unknown task"):
+        make_plan(parse(["--tasks", "cifar"]))
+    with pytest.raises(SystemExit, match="unknown method"):
+        make_plan(parse(["--methods", "flyp,sgd"]))
+    with pytest.raises(SystemExit, match="--seeds"):
+        make_plan(parse(["--seeds", "a,b"]))
+
+
+def _run(method: str, seed: int, test: float, ood: float, selected: float) -> dict[str, Any]:
+    def metrics(t: float, o: float) -> dict[str, Any]:
+        head = {"top1": t, "macro_f1": t - 0.01, "worst_group_acc": None, "n": 10}
+        ood_head = {"top1": o, "macro_f1": o - 0.01, "worst_group_acc": o / 2, "n": 10}
+        return {
+            "val": {h: head for h in report.ZEROSHOT_HEADS},
+            "test": {h: head for h in report.ZEROSHOT_HEADS},
+            "ood_a": {h: ood_head for h in report.ZEROSHOT_HEADS},
+        }
+
+    curve = [{"alpha": 0.0, "metrics": metrics(0.5, 0.4)}]
+    if method != "zeroshot":
+        curve += [
+            {"alpha": 0.5, "metrics": metrics((0.5 + test) / 2, ood + 0.05)},
+            {"alpha": 1.0, "metrics": metrics(test, ood)},
+        ]
+    return {
+        "task": "t",
+        "method": method,
+        "seed": seed,
+        "hparams": {"lr": 1e-5, "lam": 1.0, "epochs": 1, "batch_size": 8},
+        "selected_alpha": selected,
+        "curve": curve,
+        "steps": 5,
+        "wall_s": 1.0,
+    }
+
+
+def test_report_aggregates_seeds_and_draws_the_plot(tmp_path: Path) -> None:
+    runs = [
+        _run("zeroshot", 0, 0, 0, 0.0),
+        _run("flyp", 0, 0.8, 0.2, 1.0),
+        _run("flyp", 1, 0.9, 0.4, 0.5),
+    ]
+    results = {
+        "plan": {
+            "tasks": {"t": {"shift": "a shift", "ood_splits": ["ood_a"]}},
+            "seeds": [0, 1],
+            "alphas": [0, 0.5, 1],
+            "backbone": "b",
+            "quick": False,
+        },
+        "runs": runs,
+        "wall_s": 60.0,
+        "machine": {"cuda": None},
+        "created_at": "now",
+    }
+    rows = {r["name"]: r for r in report.rows_for_task(runs, "t")}
+    assert rows["flyp"]["top1"]["test"] == [0.8, 0.9]
+    assert rows["flyp + WiSE-FT"]["alphas"] == [1.0, 0.5]
+    assert rows["flyp + WiSE-FT"]["top1"]["ood_a"] == [0.2, 0.4 + 0.05]
+    text = report.markdown(results)
+    assert "| flyp | 0.850 ± 0.071 | 0.300 ± 0.141 |" in text
+    assert "| zero-shot (concept) | 0.500 | 0.400 |" in text
+    report.plot(results, tmp_path / "er.png")
+    assert Image.open(tmp_path / "er.png").size[0] > 400
+
+
+@pytest.mark.slow
+def test_quick_benchmark_runs_end_to_end(tmp_path: Path) -> None:
+    # The CI smoke test of `make bench-shift-quick`: real offline backbone, real images, every
+    # method, one seed (the backbone is built first when it is not cached: about 5 minutes).
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "bench.shift", "--quick", "--out", str(out)]
+    cmd += ["--data-root", str(tmp_path / "data")]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    methods = Counter((r["task"], r["method"]) for r in results["runs"])
+    assert set(methods) == {(t, m) for t in TASKS for m in results["plan"]["methods"]}
+    for run in results["runs"]:
+        for p in run["curve"]:
+            for split in p["metrics"].values():
+                assert 0.0 <= split["dual"]["top1"] <= 1.0
+        if run["method"] == "zeroshot":  # real pretrained towers: far above chance (0.1) in ID
+            assert report.summary(report.point(run, 0.0))["test"] > 0.5, run["task"]
+    assert (out / "effective_robustness.png").stat().st_size > 10_000
+    assert "### fashion-spurious" in (out / "results.md").read_text()

@@ -13,6 +13,7 @@ import functools
 import json
 import logging
 import os
+import pickle
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -210,7 +211,8 @@ def _create_model(name: str, pretrained: str | None) -> ClipModel:
             return open_clip.create_model(
                 name, pretrained=pretrained, weights_only=True, **_hf_text_overrides(name)
             )
-    except (RuntimeError, FileNotFoundError, ValueError) as exc:
+    except (RuntimeError, FileNotFoundError, ValueError, pickle.UnpicklingError) as exc:
+        # UnpicklingError: a .pt file holding more than tensors (weights_only refused it).
         raise BackboneError(f"cannot create {name!r} (pretrained={pretrained!r}): {exc}") from exc
 
 

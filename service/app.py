@@ -187,7 +187,11 @@ def describe_validation(errors: Any) -> tuple[str | None, str]:
         return None, f"the body is not valid JSON (at character {offset}): {reason}".rstrip(": ")
     if first.get("type") == "missing" and tuple(first.get("loc", ())) == ("body",):
         return None, "a JSON request body is required"
-    loc = [str(p) for p in first.get("loc", ()) if _is_field(p)]
+    parts = list(first.get("loc", ()))
+    # Only the first part is the location: a body field may be called "path" or "query".
+    if parts and parts[0] in _LOCATIONS:
+        parts = parts[1:]
+    loc = [str(p) for p in parts if _is_field(p)]
     error = (first.get("ctx") or {}).get("error")
     if isinstance(error, ConfigError) and error.key:
         loc.append(error.key.split(".", 1)[-1])
@@ -207,7 +211,7 @@ def _is_field(part: object) -> bool:
     if isinstance(part, int):
         return True
     text = str(part)
-    return text not in _LOCATIONS and text not in _TYPE_TAGS and not re.search(r"[\[\]\-]", text)
+    return text not in _TYPE_TAGS and not re.search(r"[\[\]\-]", text)
 
 
 def app_from_env() -> FastAPI:

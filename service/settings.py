@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -23,6 +24,16 @@ def _split_list(value: object) -> object:
     if isinstance(value, str):
         return [item.strip() for item in value.replace(";", ",").split(",") if item.strip()]
     return value
+
+
+def _placeholder_password(url: str) -> bool:
+    """``user:@host`` or ``user:changeme@host``; a URL without a password (trust, peer or IAM
+    authentication, SQLite) is fine."""
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        return False
+    return password is not None and password.strip().lower() in PLACEHOLDERS
 
 
 class Settings(BaseSettings):
@@ -92,6 +103,12 @@ class Settings(BaseSettings):
         for word in ("changeme", "changethis", ":password@"):
             if word in self.database_url:
                 raise ValueError("RCS_DATABASE_URL contains a placeholder password")
+        for name, url in (
+            ("RCS_DATABASE_URL", self.database_url),
+            ("RCS_BROKER_URL", self.broker_url),
+        ):
+            if _placeholder_password(url):
+                raise ValueError(f"{name} has an empty or placeholder password")
         return self
 
     @property

@@ -28,10 +28,16 @@ def allowed_path(settings: Settings, raw: str) -> Path:
     roots = [Path(os.path.realpath(r)) for r in settings.allowed_dataset_roots]
     if not roots:
         raise InvalidRequest("registering server paths is disabled on this server", "path")
+    if "\x00" in raw:
+        raise InvalidRequest("the path contains a NUL character", "path")
     path = Path(os.path.realpath(raw))
     if not any(path == root or path.is_relative_to(root) for root in roots):
         raise InvalidRequest(f"{raw} is not under an allowed dataset root", "path")
-    if not path.exists():
+    try:
+        exists = path.exists()
+    except OSError as exc:  # a name too long for the filesystem, a permission denied
+        raise InvalidRequest(f"{raw} cannot be read: {exc.strerror}", "path") from exc
+    if not exists:
         raise InvalidRequest(f"{raw} does not exist", "path")
     return path
 

@@ -38,6 +38,11 @@ def from_base64(items: list[str]) -> list[ImageInput]:
     return images
 
 
+# Resizing an image's shorter side to the model's input size scales its longer side by the same
+# factor: a 3 KB PNG of 2 x 1,000,000 pixels became a 2.6 GB image. No photo is this thin.
+MAX_ASPECT_RATIO = 50
+
+
 def decode(image: ImageInput, max_pixels: int) -> Image.Image:
     name = f"'{image.filename}'" if image.filename else image.param
     try:
@@ -51,11 +56,17 @@ def decode(image: ImageInput, max_pixels: int) -> Image.Image:
                         f"{max_pixels} limit",
                         image.param,
                     )
+                if max(opened.size) > MAX_ASPECT_RATIO * min(opened.size):
+                    raise InvalidRequest(
+                        f"image {name} is {opened.width}x{opened.height} pixels, more than "
+                        f"{MAX_ASPECT_RATIO} times longer than wide: crop it first",
+                        image.param,
+                    )
                 opened.load()
                 return opened.convert("RGB")
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise PayloadTooLarge(f"image {name} is too large: {exc}", image.param) from exc
-    except PayloadTooLarge:
+    except (PayloadTooLarge, InvalidRequest):
         raise
     except Image.UnidentifiedImageError as exc:
         # PIL's own message names an in-memory buffer object, which tells a client nothing.

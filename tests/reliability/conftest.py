@@ -1,0 +1,131 @@
+"""A live API process for hostile-input, fuzzing and access tests, and what they share.
+
+The API runs as a real uvicorn process (as deployed: its own memory, its own event loop) on
+PostgreSQL when it can be reached and SQLite otherwise, with Kombu's SQLite transport as the
+broker, so these tests need no Redis. A zero-shot version of the tiny model is registered as
+``shapes/1`` before the API starts, and a ``predict``-only key is stored beside the bootstrap key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from service.auth.service import create_key
+from service.db.engine import make_engine, make_sessionmaker
+from service.db.migrate import upgrade
+from service.processes import Process, api_process, free_port, wait_ready
+from service.storage import ArtifactStore
+from tests.service.support import API_KEY, register_artifact, zeroshot_artifact
+
+FIGURES = Path(os.environ.get("RCS_RELIABILITY_FIGURES", "runs/reliability/figures.jsonl"))
+
+
+def record(test: str, **figures: object) -> None:
+    """Append what a test measured (requests, faults, losses) for tests/RELIABILITY.md."""
+    FIGURES.parent.mkdir(parents=True, exist_ok=True)
+    with FIGURES.open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps({"test": test, **figures}) + "\n")
+
+
+def postgres_or_none() -> tuple[str, Callable[[], None]] | None:
+    """A fresh PostgreSQL database and how to drop it, or None where PostgreSQL is unreachable."""
+    from tests.e2e.conftest import postgres_database_or_skip
+
+    try:
+        return postgres_database_or_skip()
+    except pytest.skip.Exception:
+        return None
+
+
+def rss_kib(pid: int, field: str = "VmRSS") -> int:
+    """A process's resident memory (``VmRSS``) or its peak so far (``VmHWM``), in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    raise LookupError(field)
+
+
+@dataclass
+class LiveApi:
+    base_url: str
+    process: Process
+    settings: dict[str, str]
+    predict_key: str
+    database: str
+
+    @property
+    def pid(self) -> int:
+        assert self.process.popen is not None
+        return self.process.popen.pid
+
+    def client(self, key: str | None = API_KEY) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.Client(base_url=self.base_url, headers=headers, timeout=60)
+
+
+def live_settings(workdir: Path, database_url: str, data_root: Path) -> dict[str, str]:
+    return {
+        "RCS_ENV": "production",
+        "RCS_DATABASE_URL": database_url,
+        "RCS_BROKER_URL": f"sqla+sqlite:///{workdir / 'broker.db'}",
+        "RCS_ARTIFACTS_URL": str(workdir / "artifacts"),
+        "RCS_WORK_DIR": str(workdir / "work"),
+        "RCS_ALLOWED_DATASET_ROOTS": str(data_root),
+        "RCS_BOOTSTRAP_API_KEY": API_KEY,
+        "RCS_DEVICE": "cpu",
+        "RCS_TORCH_THREADS": "1",
+        "RCS_MAX_PREDICT_BYTES": "2000000",
+        "RCS_MAX_UPLOAD_BYTES": "5000000",
+        "RCS_MAX_EXTRACTED_BYTES": "20000000",
+        "RCS_MAX_IMAGE_PIXELS": "4000000",
+    }
+
+
+def prepare_database(settings: dict[str, str], artifact: Path) -> str:
+    """Migrate, register ``artifact`` as ``shapes/1`` and store a predict-only key; the key."""
+    upgrade(settings["RCS_DATABASE_URL"])
+    engine = make_engine(settings["RCS_DATABASE_URL"])
+    try:
+        with make_sessionmaker(engine)() as session:
+            store = ArtifactStore(
+                settings["RCS_ARTIFACTS_URL"], Path(settings["RCS_WORK_DIR"]) / "artifact-cache"
+            )
+            register_artifact(session, store, "shapes", artifact, "ftjob-" + "a" * 24)
+            _, key = create_key(session, "predict-only", ["predict"])
+    finally:
+        engine.dispose()
+    return key
+
+
+@pytest.fixture(scope="session")
+def reliability_artifact(shapes_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return zeroshot_artifact(shapes_root, tmp_path_factory.mktemp("rel-artifact") / "model")
+
+
+@pytest.fixture(scope="module")
+def live_api(
+    tmp_path_factory: pytest.TempPathFactory, shapes_root: Path, reliability_artifact: Path
+) -> Iterator[LiveApi]:
+    workdir = tmp_path_factory.mktemp("live-api")
+    postgres = postgres_or_none()
+    database_url, drop = postgres or (f"sqlite:///{workdir / 'rcs.db'}", lambda: None)
+    settings = live_settings(workdir, database_url, shapes_root)
+    try:
+        predict_key = prepare_database(settings, reliability_artifact)
+        port = free_port()
+        api = api_process(settings, port, workdir / "api.log").start()
+        try:
+            wait_ready(f"http://127.0.0.1:{port}", api)
+            kind = "postgresql" if postgres else "sqlite"
+            yield LiveApi(f"http://127.0.0.1:{port}", api, settings, predict_key, kind)
+        finally:
+            api.stop()
+    finally:
+        drop()

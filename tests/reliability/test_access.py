@@ -1,0 +1,166 @@
+"""Access: every route needs a key but health and metrics; scopes hold; failures leak nothing;
+placeholder secrets stop the processes from starting outside local development."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from pydantic import ValidationError
+
+from service.db.engine import make_engine, make_sessionmaker
+from service.db.tables import ApiKey
+from service.processes import api_process, free_port, worker_process
+from service.settings import Settings
+from tests.reliability.conftest import LiveApi, record
+from tests.service.support import API_KEY
+
+PUBLIC = {"/healthz", "/readyz", "/metrics", "/openapi.json"}
+# Reads need any key; everything that changes state needs the 'train' scope, but /predict.
+PREDICT_ONLY_ALLOWED = {("POST", "/predict")}
+
+
+def operations(live_api: LiveApi) -> list[tuple[str, str]]:
+    schema = httpx.get(f"{live_api.base_url}/openapi.json").json()
+    found = []
+    for path, item in schema["paths"].items():
+        concrete = re.sub(r"\{[^}]+\}", "x1", path)
+        found.extend((method.upper(), concrete) for method in item if method != "parameters")
+    assert len(found) >= 20
+    return found
+
+
+def request(client: httpx.Client, method: str, path: str, **headers: str) -> httpx.Response:
+    body: dict[str, Any] = {"json": {}} if method in ("POST", "PUT") else {}
+    return client.request(method, path, headers=headers, **body)
+
+
+def assert_refused(response: httpx.Response, status: int, *secrets: str) -> None:
+    assert response.status_code == status, (response.request.url, response.text)
+    error = response.json()["error"]
+    assert error["code"] in ("invalid_api_key", "insufficient_scope")
+    for secret in secrets:
+        assert secret not in response.text
+    assert "Traceback" not in response.text and "sqlalchemy" not in response.text.lower()
+
+
+def test_every_route_but_health_and_metrics_needs_a_key(live_api: LiveApi) -> None:
+    ops = operations(live_api)
+    bad_keys = {
+        "missing": {},
+        "empty bearer": {"Authorization": "Bearer"},
+        "basic": {"Authorization": "Basic dXNlcjpwYXNz"},
+        "unknown": {"Authorization": "Bearer rcs_" + "x" * 43},
+        "key as its hash": {"X-API-Key": "0" * 64},
+        "huge": {"Authorization": "Bearer " + "k" * 8000},
+        "sql": {"X-API-Key": "' OR 1=1 --"},
+    }
+    refused = 0
+    with httpx.Client(base_url=live_api.base_url, timeout=30) as client:
+        for method, path in ops:
+            if path in PUBLIC:
+                assert request(client, method, path).status_code == 200
+                continue
+            for headers in bad_keys.values():
+                assert_refused(request(client, method, path, **headers), 401, "rcs_x", "' OR")
+                refused += 1
+        for public in ("/healthz", "/readyz", "/metrics"):
+            assert client.get(public).status_code == 200
+    record("unauthenticated_requests", routes=len(ops), requests=refused, let_in=0)
+
+
+def test_a_predict_key_reads_and_predicts_but_changes_nothing(live_api: LiveApi) -> None:
+    key = live_api.predict_key
+    writes = [(m, p) for m, p in operations(live_api) if m != "GET"]
+    with live_api.client(key) as client:
+        for method, path in writes:
+            response = request(client, method, path)
+            if (method, path) in PREDICT_ONLY_ALLOWED:
+                assert response.status_code == 422  # let in, and the empty body refused
+            else:
+                assert_refused(response, 403, key)
+                assert "'train' scope" in response.json()["error"]["message"]
+        assert client.get("/models/shapes").status_code == 200
+    record("predict_key_writes", routes=len(writes) - 1, let_in=0)
+
+
+def test_unknown_and_revoked_keys_get_the_same_answer(live_api: LiveApi) -> None:
+    engine = make_engine(live_api.settings["RCS_DATABASE_URL"])
+    from service.auth.service import create_key
+
+    with make_sessionmaker(engine)() as session:
+        row, revoked = create_key(session, "to-revoke", ["train"])
+        row.revoked_at = int(time.time())
+        session.commit()
+        stored = {k.key_hash for k in session.query(ApiKey)}
+    engine.dispose()
+    assert revoked not in str(stored) and API_KEY not in str(stored)  # only hashes at rest
+    with httpx.Client(base_url=live_api.base_url, timeout=30) as client:
+        unknown = client.get("/jobs", headers={"Authorization": "Bearer rcs_unknown_key_0000"})
+        gone = client.get("/jobs", headers={"Authorization": f"Bearer {revoked}"})
+    assert_refused(gone, 401, revoked)
+    assert unknown.json() == gone.json()  # no oracle telling which keys exist
+
+
+def test_secrets_are_not_in_the_api_log(live_api: LiveApi) -> None:
+    with live_api.client() as client:
+        client.get("/jobs", headers={"Authorization": f"Bearer {API_KEY}-wrong"})
+        client.get("/readyz")
+    log = live_api.process.log_path.read_text(errors="replace")
+    for secret in (API_KEY, live_api.predict_key):
+        assert secret not in log
+
+
+PLACEHOLDER_ENVS = {
+    "placeholder key": {"RCS_BOOTSTRAP_API_KEY": "changeme"},
+    "short key": {"RCS_BOOTSTRAP_API_KEY": "tooshort"},
+    "auth disabled": {"RCS_AUTH_DISABLED": "true"},
+    "placeholder db password": {
+        "RCS_DATABASE_URL": "postgresql+psycopg://rcs:changeme@127.0.0.1:1/rcs"
+    },
+    "empty db password": {"RCS_DATABASE_URL": "postgresql+psycopg://rcs:@127.0.0.1:1/rcs"},
+    "placeholder broker password": {"RCS_BROKER_URL": "redis://:secret@127.0.0.1:1/0"},
+}
+
+
+@pytest.mark.parametrize("values", list(PLACEHOLDER_ENVS.values()), ids=list(PLACEHOLDER_ENVS))
+def test_placeholder_settings_are_refused(values: dict[str, str]) -> None:
+    fields = {k.removeprefix("RCS_").lower(): v for k, v in values.items()}
+    with pytest.raises(ValidationError) as refused:
+        Settings(env="production", **fields)  # type: ignore[arg-type]
+    assert "changeme" not in str(refused.value) and ":secret@" not in str(refused.value)
+    Settings(env="local", **fields)  # type: ignore[arg-type]
+
+
+@pytest.mark.slow  # two process starts, about 20 s each on a busy machine
+@pytest.mark.parametrize(
+    ("kind", "case"), [("api", "placeholder key"), ("worker", "placeholder broker password")]
+)
+def test_the_processes_refuse_to_start_with_placeholder_secrets(
+    kind: str, case: str, tmp_path: Path
+) -> None:
+    settings = {
+        "RCS_ENV": "production",
+        "RCS_DATABASE_URL": f"sqlite:///{tmp_path / 'rcs.db'}",
+        "RCS_BROKER_URL": f"sqla+sqlite:///{tmp_path / 'broker.db'}",
+        "RCS_WORK_DIR": str(tmp_path / "work"),
+        "RCS_BOOTSTRAP_API_KEY": API_KEY,
+        **PLACEHOLDER_ENVS[case],
+    }
+    log = tmp_path / f"{kind}.log"
+    if kind == "api":
+        process = api_process(settings, free_port(), log).start()
+    else:
+        process = worker_process(settings, log).start()
+    assert process.popen is not None
+    code = process.popen.wait(90)
+    process.stop()
+    text = log.read_text(errors="replace")
+    assert code != 0, text[-2000:]
+    assert "changeme" not in text and ":secret@" not in text and API_KEY not in text
+    assert "placeholder" in text
+    record("placeholder_secrets", process=kind, configuration=case, started=0)

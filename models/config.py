@@ -134,6 +134,10 @@ class TrainConfig:
     # Batch-norm layers (the offline backbone's EfficientNet, CLIP's ResNets) keep the running
     # statistics of the pretrained model instead of re-estimating them from small batches.
     freeze_norm_stats: bool = True
+    # Speed switches, off by default (bench/train_step.py measures which help where):
+    # NHWC weights and images for the convolutions, and torch.compile of the encoder.
+    channels_last: bool = False
+    compile: bool = False
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "train.epochs", "must be >= 1")

@@ -47,6 +47,9 @@ class Progress:
     images_per_s: float
     eta_s: float | None
     metrics: dict[str, Any] | None = None
+    # Seconds this step waited for its batches (loading, decoding, augmenting, copying to the
+    # device): near zero when the data loader keeps ahead of the model.
+    data_wait_s: float = 0.0
 
 
 # The callback may return "cancel" (stop now) or "preempt" (checkpoint, then stop); the loop
@@ -137,8 +140,13 @@ def cosine_with_warmup(warmup: int, total: int) -> Callable[[int], float]:
 
 
 def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """Mixed precision only on GPU: on CPU it slows these models down."""
-    if device.type != "cuda" or amp == "none":
+    """Mixed precision on GPU by default; on CPU only bf16, and only when asked for (``auto``
+    leaves it off there: without AMX units it slows these models down)."""
+    if amp == "none":
+        return None
+    if device.type == "cpu":
+        return torch.bfloat16 if amp == "bf16" else None
+    if device.type != "cuda":
         return None
     if amp == "fp16":
         return torch.float16
@@ -160,9 +168,17 @@ def _batches(
     order = epoch_order(len(view), cfg.seed, epoch, rank, world_size)
     usable = batches_per_epoch(len(view), cfg.batch_size, world_size) * cfg.batch_size
     order = order[:usable][start * cfg.batch_size :]
-    loader = DataLoader(view, batch_size=cfg.batch_size, sampler=order, num_workers=num_workers)
+    loader = DataLoader(
+        view,
+        batch_size=cfg.batch_size,
+        sampler=order,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",  # lets the non-blocking copy below overlap
+    )
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     for images, labels, indices in loader:
-        yield Batch(images.to(device, non_blocking=True), labels.to(device), indices)
+        images = images.to(device, non_blocking=True, memory_format=memory_format)
+        yield Batch(images, labels.to(device, non_blocking=True), indices)
 
 
 # --- checkpoints: weights in safetensors, optimiser state through torch.save read back with
@@ -258,10 +274,15 @@ def train(
     )
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
 
+    if cfg.channels_last:
+        classifier.to(memory_format=torch.channels_last)  # 4-d weights only: the convolutions
     encoder: nn.Module = DualEncoder(classifier)
     if world_size > 1:
         # Heads are buffers rebuilt identically on every rank: no need to broadcast them.
         encoder = nn.parallel.DistributedDataParallel(encoder, broadcast_buffers=False)
+    if cfg.compile:
+        # Prompt batches change length from step to step (tokens are trimmed): dynamic shapes.
+        encoder = torch.compile(encoder, dynamic=None)  # type: ignore[assignment]
     optimizer = torch.optim.AdamW(param_groups(classifier, cfg.weight_decay), lr=cfg.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, cosine_with_warmup(cfg.warmup_steps, total)
@@ -299,7 +320,9 @@ def train(
         start = (step % steps_per_epoch) * cfg.grad_accum
         micro_batches = _batches(view, cfg, epoch, start, device, num_workers)
         while step < total and step // steps_per_epoch == epoch:
+            waited = time.perf_counter()
             group = [b for _, b in zip(range(cfg.grad_accum), micro_batches, strict=False)]
+            waited = time.perf_counter() - waited
             if not group:  # cannot happen with the counts above; never spin on an empty loader
                 raise TrainingError(f"the data loader ran dry in epoch {epoch} at step {step}")
             parts_seen = []
@@ -339,6 +362,7 @@ def train(
                 lr=lr,
                 images_per_s=rate,
                 eta_s=(total - step) / steps_rate if steps_rate > 0 else None,
+                data_wait_s=waited,
             )
             control = callback(progress) if callback is not None else None
 

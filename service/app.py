@@ -29,6 +29,7 @@ from service.jobs.router import router as jobs_router
 from service.limits import BodySizeLimit
 from service.observability import Metrics, RecordMetrics
 from service.predict import service as predict_service
+from service.predict.batcher import Batcher
 from service.predict.cache import ModelCache
 from service.predict.router import router as predict_router
 from service.registry.router import router as registry_router
@@ -49,6 +50,7 @@ def build_context(settings: Settings) -> AppContext:
             store_key(session, "bootstrap", settings.bootstrap_api_key, SCOPES)
     broker = Celery("rcs-api", set_as_current=False)
     broker.conf.update(celery_config(settings.broker_url, settings.visibility_timeout_s))
+    metrics = Metrics()
     return AppContext(
         settings=settings,
         engine=engine,
@@ -56,7 +58,15 @@ def build_context(settings: Settings) -> AppContext:
         store=ArtifactStore(settings.artifacts_url, settings.artifact_cache_dir),
         broker=broker,
         models=ModelCache(settings.model_cache_bytes, _device(settings.device)),
-        metrics=Metrics(),
+        metrics=metrics,
+        batcher=Batcher(
+            predict_service.forward,
+            max_batch=settings.predict_max_batch,
+            max_wait_s=settings.predict_max_wait_ms / 1000,
+            max_queue=settings.predict_max_queue,
+            decode_threads=settings.predict_decode_threads,
+            on_batch=metrics.observe_batch,
+        ),
     )
 
 
@@ -94,6 +104,7 @@ def create_app(settings: Settings) -> FastAPI:
         try:
             yield
         finally:
+            ctx.batcher.close()
             ctx.engine.dispose()
             ctx.broker.close()
 
@@ -144,7 +155,9 @@ HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def service_error(_: Request, exc: ServiceError) -> JSONResponse:
-        return error_body(exc.status, exc.code, exc.message, exc.param)
+        response = error_body(exc.status, exc.code, exc.message, exc.param)
+        response.headers.update(exc.headers)
+        return response
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from celery import Celery
 
     from service.observability import Metrics
+    from service.predict.batcher import Batcher
     from service.predict.cache import ModelCache
 
 
@@ -29,6 +30,7 @@ class AppContext:
     broker: Celery
     models: ModelCache
     metrics: Metrics
+    batcher: Batcher
     # Set once the default model is loaded and has answered one forward pass.
     default_model_ready: bool = False
     default_model_error: str | None = None

@@ -16,6 +16,11 @@ class ServiceError(Exception):
         self.message = message
         self.param = param
 
+    @property
+    def headers(self) -> dict[str, str]:
+        """HTTP headers the response carries (``Retry-After`` on a 429)."""
+        return {}
+
 
 class InvalidRequest(ServiceError):
     status = 422
@@ -55,6 +60,21 @@ class PayloadTooLarge(ServiceError):
 class Unavailable(ServiceError):
     status = 503
     code = "unavailable"
+
+
+class TooManyRequests(ServiceError):
+    """The server is at capacity for this work now; the client may retry after a delay."""
+
+    status = 429
+    code = "queue_full"
+
+    def __init__(self, message: str, param: str | None = None, retry_after_s: int = 1) -> None:
+        super().__init__(message, param)
+        self.retry_after_s = retry_after_s
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)}
 
 
 _URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)[^@\s]+@")

@@ -26,6 +26,22 @@ class Metrics:
         self.predicted_images = Counter(
             "rcs_predicted_images_total", "Images classified", registry=self.registry
         )
+        self.predict_batches = Counter(
+            "rcs_predict_batches_total",
+            "Forward passes run for /predict (fewer than requests when batching works)",
+            registry=self.registry,
+        )
+        self.predict_batch_images = Histogram(
+            "rcs_predict_batch_images",
+            "Images per /predict forward pass",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=self.registry,
+        )
+        self.predict_rejected = Counter(
+            "rcs_predict_rejected_total",
+            "/predict requests refused with 429 because the model's queue was full",
+            registry=self.registry,
+        )
         self.cached_models = Gauge(
             "rcs_model_cache_models", "Models in the inference cache", registry=self.registry
         )
@@ -34,6 +50,11 @@ class Metrics:
             "Bytes of models in the inference cache",
             registry=self.registry,
         )
+
+    def observe_batch(self, images: int) -> None:
+        self.predicted_images.inc(images)
+        self.predict_batches.inc()
+        self.predict_batch_images.observe(images)
 
 
 class RecordMetrics:

@@ -69,6 +69,17 @@ class Settings(BaseSettings):
     max_images_per_request: int = 64
     max_image_pixels: int = 40_000_000
 
+    # Dynamic batching of /predict: concurrent requests for a model share one forward pass of up
+    # to predict_max_batch images, which waits at most predict_max_wait_ms for company. Off, each
+    # request runs its own pass (the naive baseline bench/serve.py compares against).
+    predict_batching: bool = True
+    predict_max_batch: int = Field(default=32, ge=1)
+    predict_max_wait_ms: float = Field(default=5.0, ge=0)
+    # Images admitted per model (decoding, queued or in a pass) before /predict answers 429.
+    predict_max_queue: int = Field(default=256, ge=1)
+    # Threads that decode and preprocess images off the event loop (0: min(4, CPU count)).
+    predict_decode_threads: int = Field(default=0, ge=0)
+
     # Must exceed the longest job: Redis re-delivers unacknowledged messages after it.
     visibility_timeout_s: int = 48 * 3600
     # A running job whose worker stopped renewing this lease may be taken over.

@@ -8,7 +8,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from service.auth.deps import PredictKey
-from service.deps import Ctx, Db
+from service.deps import Ctx
 from service.errors import BadRequest, InvalidRequest
 from service.multipart import read_form
 from service.predict import service
@@ -41,7 +41,7 @@ _MULTIPART_SCHEMA = {
         }
     },
 )
-async def predict(request: Request, ctx: Ctx, db: Db, _: PredictKey) -> PredictResponse:
+async def predict(request: Request, ctx: Ctx, _: PredictKey) -> PredictResponse:
     """Classify one or many images (multipart ``files`` or base64 JSON ``images``)."""
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
@@ -50,7 +50,9 @@ async def predict(request: Request, ctx: Ctx, db: Db, _: PredictKey) -> PredictR
         ref, top_k, images = await _from_json(request)
     else:
         raise BadRequest("send application/json or multipart/form-data")
-    return await run_in_threadpool(service.predict, ctx, db, ref, images, top_k)
+    if ctx.settings.predict_batching:
+        return await service.predict_batched(ctx, ref, images, top_k)
+    return await run_in_threadpool(service.predict, ctx, ref, images, top_k)
 
 
 async def _from_json(request: Request) -> tuple[str, int, list[service.ImageInput]]:

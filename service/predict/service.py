@@ -11,9 +11,11 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+from torch import Tensor
 
 from service.context import AppContext
-from service.errors import InvalidRequest, PayloadTooLarge
+from service.errors import InvalidRequest, PayloadTooLarge, TooManyRequests
 from service.predict.cache import LoadedModel
 from service.predict.schemas import Label, Prediction, PredictResponse
 from service.registry import service as registry
@@ -83,23 +85,33 @@ def model_for(ctx: AppContext, session: Session, ref: str) -> LoadedModel:
     return ctx.models.get(row.name, row.version, lambda: ctx.store.local_path(key))
 
 
-def predict(
-    ctx: AppContext, session: Session, ref: str, images: list[ImageInput], top_k: int
-) -> PredictResponse:
-    limit = ctx.settings.max_images_per_request
+def check_count(images: list[ImageInput], limit: int) -> None:
     if len(images) > limit:
         raise PayloadTooLarge(f"{len(images)} images in one request, over the limit of {limit}")
     if not images:
         raise InvalidRequest("no images given", "images")
-    model = model_for(ctx, session, ref)
-    decoded = [decode(image, ctx.settings.max_image_pixels) for image in images]
-    batch = torch.stack([model.transform(img) for img in decoded]).to(model.classifier.device)
+
+
+def preprocess(model: LoadedModel, images: list[ImageInput], max_pixels: int) -> Tensor:
+    """Decode and transform every image: (N, 3, H, W) on the CPU, ready to batch."""
+    return torch.stack([model.transform(decode(image, max_pixels)) for image in images])
+
+
+def forward(model: LoadedModel, images: Tensor) -> Tensor:
+    """One forward pass (dual inference): (N, classes) probabilities on the CPU.
+
+    Only the image tower runs: the class heads are precomputed rows of the loaded artifact.
+    """
     with torch.inference_mode():
-        probs = model.classifier(batch).float().cpu()
+        return model.classifier(images.to(model.classifier.device)).float().cpu()
+
+
+def respond(
+    model: LoadedModel, images: list[ImageInput], probs: Tensor, top_k: int
+) -> PredictResponse:
     k = min(top_k, probs.shape[1])
     values, indices = probs.topk(k, dim=1)
     names = model.classnames
-    ctx.metrics.predicted_images.inc(len(images))
     data = [
         Prediction(
             index=i,
@@ -112,3 +124,41 @@ def predict(
         for i, image in enumerate(images)
     ]
     return PredictResponse(model=model.ref, data=data)
+
+
+def resolve(ctx: AppContext, ref: str) -> LoadedModel:
+    """``model_for`` in a session of its own (one worker-thread hop per request, not three)."""
+    with ctx.sessions() as session:
+        return model_for(ctx, session, ref)
+
+
+def predict(ctx: AppContext, ref: str, images: list[ImageInput], top_k: int) -> PredictResponse:
+    """The whole request on the calling thread, with a forward pass of its own (no batching)."""
+    check_count(images, ctx.settings.max_images_per_request)
+    model = resolve(ctx, ref)
+    probs = forward(model, preprocess(model, images, ctx.settings.max_image_pixels))
+    ctx.metrics.observe_batch(len(images))
+    return respond(model, images, probs, top_k)
+
+
+async def predict_batched(
+    ctx: AppContext, ref: str, images: list[ImageInput], top_k: int
+) -> PredictResponse:
+    """Resolve and decode on worker threads, then share a forward pass with concurrent requests.
+
+    Admission comes before decoding, so a full queue refuses a request (429) cheaply.
+    """
+    check_count(images, ctx.settings.max_images_per_request)
+    model = await run_in_threadpool(resolve, ctx, ref)
+    batcher = ctx.batcher
+    queue = batcher.queue_for(model)
+    try:
+        admission = queue.admit(len(images))
+    except TooManyRequests:
+        ctx.metrics.predict_rejected.inc()
+        raise
+    with admission:
+        max_pixels = ctx.settings.max_image_pixels
+        batch = await batcher.preprocess(lambda: preprocess(model, images, max_pixels))
+        probs = await queue.submit(batch)
+    return respond(model, images, probs, top_k)

@@ -14,6 +14,7 @@ from celery import Celery
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from models.errors import ArtifactError, BackboneError, ConfigError, DataError
@@ -23,7 +24,7 @@ from service.datasets.router import router as datasets_router
 from service.db.engine import make_engine, make_sessionmaker
 from service.db.migrate import upgrade
 from service.descriptions.router import router as descriptions_router
-from service.errors import ServiceError
+from service.errors import ServiceError, redact
 from service.health.router import router as health_router
 from service.jobs.router import router as jobs_router
 from service.limits import BodySizeLimit
@@ -188,6 +189,17 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def artifact_error(_: Request, exc: ArtifactError) -> JSONResponse:
         # A stored artifact that cannot be read: the model is unavailable, not the request wrong.
         return error_body(503, "model_unavailable", str(exc), None)
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    async def database_unavailable(_: Request, exc: DBAPIError) -> JSONResponse:
+        # The database restarted, failed over or is unreachable: the client may retry, and the
+        # pool's pre-ping replaces the dead connections, so the API recovers without a restart.
+        log.warning("database unavailable: %s", redact(str(exc.orig)).split("\n", 1)[0])
+        message = "the database is unavailable or busy; retry shortly"
+        response = error_body(503, "database_unavailable", message, None)
+        response.headers["Retry-After"] = "5"
+        return response
 
 
 def describe_validation(errors: Any) -> tuple[str | None, str]:

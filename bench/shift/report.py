@@ -50,6 +50,27 @@ def run_line(run: Mapping[str, Any]) -> str:
     )
 
 
+def merge(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """One results document from several (e.g. one process per task): runs concatenated."""
+    if not parts:
+        raise ValueError("nothing to merge")
+    first = parts[0]
+    backbones = {p["plan"]["backbone"] for p in parts}
+    if len(backbones) > 1:
+        raise ValueError(f"results of different backbones cannot be merged: {sorted(backbones)}")
+    tasks: dict[str, Any] = {}
+    for p in parts:
+        tasks.update(p["plan"]["tasks"])
+    return {
+        **first,
+        "plan": {**first["plan"], "tasks": tasks},
+        "runs": [r for p in parts for r in p["runs"]],
+        # Processes run side by side: the benchmark took as long as the slowest.
+        "wall_s": max(p["wall_s"] for p in parts),
+        "parts": len(parts),
+    }
+
+
 # ---------------------------------------------------------------------------------------------
 # Aggregation over seeds
 
@@ -142,10 +163,11 @@ def _row(
 
 def markdown(results: Mapping[str, Any]) -> str:
     plan = results["plan"]
+    side_by_side = f", {results['parts']} processes side by side" if results.get("parts") else ""
     lines = [
         f"Backbone `{plan['backbone']}`, seeds {plan['seeds']}, WiSE-FT alphas {plan['alphas']}, "
         f"{'quick' if plan['quick'] else 'full'} run, {results['wall_s'] / 60:.1f} min on "
-        f"{results['machine']['cuda'] or 'CPU'} ({results['created_at']}).",
+        f"{results['machine']['cuda'] or 'CPU'}{side_by_side} ({results['created_at']}).",
         "Top-1 of the served (dual) head unless the row names another head; mean ± std over "
         "seeds; zero-shot is deterministic (one evaluation). `+ WiSE-FT`: each seed's alpha "
         "picked on ID validation.",

@@ -15,6 +15,7 @@ and head), ``results.md`` (mean and standard deviation over seeds) and
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import logging
 import platform
@@ -288,6 +289,15 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--out", default="runs/bench-shift", type=Path)
     p.add_argument("--data-root", default="runs/bench-shift-data", type=Path)
     p.add_argument("--hparams", default=HPARAMS_FILE, type=Path, help="tuned hyperparameters")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument(
+        "--report",
+        nargs="+",
+        type=Path,
+        metavar="RESULTS_JSON",
+        help="write results.md and the plot from these results.json files (merged) into --out; "
+        "runs nothing",
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     return p.parse_args(argv)
 
@@ -335,6 +345,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         datefmt="%H:%M:%S",
     )
     plan = make_plan(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.report:
+        plan.out.mkdir(parents=True, exist_ok=True)
+        write_report(report.merge([json.loads(p.read_text()) for p in args.report]), plan.out)
+        return 0
     if plan.arch == OFFLINE_BACKBONE:
         from models.offline_backbone import ensure_offline_backbone
 
@@ -342,22 +358,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     plan.out.mkdir(parents=True, exist_ok=True)
     if args.tune:
         tuned = tune(plan)
-        key = backbone_key(plan.arch, plan.pretrained)
-        stored = load_hparams(args.hparams)
-        stored[key] = {**stored.get(key, {}), **tuned["chosen"]}
-        args.hparams.write_text(json.dumps(stored, indent=2, sort_keys=True) + "\n")
+        store_hparams(args.hparams, backbone_key(plan.arch, plan.pretrained), tuned["chosen"])
         (plan.out / "tune.json").write_text(json.dumps(tuned, indent=2) + "\n")
         (plan.out / "tune.md").write_text(report.tune_markdown(tuned))
         print(report.tune_markdown(tuned))
         return 0
     results = execute(plan)
     (plan.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    markdown = report.markdown(results)
-    (plan.out / "results.md").write_text(markdown)
-    report.plot(results, plan.out / "effective_robustness.png")
-    print(markdown)
-    print(f"wrote {plan.out}/results.json, results.md, effective_robustness.png")
+    write_report(results, plan.out)
     return 0
+
+
+def write_report(results: dict[str, Any], out: Path) -> None:
+    markdown = report.markdown(results)
+    (out / "results.md").write_text(markdown)
+    report.plot(results, out / "effective_robustness.png")
+    print(markdown)
+    print(f"wrote {out}/results.md, effective_robustness.png")
+
+
+def store_hparams(path: Path, key: str, chosen: Mapping[str, Any]) -> None:
+    """Merge ``chosen`` into the file under ``key``; tuning runs per task may finish together."""
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        stored = load_hparams(path)
+        stored[key] = {**stored.get(key, {}), **chosen}
+        path.write_text(json.dumps(stored, indent=2, sort_keys=True) + "\n")
 
 
 if __name__ == "__main__":

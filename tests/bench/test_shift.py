@@ -231,6 +231,14 @@ def test_report_aggregates_seeds_and_draws_the_plot(tmp_path: Path) -> None:
     report.plot(results, tmp_path / "er.png")
     assert Image.open(tmp_path / "er.png").size[0] > 400
 
+    other = {**results, "plan": {**results["plan"], "tasks": {"u": results["plan"]["tasks"]["t"]}}}
+    other["runs"] = [{**r, "task": "u"} for r in runs]
+    merged = report.merge([results, {**other, "wall_s": 90.0}])
+    assert list(merged["plan"]["tasks"]) == ["t", "u"] and len(merged["runs"]) == 6
+    assert merged["wall_s"] == 90.0 and "### u" in report.markdown(merged)
+    with pytest.raises(ValueError, match="different backbones"):
+        report.merge([results, {**other, "plan": {**other["plan"], "backbone": "c"}}])
+
 
 @pytest.mark.slow
 def test_quick_benchmark_runs_end_to_end(tmp_path: Path) -> None:

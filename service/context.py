@@ -37,7 +37,8 @@ class AppContext:
     extra: dict[str, object] = field(default_factory=dict)
 
 
-def get_ctx(request: Request) -> AppContext:
+async def get_ctx(request: Request) -> AppContext:
+    # async: FastAPI would run a plain function on a worker thread, a hop per request for a read.
     ctx: AppContext = request.app.state.ctx
     return ctx
 

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from service.context import AppContext
 from service.errors import InvalidRequest, PayloadTooLarge, TooManyRequests
-from service.predict.cache import LoadedModel
+from service.predict.cache import LoadedModel, to_input
 from service.predict.schemas import Label, Prediction, PredictResponse
 from service.registry import service as registry
 
@@ -93,8 +93,10 @@ def check_count(images: list[ImageInput], limit: int) -> None:
 
 
 def preprocess(model: LoadedModel, images: list[ImageInput], max_pixels: int) -> Tensor:
-    """Decode and transform every image: (N, 3, H, W) on the CPU, ready to batch."""
-    return torch.stack([model.transform(decode(image, max_pixels)) for image in images])
+    """Decode and transform every image on the CPU, ready to batch: uint8 (N, H, W, C) when
+    the model's transform splits (normalised later, per batch), else float (N, C, H, W)."""
+    transform = model.pixels or model.transform
+    return torch.stack([transform(decode(image, max_pixels)) for image in images])
 
 
 def forward(model: LoadedModel, images: Tensor) -> Tensor:
@@ -103,7 +105,7 @@ def forward(model: LoadedModel, images: Tensor) -> Tensor:
     Only the image tower runs: the class heads are precomputed rows of the loaded artifact.
     """
     with torch.inference_mode():
-        return model.classifier(images.to(model.classifier.device)).float().cpu()
+        return model.classifier(to_input(model, images)).float().cpu()
 
 
 def respond(

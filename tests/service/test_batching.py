@@ -280,3 +280,22 @@ def test_batching_off_runs_one_pass_per_request(
     assert [f.result().status_code for f in futures] == [200] * 4
     assert sorted(gate.sizes) == [1, 1, 1, 1]
     assert ctx.batcher.queues() == []
+
+
+def test_split_preprocessing_equals_the_whole_transform(artifact_folder: Path) -> None:
+    from torchvision.transforms import Compose, Grayscale
+
+    from service.predict.cache import load, split_transform, to_input
+
+    model = load("m", 1, artifact_folder, "cpu")
+    assert model.pixels is not None
+    images = [Image.open(io.BytesIO(data)).convert("RGB") for data in colour_images(3)] + [
+        Image.new("RGB", (50, 90), (3, 140, 250))
+    ]
+    whole = torch.stack([model.transform(image) for image in images])
+    split = to_input(model, torch.stack([model.pixels(image) for image in images]))
+    assert split.dtype == torch.float32 and split.is_contiguous()
+    assert torch.equal(whole, split)
+    # A stage it does not know keeps the transform whole.
+    unknown = Compose([Grayscale(3), *model.transform.transforms])
+    assert split_transform(unknown) is None

@@ -44,8 +44,14 @@ def run_line(run: Mapping[str, Any]) -> str:
     s = summary(point(run, alpha))
     figures = " ".join(f"{k} {v:.3f}" for k, v in s.items())
     hp = run["hparams"]
+    if run["method"] == "zeroshot":
+        setting = ""
+    elif run["method"].startswith("drm"):
+        setting = f" (lr {hp['lr']:g}, lambda {hp['lam']:g})"
+    else:
+        setting = f" (lr {hp['lr']:g})"
     return (
-        f"{run['task']} {run['method']} seed {run['seed']} (lr {hp['lr']:g}, lam {hp['lam']:g}): "
+        f"{run['task']} {run['method']} seed {run['seed']}{setting}: "
         f"{figures} | selected alpha {run['selected_alpha']} | {run['wall_s']:.0f} s"
     )
 

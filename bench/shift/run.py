@@ -181,6 +181,8 @@ def run_one(
             {"alpha": p["alpha"], "metrics": compact(p["metrics"])} for p in card["wise"]["curve"]
         ],
         "steps": training.get("steps"),
+        # The last step's loss terms (for DRM: erm, wrm and the mean p_c of the true class).
+        "final_losses": training.get("final_losses"),
         "wall_s": round(wall, 1),
     }
 

@@ -15,6 +15,7 @@ from celery.exceptions import Reject
 from celery.signals import worker_ready, worker_shutting_down
 from pydantic import ValidationError
 from sqlalchemy import select
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from service.db.engine import make_engine, make_sessionmaker
 from service.db.tables import Job
@@ -24,6 +25,8 @@ from worker.contracts import TASK_FINETUNE, FinetunePayload, celery_config
 from worker.runner import WorkerContext, run_job
 
 log = logging.getLogger(__name__)
+# Seconds before a job interrupted by a database outage is delivered again.
+DB_RETRY_S = 15
 
 
 def make_context(settings: Settings) -> WorkerContext:
@@ -53,7 +56,13 @@ def create_celery(ctx: WorkerContext) -> Celery:
             # A malformed message cannot succeed on retry: log it and let it be acknowledged.
             log.error("rejected payload %r: %s", payload, exc)
             return {"status": "rejected"}
-        outcome = run_job(ctx, job_id)
+        try:
+            outcome = run_job(ctx, job_id)
+        except (OperationalError, InterfaceError) as exc:
+            # The database is unavailable: deliver the job again later; it resumes from its
+            # last checkpoint (the claim admits the lease's own owner).
+            log.warning("job %s: database unavailable, retrying in %ss", job_id, DB_RETRY_S)
+            raise self.retry(countdown=DB_RETRY_S, exc=exc) from exc
         if outcome.status == "busy" and outcome.retry_in_s is not None:
             # Another worker holds the job's lease; look again when it would have expired.
             raise self.retry(countdown=outcome.retry_in_s)

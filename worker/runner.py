@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.config import RunConfig, from_dict
@@ -153,6 +154,10 @@ def _train_and_register(ctx: WorkerContext, job_id: str) -> Outcome:
         outcome = register(ctx, job_id, result)
     except Cancelled:
         outcome = _stopped(ctx, job_id, observer)
+    except (OperationalError, InterfaceError):
+        # The database went away, which is not the job's fault: it stays ours (the lease runs
+        # out if we die) and its checkpoints stay, so the task can try it again and resume.
+        raise
     except ModelsError as exc:
         outcome = _failed(ctx, job_id, type(exc).__name__, str(exc))
     except Exception as exc:  # a bug or an environment failure: fail the job, keep the worker

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import models.pipeline
-from service.db.tables import ModelVersion
+from service.db.tables import Job, ModelVersion
 from tests.reliability.conftest import record
 from tests.worker.test_runner import ctx, job_row, new_job, versions  # noqa: F401 (fixture)
 from worker.runner import WorkerContext, run_job
@@ -139,3 +139,60 @@ def test_a_disk_full_midway_through_the_artifact_copy_leaves_no_ready_version(
         ready = session.query(ModelVersion).filter_by(status="READY").count()
     assert ready == 1
     record("disk_full_midway", writes_failed=1, half_written_ready=0, succeeded_after=1)
+
+
+def test_a_database_outage_mid_training_keeps_the_job_for_a_retry(
+    tmp_path: Path, shapes_root: Path
+) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    from service.db.engine import make_engine, make_sessionmaker
+    from service.db.migrate import upgrade
+    from service.storage import ArtifactStore
+    from tests.e2e.conftest import postgres_database_or_skip
+    from tests.reliability.proxy import CuttableProxy
+    from tests.service.support import make_settings
+    from tests.worker.test_runner import metric_steps, when
+
+    url, drop = postgres_database_or_skip()
+    direct = make_sessionmaker(make_engine(url))
+    try:
+        with CuttableProxy(("127.0.0.1", 5432)) as proxy:
+            proxied = url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+            settings = make_settings(
+                tmp_path, shapes_root, database_url=proxied, checkpoint_every=2
+            )
+            upgrade(settings.database_url)
+            worker = WorkerContext(
+                settings=settings,
+                sessions=make_sessionmaker(make_engine(proxied)),
+                store=ArtifactStore(settings.artifacts_url, settings.artifact_cache_dir),
+                renew_every_s=0.0,
+                event_every_s=0.0,
+            )
+            job_id = new_job(
+                worker, shapes_root, hyperparameters={"max_steps": 12, "batch_size": 8}
+            )
+
+            def step() -> int:
+                with direct() as session:
+                    return int(session.get(Job, job_id).progress_step)  # type: ignore[union-attr]
+
+            watcher = when(lambda: step() >= 5, proxy.cut)
+            with pytest.raises(OperationalError):
+                run_job(worker, job_id)
+            watcher.join()
+            with direct() as session:
+                held = session.get(Job, job_id)
+                assert held is not None and held.status == "running"  # not failed, not lost
+            assert (settings.jobs_dir / job_id / "checkpoints" / "latest").is_file()
+            proxy.restore()
+            again = run_job(worker, job_id)  # the task's retry, on the same worker
+            assert again.status == "succeeded", again
+            steps = metric_steps(worker, job_id)
+            assert steps.count(1) == 1 and steps[-1] == 12  # resumed from its checkpoint
+            assert [v.status for v in versions(worker)] == ["READY"]
+    finally:
+        direct.kw["bind"].dispose()
+        drop()
+    record("database_outage_worker", jobs=1, outages=1, failed=0, resumed=1, versions=1)

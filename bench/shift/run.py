@@ -9,13 +9,15 @@ Every run goes through ``models.pipeline.finetune``, the same code path as the C
 service, on datasets written as ordinary manifests (``bench.shift.tasks``). Results go to
 ``--out`` (default ``runs/bench-shift``): ``results.json`` (every run, every alpha, every split
 and head), ``results.md`` (mean and standard deviation over seeds) and
-``effective_robustness.png``.
+``effective_robustness.png``. Finished runs are journaled in ``runs.jsonl`` there: run the same
+command again after an interruption and it picks up where it stopped.
 """
 
 from __future__ import annotations
 
 import argparse
 import fcntl
+import hashlib
 import json
 import logging
 import platform
@@ -30,6 +32,7 @@ from typing import Any
 import torch
 
 from bench.shift import report
+from bench.shift.tasks import FORMAT as TASK_FORMAT
 from bench.shift.tasks import FULL, QUICK, TASKS, Sizes, Task, build_task
 from models.backbone import OFFLINE_BACKBONE
 from models.config import RunConfig, from_dict
@@ -46,6 +49,8 @@ HEADS = ("default", "concept", "dual")
 FULL_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 QUICK_ALPHAS = (0.0, 0.5, 1.0)
 HPARAMS_FILE = Path(__file__).with_name("hparams.json")
+# Every finished run is appended here (in --out) and reused by a later invocation.
+JOURNAL = "runs.jsonl"
 # Used where hparams.json has no tuned entry for a (backbone, task, method).
 DEFAULT_HPARAMS: dict[str, Any] = {
     "lr": 3e-5,
@@ -187,6 +192,34 @@ def run_one(
     }
 
 
+def run_key(plan: Plan, task: str, method: str, seed: int, hp: Mapping[str, Any]) -> str:
+    """What a run's result depends on: a finished run with the same key is not run again."""
+    what = {
+        "task": task,
+        "method": method,
+        "seed": seed,
+        "hparams": dict(hp),
+        "sizes": asdict(plan.sizes),
+        "alphas": list(plan.alphas),
+        "backbone": backbone_key(plan.arch, plan.pretrained),
+        "task_format": TASK_FORMAT,
+    }
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def read_journal(path: Path) -> list[dict[str, Any]]:
+    """Finished runs (one JSON object per line); a line cut off by a kill is ignored."""
+    if not path.exists():
+        return []
+    runs = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            runs.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return runs
+
+
 def execute(plan: Plan) -> dict[str, Any]:
     started = time.monotonic()
     runs: list[dict[str, Any]] = []
@@ -195,15 +228,25 @@ def execute(plan: Plan) -> dict[str, Any]:
         t0 = time.monotonic()
         manifests[task.name] = build_task(task, plan.sizes, plan.data_root)
         log.info("task %s: data ready in %.0f s (%s)", task.name, time.monotonic() - t0, task.shift)
+    journal = plan.out / JOURNAL
+    done = {r["key"]: r for r in read_journal(journal)}
     for task in plan.tasks:
         manifest = manifests[task.name]
-        # Zero-shot does not depend on the seed: evaluated once.
-        jobs = [("zeroshot", plan.seeds[0])] + [(m, s) for m in plan.methods for s in plan.seeds]
+        # Zero-shot does not depend on the seed: evaluated once. Seed-major order, so a run cut
+        # short has whole seeds of every method.
+        jobs = [("zeroshot", plan.seeds[0])] + [(m, s) for s in plan.seeds for m in plan.methods]
         for method, seed in jobs:
             hp = hparams_for(plan, task.name, method)
-            run = run_one(plan, task, manifest, method, seed, hp)
+            key = run_key(plan, task.name, method, seed, hp)
+            if key in done:
+                run = done[key]
+                log.info("reused from %s: %s", journal, report.run_line(run))
+            else:
+                run = {"key": key, **run_one(plan, task, manifest, method, seed, hp)}
+                with open(journal, "a", encoding="utf-8") as fh:
+                    fh.write(json.dumps(run) + "\n")
+                log.info("%s", report.run_line(run))
             runs.append(run)
-            log.info("%s", report.run_line(run))
     return {
         "format": "robust-clip-bench-shift/1",
         "plan": {

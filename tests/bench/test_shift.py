@@ -260,3 +260,36 @@ def test_quick_benchmark_runs_end_to_end(tmp_path: Path) -> None:
             assert report.summary(report.point(run, 0.0))["test"] > 0.5, run["task"]
     assert (out / "effective_robustness.png").stat().st_size > 10_000
     assert "### fashion-spurious" in (out / "results.md").read_text()
+
+
+def test_finished_runs_are_journaled_and_not_run_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bench.shift import run as bench_run
+
+    calls: list[tuple[str, int]] = []
+
+    def fake_run_one(plan: Any, task: Any, manifest: Path, method: str, seed: int, hp: Any) -> Any:
+        calls.append((method, seed))
+        record = _run(method, seed, 0.9, 0.5, 0.5 if method != "zeroshot" else 0.0)
+        return {**record, "task": task.name, "hparams": dict(hp)}
+
+    monkeypatch.setattr(bench_run, "run_one", fake_run_one)
+    monkeypatch.setattr(bench_run, "build_task", lambda *a, **k: tmp_path / "manifest.csv")
+    args = ["--tasks", "digits-natural", "--methods", "ce,flyp", "--seeds", "0,1"]
+    plan = make_plan(parse([*args, "--out", str(tmp_path)]))
+    first = bench_run.execute(plan)
+    # Seed-major order: an interrupted run holds whole seeds of every method.
+    assert calls == [("zeroshot", 0), ("ce", 0), ("flyp", 0), ("ce", 1), ("flyp", 1)]
+    journal = tmp_path / "runs.jsonl"
+    with open(journal, "a") as fh:
+        fh.write('{"key": "cut off by a ki')  # a line a kill left half-written
+    calls.clear()
+    again = bench_run.execute(plan)
+    assert calls == [] and again["runs"] == first["runs"]
+    lr_changed = json.loads(json.dumps(plan.hparams))
+    lr_changed.setdefault("offline-lite0-minilm", {}).setdefault("digits-natural", {})["ce"] = {
+        "lr": 1.0
+    }
+    bench_run.execute(bench_run.Plan(**{**plan.__dict__, "hparams": lr_changed}))
+    assert calls == [("ce", 0), ("ce", 1)]

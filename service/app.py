@@ -14,6 +14,7 @@ from celery import Celery
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError as DatabaseValueError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -189,6 +190,15 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def artifact_error(_: Request, exc: ArtifactError) -> JSONResponse:
         # A stored artifact that cannot be read: the model is unavailable, not the request wrong.
         return error_body(503, "model_unavailable", str(exc), None)
+
+    @app.exception_handler(DatabaseValueError)
+    async def unstorable_value(_: Request, exc: DatabaseValueError) -> JSONResponse:
+        # A value the database refuses, such as a NUL character (PostgreSQL text cannot hold
+        # one) in an id, a name or a cursor: the request's fault, so a 422 and never a 500.
+        reason = str(exc.orig).split("\n", 1)[0]
+        return error_body(
+            422, "invalid_value", f"the request holds a value the database refuses: {reason}", None
+        )
 
     @app.exception_handler(OperationalError)
     @app.exception_handler(InterfaceError)

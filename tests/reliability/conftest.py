@@ -109,7 +109,7 @@ def reliability_artifact(shapes_root: Path, tmp_path_factory: pytest.TempPathFac
     return zeroshot_artifact(shapes_root, tmp_path_factory.mktemp("rel-artifact") / "model")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def live_api(
     tmp_path_factory: pytest.TempPathFactory, shapes_root: Path, reliability_artifact: Path
 ) -> Iterator[LiveApi]:

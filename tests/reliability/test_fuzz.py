@@ -45,6 +45,8 @@ def fuzz(live_api: LiveApi, examples: int) -> tuple[Counter[int], list[str]]:
                     for k, v in (case.headers or {}).items()
                     if k.lower() not in ("authorization", "x-api-key")
                 }
+                if case.method == "DELETE" and "/models/shapes/" in case.formatted_path:
+                    return  # the model the other tests classify with stays
                 response = case.call(base_url=live_api.base_url, headers=headers, timeout=60)
                 statuses[response.status_code] += 1
                 if response.status_code >= 500:
@@ -75,7 +77,7 @@ def check(live_api: LiveApi, examples: int, name: str) -> None:
 
 
 def test_fuzzing_the_schema_gives_no_server_error(live_api: LiveApi) -> None:
-    check(live_api, examples=4, name="schemathesis_fast")
+    check(live_api, examples=3, name="schemathesis_fast")
 
 
 @pytest.mark.slow

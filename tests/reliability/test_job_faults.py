@@ -67,6 +67,7 @@ def test_a_nan_loss_fails_the_job_and_the_worker_takes_the_next(
     record("nan_loss", jobs=2, failed_with_reason=1, succeeded_after=1, versions_lost=0)
 
 
+@pytest.mark.slow
 def test_an_image_corrupted_after_registration_fails_the_job_naming_it(
     ctx: WorkerContext,  # noqa: F811
     shapes_root: Path,
@@ -105,6 +106,7 @@ def new_job_on(worker: WorkerContext, root: Path) -> str:
         return job.id
 
 
+@pytest.mark.slow
 def test_a_disk_full_midway_through_the_artifact_copy_leaves_no_ready_version(
     ctx: WorkerContext,  # noqa: F811
     shapes_root: Path,
@@ -141,6 +143,7 @@ def test_a_disk_full_midway_through_the_artifact_copy_leaves_no_ready_version(
     record("disk_full_midway", writes_failed=1, half_written_ready=0, succeeded_after=1)
 
 
+@pytest.mark.slow
 def test_a_database_outage_mid_training_keeps_the_job_for_a_retry(
     tmp_path: Path, shapes_root: Path
 ) -> None:

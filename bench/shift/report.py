@@ -47,7 +47,7 @@ def run_line(run: Mapping[str, Any]) -> str:
     if run["method"] == "zeroshot":
         setting = ""
     elif run["method"].startswith("drm"):
-        setting = f" (lr {hp['lr']:g}, lambda {hp['lam']:g})"
+        setting = f" (lr {hp['lr']:g}, lambda {hp['lam']:g}{_pc_mode(hp)})"
     else:
         setting = f" (lr {hp['lr']:g})"
     return (
@@ -184,7 +184,7 @@ def markdown(results: Mapping[str, Any]) -> str:
         if not rows:
             continue
         oods = info["ood_splits"]
-        header = ["method", "ID test", *oods, "OOD mean", "OOD mean macro-F1", "alpha"]
+        header = ["method", "ID val", "ID test", *oods, "OOD mean", "OOD mean macro-F1", "alpha"]
         lines += [
             f"### {task}",
             "",
@@ -195,7 +195,7 @@ def markdown(results: Mapping[str, Any]) -> str:
         ]
         for row in rows:
             alpha = "-" if row["alphas"] is None else fmt(row["alphas"]).replace(".000", "")
-            cells = [row["name"], fmt(row["top1"]["test"]), *(fmt(row["top1"][s]) for s in oods)]
+            cells = [row["name"], *(fmt(row["top1"][s]) for s in ("val", "test", *oods))]
             cells += [fmt(row["top1"]["ood_mean"]), fmt(row["macro_f1"]["ood_mean"]), alpha]
             lines.append(_md_row(cells))
         lines += ["", _hparams_line(results["runs"], task), ""]
@@ -209,13 +209,17 @@ def _hparams_line(runs: Sequence[Mapping[str, Any]], task: str) -> str:
     ):
         run = next(r for r in runs if r["task"] == task and r["method"] == method)
         hp = run["hparams"]
-        lam = f", lambda {hp['lam']:g}" if method.startswith("drm") else ""
+        lam = f", lambda {hp['lam']:g}{_pc_mode(hp)}" if method.startswith("drm") else ""
         walls = [r["wall_s"] for r in runs if r["task"] == task and r["method"] == method]
         parts.append(
             f"{method}: lr {hp['lr']:g}{lam}, {hp['epochs']} epochs, batch {hp['batch_size']}, "
             f"{run['steps']} steps, {statistics.fmean(walls):.0f} s/run"
         )
     return "Hyperparameters: " + "; ".join(parts) + "."
+
+
+def _pc_mode(hp: Mapping[str, Any]) -> str:
+    return f", p_c {hp['pc_mode']}" if "pc_mode" in hp else ""
 
 
 def _md_row(cells: Sequence[str]) -> str:

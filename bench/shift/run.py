@@ -3,6 +3,8 @@
     python -m bench.shift                  # full: 3 tasks x 4 fine-tuning methods x 3 seeds
     python -m bench.shift --quick          # smoke test: 1 seed, fewer images and steps
     python -m bench.shift --tune           # pick lr (and DRM's lambda) on ID validation only
+    python -m bench.shift --ablate --tasks fashion-spurious   # why DRM does (not) help: lambda,
+                                           # per-step p_c, and what p_c says about the images
     python -m bench.shift --arch ViT-B-16 --pretrained openai --device cuda   # real CLIP
 
 Every run goes through ``models.pipeline.finetune``, the same code path as the CLI and the
@@ -45,6 +47,15 @@ METHODS: dict[str, dict[str, Any]] = {
     "drm-weight": {"name": "drm", "wrm": "weight"},
     "drm-soft": {"name": "drm", "wrm": "soft"},
 }
+# Analysis variants (--ablate): a method above with some of its settings changed. They are
+# never part of the main comparison, and their OOD figures choose nothing.
+ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
+    "drm-weight-lam0.5": ("drm-weight", {"lam": 0.5}),
+    "drm-weight-lam2": ("drm-weight", {"lam": 2.0}),
+    "drm-weight-lam4": ("drm-weight", {"lam": 4.0}),
+    "drm-weight-per-step": ("drm-weight", {"pc_mode": "per_step"}),
+    "drm-soft-lam4": ("drm-soft", {"lam": 4.0}),
+}
 HEADS = ("default", "concept", "dual")
 FULL_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 QUICK_ALPHAS = (0.0, 0.5, 1.0)
@@ -85,6 +96,12 @@ class Plan:
     out: Path
     data_root: Path
     hparams: dict[str, Any] = field(default_factory=dict)
+    zeroshot: bool = True  # evaluate the zero-shot model too (once per task)
+
+
+def base_method(method: str) -> str:
+    """The method an ablation variant changes (a main method is its own base)."""
+    return ABLATIONS[method][0] if method in ABLATIONS else method
 
 
 def backbone_key(arch: str, pretrained: str | None) -> str:
@@ -96,9 +113,13 @@ def load_hparams(path: Path = HPARAMS_FILE) -> dict[str, Any]:
 
 
 def hparams_for(plan: Plan, task: str, method: str) -> dict[str, Any]:
-    """Tuned values for (backbone, task, method) over the defaults; quick mode trains less."""
+    """Tuned values for (backbone, task, method) over the defaults; quick mode trains less.
+
+    An ablation variant starts from its base method's values and changes its own.
+    """
     tuned = plan.hparams.get(backbone_key(plan.arch, plan.pretrained), {}).get(task, {})
-    values = {**DEFAULT_HPARAMS, **tuned.get(method, {})}
+    values = {**DEFAULT_HPARAMS, **tuned.get(base_method(method), {})}
+    values.update(ABLATIONS[method][1] if method in ABLATIONS else {})
     if plan.quick:
         values["epochs"] = QUICK_EPOCHS
     return values
@@ -115,9 +136,11 @@ def run_config(
     alphas: Sequence[float] | None = None,
     ood: bool = True,
 ) -> RunConfig:
-    objective = {"name": "zeroshot"} if method == "zeroshot" else dict(METHODS[method])
+    objective = {"name": "zeroshot"} if method == "zeroshot" else dict(METHODS[base_method(method)])
     if objective["name"] == "drm":
         objective["lam"] = hparams["lam"]
+        if "pc_mode" in hparams:
+            objective["pc_mode"] = hparams["pc_mode"]
     return from_dict(
         RunConfig,
         {
@@ -234,7 +257,8 @@ def execute(plan: Plan) -> dict[str, Any]:
         manifest = manifests[task.name]
         # Zero-shot does not depend on the seed: evaluated once. Seed-major order, so a run cut
         # short has whole seeds of every method.
-        jobs = [("zeroshot", plan.seeds[0])] + [(m, s) for s in plan.seeds for m in plan.methods]
+        jobs = [("zeroshot", plan.seeds[0])] if plan.zeroshot else []
+        jobs += [(m, s) for s in plan.seeds for m in plan.methods]
         for method, seed in jobs:
             hp = hparams_for(plan, task.name, method)
             key = run_key(plan, task.name, method, seed, hp)
@@ -253,7 +277,7 @@ def execute(plan: Plan) -> dict[str, Any]:
             "tasks": {
                 t.name: {"shift": t.shift, "ood_splits": list(t.ood_splits)} for t in plan.tasks
             },
-            "methods": ["zeroshot", *plan.methods],
+            "methods": ["zeroshot", *plan.methods] if plan.zeroshot else list(plan.methods),
             "seeds": list(plan.seeds),
             "sizes": asdict(plan.sizes),
             "alphas": list(plan.alphas),
@@ -325,13 +349,22 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated, from {list(TASKS)}")
     p.add_argument(
-        "--methods", default=",".join(METHODS), help=f"comma-separated, from {list(METHODS)}"
+        "--ablate",
+        action="store_true",
+        help="analysis runs (default out runs/bench-shift-ablation): DRM's lambda and per-step "
+        "p_c (the --methods default becomes the ablation variants), and p_c diagnostics",
+    )
+    p.add_argument(
+        "--methods",
+        default=None,
+        help=f"comma-separated, from {list(METHODS)} (default: all of them), or with --ablate "
+        f"from {list(ABLATIONS)}",
     )
     p.add_argument("--seeds", default=None, help="comma-separated (default 0,1,2; quick: 0)")
     p.add_argument("--arch", default=OFFLINE_BACKBONE, help="open_clip architecture or artifact")
     p.add_argument("--pretrained", default=None, help="open_clip pretrained tag (e.g. openai)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--out", default="runs/bench-shift", type=Path)
+    p.add_argument("--out", default=None, type=Path, help="default runs/bench-shift")
     p.add_argument("--data-root", default="runs/bench-shift-data", type=Path)
     p.add_argument("--hparams", default=HPARAMS_FILE, type=Path, help="tuned hyperparameters")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
@@ -366,9 +399,12 @@ def make_plan(args: argparse.Namespace) -> Plan:
             raise SystemExit(
                 f"--seeds must be comma-separated integers, got {args.seeds!r}"
             ) from None
+    known = {**METHODS, **ABLATIONS} if args.ablate else METHODS
+    methods = args.methods or ",".join(ABLATIONS if args.ablate else METHODS)
+    out = args.out or Path("runs/bench-shift-ablation" if args.ablate else "runs/bench-shift")
     return Plan(
         tasks=tuple(TASKS[n] for n in _names(args.tasks, TASKS, "task")),
-        methods=_names(args.methods, METHODS, "method"),
+        methods=_names(methods, known, "method"),
         seeds=seeds,
         sizes=QUICK if args.quick else FULL,
         alphas=QUICK_ALPHAS if args.quick else FULL_ALPHAS,
@@ -376,9 +412,10 @@ def make_plan(args: argparse.Namespace) -> Plan:
         pretrained=args.pretrained,
         device=args.device,
         quick=args.quick,
-        out=args.out,
+        out=out,
         data_root=args.data_root,
         hparams=load_hparams(args.hparams),
+        zeroshot=not args.ablate,
     )
 
 
@@ -389,6 +426,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(message)s",
         datefmt="%H:%M:%S",
     )
+    if args.ablate and (args.tune or args.report):
+        raise SystemExit(
+            "--ablate runs its own analysis; it cannot be combined with --tune or --report"
+        )
     plan = make_plan(args)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -408,6 +449,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         (plan.out / "tune.md").write_text(report.tune_markdown(tuned))
         print(report.tune_markdown(tuned))
         return 0
+    if args.ablate:
+        from bench.shift.diagnose import core_prior_report
+
+        diagnostics = core_prior_report(plan)
+        (plan.out / "core_prior.md").write_text(diagnostics)
+        print(diagnostics)
     results = execute(plan)
     (plan.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     write_report(results, plan.out)

@@ -12,10 +12,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from bench.shift import report
-from bench.shift.run import make_plan, parse, run_config
+from bench.shift.diagnose import core_prior_stats, markdown
+from bench.shift.run import ABLATIONS, hparams_for, main, make_plan, parse, run_config
 from bench.shift.tasks import (
     CORRUPTIONS,
     PALETTE,
@@ -155,14 +157,55 @@ def test_run_configs_use_tuned_values_and_quick_mode_trains_less(tmp_path: Path)
     plan = make_plan(parse(["--quick", "--hparams", str(hparams), "--out", str(tmp_path)]))
     assert plan.seeds == (0,) and plan.sizes == QUICK
     task = TASKS["fashion-spurious"]
-    from bench.shift.run import hparams_for
-
     hp = hparams_for(plan, task.name, "drm-soft")
     cfg = to_dict(run_config(plan, task, tmp_path / "m.csv", "drm-soft", 3, tmp_path, hp))
     assert cfg["train"]["lr"] == 1e-4 and cfg["objective"]["lam"] == 2.0
     assert cfg["objective"]["wrm"] == "soft" and cfg["train"]["seed"] == 3
     assert cfg["data"]["ood_splits"] == ["ood_swapped", "ood_random"]
     assert cfg["train"]["epochs"] == 1  # quick
+
+
+def test_ablation_variants_change_only_their_own_settings(tmp_path: Path) -> None:
+    hparams = tmp_path / "hparams.json"
+    tuned = {"fashion-spurious": {"drm-weight": {"lr": 1e-4, "lam": 0.5}}}
+    hparams.write_text(json.dumps({"offline-lite0-minilm": tuned}))
+    plan = make_plan(parse(["--ablate", "--hparams", str(hparams)]))
+    assert plan.methods == tuple(ABLATIONS) and not plan.zeroshot
+    assert plan.out == Path("runs/bench-shift-ablation") and plan.seeds == (0, 1, 2)
+    task = TASKS["fashion-spurious"]
+
+    def objective(method: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        hp = hparams_for(plan, task.name, method)
+        cfg = to_dict(run_config(plan, task, tmp_path / "m.csv", method, 0, tmp_path, hp))
+        return cfg["objective"], cfg["train"]
+
+    base, base_train = objective("drm-weight")
+    assert base["lam"] == 0.5 and base["pc_mode"] == "cached" and base_train["lr"] == 1e-4
+    lam4, lam4_train = objective("drm-weight-lam4")
+    assert lam4 == {**base, "lam": 4.0} and lam4_train == base_train
+    per_step, _ = objective("drm-weight-per-step")
+    assert per_step == {**base, "pc_mode": "per_step"}
+    soft, _ = objective("drm-soft-lam4")
+    assert soft["wrm"] == "soft" and soft["lam"] == 4.0
+    # Variants are for analysis only: not accepted in the main comparison.
+    with pytest.raises(SystemExit, match="unknown method"):
+        make_plan(parse(["--methods", "drm-weight-lam4"]))
+    with pytest.raises(SystemExit, match="--ablate"):
+        main(["--ablate", "--tune"])
+
+
+def test_core_prior_statistics_per_group() -> None:
+    # Two classes; p_c rows as the frozen model gives them (max exactly 1).
+    cache = torch.tensor([[1.0, 0.0], [1.0, 0.5], [0.0, 1.0], [1.0, 0.0]])
+    stats = core_prior_stats(cache, [0, 0, 1, 1], ["aligned", "aligned", "aligned", "conflicting"])
+    assert stats["all"]["n"] == 4 and stats["all"]["uniform"] == 0.5
+    assert stats["all"]["concept_top1"] == pytest.approx(0.75)
+    assert stats["aligned"]["pc_true"] == pytest.approx(1.0)
+    assert stats["conflicting"]["pc_true"] == 0.0 and stats["conflicting"]["concept_top1"] == 0.0
+    # soft target on the true class: 1, 1/1.5, 1 for the aligned images.
+    assert stats["aligned"]["soft_true"] == pytest.approx((1 + 1 / 1.5 + 1) / 3)
+    assert set(core_prior_stats(cache, [0, 0, 1, 1], [None] * 4)) == {"all"}
+    assert "| t | conflicting | 1 | 0.000 | 0.000 | 0.000 | 0.500 |" in markdown({"t": stats})
 
 
 def test_bad_arguments_name_what_is_wrong() -> None:
@@ -226,8 +269,8 @@ def test_report_aggregates_seeds_and_draws_the_plot(tmp_path: Path) -> None:
     assert rows["flyp + WiSE-FT"]["alphas"] == [1.0, 0.5]
     assert rows["flyp + WiSE-FT"]["top1"]["ood_a"] == [0.2, 0.4 + 0.05]
     text = report.markdown(results)
-    assert "| flyp | 0.850 ± 0.071 | 0.300 ± 0.141 |" in text
-    assert "| zero-shot (concept) | 0.500 | 0.400 |" in text
+    assert "| flyp | 0.850 ± 0.071 | 0.850 ± 0.071 | 0.300 ± 0.141 |" in text  # val, test, OOD
+    assert "| zero-shot (concept) | 0.500 | 0.500 | 0.400 |" in text
     report.plot(results, tmp_path / "er.png")
     assert Image.open(tmp_path / "er.png").size[0] > 400
 

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import pickle
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -223,17 +224,67 @@ def _apply_freezing(model: ClipModel, cfg: BackboneConfig) -> None:
         model.lock_image_tower(unlocked_groups=cfg.image_unlocked_groups)
 
 
+# torch.nn.init's random fills: what building a model spends most of its time on.
+_RANDOM_INITS = (
+    "uniform_",
+    "normal_",
+    "trunc_normal_",
+    "xavier_uniform_",
+    "xavier_normal_",
+    "kaiming_uniform_",
+    "kaiming_normal_",
+    "orthogonal_",
+)
+
+
+_init_switch = threading.local()
+_init_switch_lock = threading.Lock()
+_init_switch_installed = False
+
+
+def _switchable(original: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    @functools.wraps(original)
+    def fill(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if getattr(_init_switch, "skip", False):
+            return tensor
+        return original(tensor, *args, **kwargs)
+
+    return fill
+
+
+@contextlib.contextmanager
+def skipped_random_init() -> Iterator[None]:
+    """Build modules in this thread without torch.nn.init's random fills (their tensors keep
+    whatever memory held), for a model whose every parameter and persistent buffer a strict
+    ``load_state_dict`` overwrites next. Computed buffers (attention masks) are unaffected, and
+    so are models built meanwhile by other threads (the switch is per thread).
+    """
+    global _init_switch_installed
+    with _init_switch_lock:
+        if not _init_switch_installed:
+            for name in _RANDOM_INITS:
+                setattr(nn.init, name, _switchable(getattr(nn.init, name)))
+            _init_switch_installed = True
+    previous = getattr(_init_switch, "skip", False)
+    _init_switch.skip = True
+    try:
+        yield
+    finally:
+        _init_switch.skip = previous
+
+
 def build_from_open_clip_config(
     config: dict[str, Any], folder: str | Path, tokenizer_name: str | None = None
 ) -> Backbone:
-    """Rebuild the architecture described by an ``open_clip_config.json`` (random weights).
+    """Rebuild the architecture described by an ``open_clip_config.json``, weights unset.
 
-    Artifacts load their own weights afterwards with strict key checks, so open_clip must not
-    pick a checkpoint file from the folder by itself.
+    Artifacts load their own weights afterwards with strict key checks (so every parameter is
+    overwritten, and random initialisation would be wasted: it is skipped), so open_clip must
+    not pick a checkpoint file from the folder by itself either.
     """
     register_builtin_configs()
     name = LOCAL_DIR + str(folder)
-    with _quiet_open_clip():
+    with _quiet_open_clip(), skipped_random_init():
         model = open_clip.create_model(name, load_weights=False, **_hf_text_overrides(name))
     tokenizer = open_clip.get_tokenizer(tokenizer_name or name)
     source = {"arch": str(folder), "pretrained": None}

@@ -8,6 +8,7 @@ import json
 import secrets
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,37 @@ class Stack:
     def logs(self) -> str:
         return f"--- api ---\n{self.api.tail()}\n--- worker ---\n{self.worker.tail(80)}"
 
+    def shapes_dataset(self) -> dict[str, Any]:
+        """Register the shapes dataset through the API; its record."""
+        with self.client() as client:
+            return dict(
+                ok(client.post("/datasets", json={"name": "shapes", "path": str(self.data)}))
+            )
+
+
+def ok(response: httpx.Response) -> Any:
+    assert response.status_code < 400, f"{response.status_code}: {response.text}"
+    return response.json()
+
+
+@contextmanager
+def running_stack(settings: dict[str, str], workdir: Path, data: Path) -> Iterator[Stack]:
+    """The API and a worker on ``settings``, both stopped at the end (tests may replace either
+    process on the yielded stack: the ones running then are stopped)."""
+    port = free_port()
+    api = api_process(settings, port, workdir / "api.log").start()
+    built: Stack | None = None
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", api)
+        worker = worker_process(settings, workdir / "worker.log").start()
+        built = Stack(f"http://127.0.0.1:{port}", settings, api, worker, workdir, data)
+        yield built
+    finally:
+        if built is not None:
+            built.worker.stop()
+            api = built.api
+        api.stop()
+
 
 def wait_for(
     check: Callable[[], Any], timeout: float, what: str, stack: Stack | None = None
@@ -114,19 +146,10 @@ def stack(
         "RCS_MAX_PREDICT_BYTES": "200000",
         "RCS_TORCH_THREADS": "1",
     }
-    port = free_port()
-    api = api_process(settings, port, workdir / "api.log").start()
-    worker = None
     try:
-        wait_ready(f"http://127.0.0.1:{port}", api)
-        worker = worker_process(settings, workdir / "worker.log").start()
-        built = Stack(f"http://127.0.0.1:{port}", settings, api, worker, workdir, shapes_root)
-        yield built
-        worker = built.worker
+        with running_stack(settings, workdir, shapes_root) as built:
+            yield built
     finally:
-        if worker is not None:
-            worker.stop()
-        api.stop()
         drop()
         clean_redis(redis_client, queue)
 

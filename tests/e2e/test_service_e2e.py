@@ -9,21 +9,15 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.conftest import Stack, wait_for
+from tests.e2e.conftest import Stack, ok, wait_for
 from tests.service.support import b64, finetune_body, png_bytes
 
 pytestmark = pytest.mark.slow
 
 
-def ok(response: httpx.Response) -> Any:
-    assert response.status_code < 400, f"{response.status_code}: {response.text}"
-    return response.json()
-
-
 @pytest.fixture(scope="module")
 def dataset(stack: Stack) -> dict[str, Any]:
-    with stack.client() as client:
-        return dict(ok(client.post("/datasets", json={"name": "shapes", "path": str(stack.data)})))
+    return stack.shapes_dataset()
 
 
 def job_state(client: httpx.Client, job_id: str) -> dict[str, Any]:

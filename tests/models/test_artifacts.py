@@ -1,13 +1,14 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import pytest
 import torch
 
 from models.artifacts import CARD, HEADS, WEIGHTS, load_artifact, save_artifact
-from models.backbone import create_backbone
+from models.backbone import create_backbone, skipped_random_init
 from models.config import BackboneConfig
 from models.errors import ArtifactError
 from models.heads import Classifier
@@ -79,3 +80,26 @@ def test_checksum_mismatch_is_detected(classifier: Classifier, tmp_path: Path) -
     (tmp_path / "a" / CARD).write_text(json.dumps(card))
     with pytest.raises(ArtifactError, match="checksum"):
         load_artifact(tmp_path / "a", verify=True)
+
+
+def test_skipped_random_init_is_scoped_to_its_thread_and_block() -> None:
+    """Loading skips random fills (the strict load overwrites them); nothing else may."""
+    seen: dict[str, bool] = {}
+    inside = threading.Event()
+    done = threading.Event()
+
+    def other_thread() -> None:
+        inside.wait(5)
+        seen["other thread filled"] = bool(torch.nn.init.normal_(torch.zeros(64)).any())
+        done.set()
+
+    worker = threading.Thread(target=other_thread)
+    worker.start()
+    with skipped_random_init():
+        kept = torch.nn.init.kaiming_uniform_(torch.zeros(8, 8))
+        inside.set()
+        done.wait(5)
+        seen["skipped here"] = not kept.any()
+    worker.join()
+    seen["filled after"] = bool(torch.nn.init.uniform_(torch.zeros(64)).any())
+    assert seen == {"other thread filled": True, "skipped here": True, "filled after": True}

@@ -44,8 +44,6 @@ def test_finetune_writes_a_complete_card(shapes_root: Path, tmp_path: Path, obje
     assert set(card["metrics"]["zeroshot"]["val"]) == {"default", "concept", "dual"}
     assert card["dataset"]["fingerprint"] and card["versions"]["torch"] == torch.__version__
     assert card["descriptions"]["circle"] and card["templates"]
-    # The alpha = 0 end of the curve is the zero-shot model, evaluated the same way.
-    assert card["wise"]["curve"][0]["metrics"] == card["metrics"]["zeroshot"]
     loaded = load_artifact(tmp_path / "m", verify=True)
     images = torch.randn(3, 3, 32, 32)
     assert torch.equal(loaded.classifier(images), result.artifact.classifier.eval()(images))
@@ -73,6 +71,18 @@ def test_cli_finetune_predict_eval_merge(shapes_root: Path, tmp_path: Path, caps
     assert main(["merge", str(out), "--alpha", "0.5", "--out", str(tmp_path / "half")]) == 0
     half = load_artifact(tmp_path / "half")
     assert half.card["wise"]["selected_alpha"] == 0.5
+    # The curve's alpha 0 reuses the zero-shot evaluation; an artifact merged at alpha 0 and
+    # evaluated on its own must score exactly that.
+    assert main(["merge", str(out), "--alpha", "0", "--out", str(tmp_path / "zero")]) == 0
+    capsys.readouterr()
+    zero_dir = str(tmp_path / "zero")
+    assert main(["eval", zero_dir, "--data", str(shapes_root), "--splits", "val", "ood_test"]) == 0
+    zero = json.loads(capsys.readouterr().out)
+    recorded = load_artifact(out).card["metrics"]["zeroshot"]
+    assert load_artifact(out).card["wise"]["curve"][0]["metrics"] == recorded
+    for split in ("val", "ood_test"):
+        for head in ("default", "concept", "dual"):
+            assert zero[split][head]["top1"] == recorded[split][head]["top1"], (split, head)
 
 
 def test_cli_reports_user_errors_in_one_line(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]

@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from service.processes import api_process, free_port, wait_ready, worker_process
-from tests.e2e.conftest import Stack, wait_for
+from tests.e2e.conftest import Stack, ok, running_stack, wait_for
 from tests.reliability.conftest import postgres_or_none, prepare_database, record
 from tests.reliability.images import encode, noise
 from tests.service.support import API_KEY, b64, finetune_body
@@ -108,32 +108,16 @@ def stack(
         "RCS_READINESS_TIMEOUT_S": "1",
     }
     prepare_database(settings, reliability_artifact)
-    port = free_port()
-    api = api_process(settings, port, workdir / "api.log").start()
-    worker = None
     try:
-        wait_ready(f"http://127.0.0.1:{port}", api)
-        worker = worker_process(settings, workdir / "worker.log").start()
-        built = Stack(f"http://127.0.0.1:{port}", settings, api, worker, workdir, shapes_root)
-        yield built
-        worker = built.worker
-        api = built.api
+        with running_stack(settings, workdir, shapes_root) as built:
+            yield built
     finally:
-        if worker is not None:
-            worker.stop()
-        api.stop()
         drop()
-
-
-def ok(response: httpx.Response) -> Any:
-    assert response.status_code < 400, f"{response.status_code}: {response.text}"
-    return response.json()
 
 
 @pytest.fixture(scope="module")
 def dataset(stack: Stack) -> dict[str, Any]:
-    with stack.client() as client:
-        return dict(ok(client.post("/datasets", json={"name": "shapes", "path": str(stack.data)})))
+    return stack.shapes_dataset()
 
 
 def submit(client: httpx.Client, dataset: dict[str, Any], name: str, steps: int) -> str:

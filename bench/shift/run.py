@@ -3,6 +3,7 @@
     python -m bench.shift                  # full: 3 tasks x 4 fine-tuning methods x 3 seeds
     python -m bench.shift --quick          # smoke test: 1 seed, fewer images and steps
     python -m bench.shift --tune           # pick lr (and DRM's lambda) on ID validation only
+    python -m bench.shift --tune lam       # lambda only, at the stored lr
     python -m bench.shift --ablate --tasks fashion-spurious   # why DRM does (not) help: lambda,
                                            # per-step p_c, and what p_c says about the images
     python -m bench.shift --arch ViT-B-16 --pretrained openai --device cuda   # real CLIP
@@ -303,8 +304,10 @@ def execute(plan: Plan) -> dict[str, Any]:
 # Tuning on ID validation
 
 
-def tune(plan: Plan) -> dict[str, Any]:
+def tune(plan: Plan, what: str = "all") -> dict[str, Any]:
     """lr on flyp, then lambda on drm-weight at that lr, per task, on ID val of the first seed.
+
+    ``what="lam"`` keeps each task's stored lr and tunes lambda only.
 
     The criterion is the fine-tuned model's (alpha 1) ID-validation top-1 with the dual head;
     tuning runs do not even evaluate the OOD splits. Ties go to the smaller lr or lambda (the
@@ -325,8 +328,11 @@ def tune(plan: Plan) -> dict[str, Any]:
             return report.val_top1(run, alpha=1.0)
 
         base = hparams_for(plan, task.name, TUNE_LR_METHOD)
-        scores = {lr: trial(TUNE_LR_METHOD, {**base, "lr": lr}) for lr in TUNE_LRS}
-        lr = max(TUNE_LRS, key=lambda v: (scores[v], -v))
+        if what == "lam":
+            lr = base["lr"]
+        else:
+            scores = {lr: trial(TUNE_LR_METHOD, {**base, "lr": lr}) for lr in TUNE_LRS}
+            lr = max(TUNE_LRS, key=lambda v: (scores[v], -v))
         base = {**hparams_for(plan, task.name, TUNE_LAM_METHOD), "lr": lr}
         scores = {lam: trial(TUNE_LAM_METHOD, {**base, "lam": lam}) for lam in TUNE_LAMS}
         lam = max(TUNE_LAMS, key=lambda v: (scores[v], -v))
@@ -345,7 +351,12 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.shift", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="1 seed, fewer images, 1 epoch, 3 alphas")
     p.add_argument(
-        "--tune", action="store_true", help="tune lr and lambda on ID val; write --hparams"
+        "--tune",
+        nargs="?",
+        const="all",
+        choices=("all", "lam"),
+        help="tune lr and lambda (or with 'lam' lambda only, at the stored lr) on ID val; "
+        "write --hparams",
     )
     p.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated, from {list(TASKS)}")
     p.add_argument(
@@ -443,7 +454,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ensure_offline_backbone()  # built once (about 5 minutes on 2 cores), then cached
     plan.out.mkdir(parents=True, exist_ok=True)
     if args.tune:
-        tuned = tune(plan)
+        tuned = tune(plan, args.tune)
         store_hparams(args.hparams, backbone_key(plan.arch, plan.pretrained), tuned["chosen"])
         (plan.out / "tune.json").write_text(json.dumps(tuned, indent=2) + "\n")
         (plan.out / "tune.md").write_text(report.tune_markdown(tuned))

@@ -194,6 +194,42 @@ def test_ablation_variants_change_only_their_own_settings(tmp_path: Path) -> Non
         main(["--ablate", "--tune"])
 
 
+def test_tuning_chooses_on_id_val_and_ties_to_the_smaller_value(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import bench.shift.run as run
+
+    calls: list[tuple[str, float, float]] = []
+    val_by_lr = {1e-5: 0.90, 3e-5: 0.95, 1e-4: 0.95}
+    val_by_lam = {0.5: 0.80, 1.0: 0.85, 2.0: 0.85}
+
+    def fake_run(
+        plan: Any, task: Any, manifest: Path, method: str, seed: int, hp: Any, tuning: bool = False
+    ) -> dict[str, Any]:
+        assert tuning and seed == 0
+        calls.append((method, hp["lr"], hp["lam"]))
+        val = val_by_lr[hp["lr"]] if method == "flyp" else val_by_lam[hp["lam"]]
+        return {**_run(method, seed, val, 0.3, 1.0), "task": task.name}
+
+    monkeypatch.setattr(run, "run_one", fake_run)
+    monkeypatch.setattr(run, "build_task", lambda *_: tmp_path / "manifest.csv")
+    hparams = tmp_path / "hparams.json"
+    hparams.write_text(
+        json.dumps({"offline-lite0-minilm": {"digits-natural": {"flyp": {"lr": 1e-4}}}})
+    )
+    plan = make_plan(parse(["--tasks", "digits-natural", "--hparams", str(hparams)]))
+
+    chosen = run.tune(plan)["chosen"]["digits-natural"]
+    assert chosen["flyp"] == {"lr": 3e-5} and chosen["ce"] == {"lr": 3e-5}
+    assert chosen["drm-weight"] == chosen["drm-soft"] == {"lr": 3e-5, "lam": 1.0}
+    assert [c[0] for c in calls] == ["flyp"] * 3 + ["drm-weight"] * 3
+
+    calls.clear()
+    chosen = run.tune(plan, "lam")["chosen"]["digits-natural"]
+    assert calls == [("drm-weight", 1e-4, lam) for lam in (0.5, 1.0, 2.0)]  # the stored lr
+    assert chosen["drm-soft"] == {"lr": 1e-4, "lam": 1.0}
+
+
 def test_core_prior_statistics_per_group() -> None:
     # Two classes; p_c rows as the frozen model gives them (max exactly 1).
     cache = torch.tensor([[1.0, 0.0], [1.0, 0.5], [0.0, 1.0], [1.0, 0.0]])

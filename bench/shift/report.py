@@ -202,6 +202,26 @@ def markdown(results: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def overview(results: Mapping[str, Any]) -> str:
+    """One table across tasks: ID test and mean OOD top-1 of the served head, per method."""
+    tasks = list(results["plan"]["tasks"])
+    by_task = {t: {r["name"]: r for r in rows_for_task(results["runs"], t)} for t in tasks}
+    names = _ordered(
+        n for t in tasks for n in by_task[t] if n in ("zero-shot (dual)",) or "zero-shot" not in n
+    )
+    header = ["method"] + [f"{t} {what}" for t in tasks for what in ("ID", "OOD")]
+    lines = [_md_row(header), _md_row(["---"] * len(header))]
+    for name in names:
+        cells = [name]
+        for t in tasks:
+            row = by_task[t].get(name)
+            cells += (
+                ["-", "-"] if row is None else [fmt(row["top1"][k]) for k in ("test", "ood_mean")]
+            )
+        lines.append(_md_row(cells))
+    return "\n".join(lines) + "\n"
+
+
 def _hparams_line(runs: Sequence[Mapping[str, Any]], task: str) -> str:
     parts = []
     for method in _ordered(

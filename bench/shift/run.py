@@ -52,6 +52,7 @@ METHODS: dict[str, dict[str, Any]] = {
 # never part of the main comparison, and their OOD figures choose nothing.
 ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "drm-weight-lam0.5": ("drm-weight", {"lam": 0.5}),
+    "drm-weight-lam1": ("drm-weight", {"lam": 1.0}),
     "drm-weight-lam2": ("drm-weight", {"lam": 2.0}),
     "drm-weight-lam4": ("drm-weight", {"lam": 4.0}),
     "drm-weight-per-step": ("drm-weight", {"pc_mode": "per_step"}),
@@ -475,9 +476,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def write_report(results: dict[str, Any], out: Path) -> None:
     markdown = report.markdown(results)
     (out / "results.md").write_text(markdown)
+    (out / "overview.md").write_text(report.overview(results))
     report.plot(results, out / "effective_robustness.png")
     print(markdown)
-    print(f"wrote {out}/results.md, effective_robustness.png")
+    print(f"wrote {out}/results.md, overview.md, effective_robustness.png")
 
 
 def store_hparams(path: Path, key: str, chosen: Mapping[str, Any]) -> None:

@@ -307,6 +307,9 @@ def test_report_aggregates_seeds_and_draws_the_plot(tmp_path: Path) -> None:
     text = report.markdown(results)
     assert "| flyp | 0.850 ± 0.071 | 0.850 ± 0.071 | 0.300 ± 0.141 |" in text  # val, test, OOD
     assert "| zero-shot (concept) | 0.500 | 0.500 | 0.400 |" in text
+    overview = report.overview(results)
+    assert "| flyp | 0.850 ± 0.071 | 0.300 ± 0.141 |" in overview  # ID test, OOD mean
+    assert "| zero-shot (dual) | 0.500 | 0.400 |" in overview and "concept" not in overview
     report.plot(results, tmp_path / "er.png")
     assert Image.open(tmp_path / "er.png").size[0] > 400
 

@@ -36,12 +36,24 @@ def concept_prompts(
 
 
 def encode_texts(backbone: Backbone, texts: Sequence[str], device: torch.device) -> Tensor:
-    """L2-normalised text embeddings, in batches, without gradients."""
+    """L2-normalised text embeddings, in batches, without gradients, in eval mode.
+
+    A head is an inference-time quantity: with the tower in training mode, dropout (0.1 in
+    Hugging Face text towers) would make every head, and every p_c and prediction computed from
+    it, depend on the random state. Each module's mode is restored afterwards, so batch-norm
+    layers kept in eval mode during training stay so.
+    """
+    modes = [(module, module.training) for module in backbone.model.modules()]
+    backbone.model.eval()
     chunks = []
-    with torch.no_grad():
-        for start in range(0, len(texts), TEXT_BATCH):
-            tokens = backbone.tokenizer(list(texts[start : start + TEXT_BATCH])).to(device)
-            chunks.append(F.normalize(encode_text(backbone.model, tokens).float(), dim=-1))
+    try:
+        with torch.no_grad():
+            for start in range(0, len(texts), TEXT_BATCH):
+                tokens = backbone.tokenizer(list(texts[start : start + TEXT_BATCH])).to(device)
+                chunks.append(F.normalize(encode_text(backbone.model, tokens).float(), dim=-1))
+    finally:
+        for module, training in modes:
+            module.training = training
     return torch.cat(chunks)
 
 

@@ -39,3 +39,26 @@ def test_concept_head_uses_every_description(classifier: Classifier) -> None:
         classifier.backbone, [classifier.descriptions["circle"]], torch.device("cpu")
     )
     torch.testing.assert_close(rows[0], classifier.concept_head[0])
+
+
+def test_heads_are_computed_without_dropout_and_leave_every_mode_as_it_was(
+    classifier: Classifier,
+) -> None:
+    """Text towers with dropout (Hugging Face ones: 0.1) must still give one head per model."""
+    model = classifier.clip
+    blocks = model.transformer.resblocks
+    # Dropout after the first text block, as a Hugging Face tower has (active in train mode).
+    blocks[0].register_forward_hook(
+        lambda module, _, out: torch.nn.functional.dropout(out, 0.5, module.training)
+    )
+    model.train()
+    blocks[1].eval()  # a layer kept in eval mode while training (frozen norm statistics)
+    prompts = classifier.default_prompts()
+    heads = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        heads.append(class_embeddings(classifier.backbone, prompts, classifier.device))
+    assert torch.equal(heads[0], heads[1])
+    assert model.training and blocks[0].training and not blocks[1].training
+    model.eval()
+    assert torch.equal(heads[0], class_embeddings(classifier.backbone, prompts, classifier.device))

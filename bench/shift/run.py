@@ -64,6 +64,9 @@ QUICK_ALPHAS = (0.0, 0.5, 1.0)
 HPARAMS_FILE = Path(__file__).with_name("hparams.json")
 # Every finished run is appended here (in --out) and reused by a later invocation.
 JOURNAL = "runs.jsonl"
+# Part of every run's key: bump it when a code change makes finished runs' figures stale, so a
+# journal written before is not reused (2: class heads encoded with the text tower in eval mode).
+RUN_FORMAT = 2
 # Used where hparams.json has no tuned entry for a (backbone, task, method).
 DEFAULT_HPARAMS: dict[str, Any] = {
     "lr": 3e-5,
@@ -228,6 +231,7 @@ def run_key(plan: Plan, task: str, method: str, seed: int, hp: Mapping[str, Any]
         "alphas": list(plan.alphas),
         "backbone": backbone_key(plan.arch, plan.pretrained),
         "task_format": TASK_FORMAT,
+        "run_format": RUN_FORMAT,
     }
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 

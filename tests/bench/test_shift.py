@@ -375,3 +375,7 @@ def test_finished_runs_are_journaled_and_not_run_again(
     }
     bench_run.execute(bench_run.Plan(**{**plan.__dict__, "hparams": lr_changed}))
     assert calls == [("ce", 0), ("ce", 1)]
+    calls.clear()
+    monkeypatch.setattr(bench_run, "RUN_FORMAT", bench_run.RUN_FORMAT + 1)  # stale figures
+    bench_run.execute(plan)
+    assert calls == [("zeroshot", 0), ("ce", 0), ("flyp", 0), ("ce", 1), ("flyp", 1)]

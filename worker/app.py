@@ -7,6 +7,7 @@ prefork children cannot re-initialise CUDA after fork.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Any
 
@@ -16,6 +17,7 @@ from celery.signals import worker_ready, worker_shutting_down
 from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.orm import Session
 
 from service.db.engine import make_engine, make_sessionmaker
 from service.db.tables import Job
@@ -36,6 +38,27 @@ def make_context(settings: Settings) -> WorkerContext:
         sessions=make_sessionmaker(engine),
         store=ArtifactStore(settings.artifacts_url, settings.artifact_cache_dir),
     )
+
+
+def orphan_deliveries(session: Session, now: float) -> list[tuple[str, float]]:
+    """(job id, seconds to wait) for every job a starting worker should send again.
+
+    Queued jobs and running jobs whose lease has expired go now. A running job whose lease is
+    still valid goes when the lease ends: a worker killed and restarted within its lease
+    (a container restarted in two seconds) would otherwise leave its job waiting for the
+    broker's visibility timeout, two days by default. If the job's worker is in fact alive, it
+    renews the lease and that delivery finds the job busy and looks again later.
+    """
+    rows = session.execute(
+        select(Job.id, Job.status, Job.lease_until).where(Job.status.in_(("queued", "running")))
+    )
+    deliveries = []
+    for job_id, status, lease_until in rows:
+        wait = 0.0
+        if status == "running" and lease_until is not None and lease_until > now:
+            wait = math.ceil(lease_until - now) + 1.0
+        deliveries.append((job_id, wait))
+    return deliveries
 
 
 def create_celery(ctx: WorkerContext) -> Celery:
@@ -74,15 +97,16 @@ def create_celery(ctx: WorkerContext) -> Celery:
         ctx.stopping.set()
 
     def requeue_orphans(**_: Any) -> None:
-        """Jobs left 'running' by a dead worker: send them again now instead of waiting for
-        the broker's visibility timeout. A duplicate delivery is harmless (leases)."""
+        """Jobs a dead worker may have left: send them again instead of waiting for the
+        broker's visibility timeout. A duplicate delivery is harmless (leases)."""
         with ctx.sessions() as session:
-            orphaned = (Job.status == "queued") | (
-                (Job.status == "running") & (Job.lease_until < time.time())
-            )
-            ids = list(session.scalars(select(Job.id).where(orphaned)))
-            for job_id in ids:
-                app.send_task(TASK_FINETUNE, kwargs={"payload": {"job_id": job_id}}, queue=queue)
+            for job_id, countdown in orphan_deliveries(session, time.time()):
+                app.send_task(
+                    TASK_FINETUNE,
+                    kwargs={"payload": {"job_id": job_id}},
+                    queue=queue,
+                    countdown=countdown,
+                )
 
     worker_shutting_down.connect(stopping, weak=False)
     worker_ready.connect(requeue_orphans, weak=False)

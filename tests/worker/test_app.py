@@ -1,11 +1,17 @@
-"""The Celery app's settings: the ones GPU training needs (api-shapes.md)."""
+"""The Celery app's settings (the ones GPU training needs, api-shapes.md) and what a starting
+worker sends again."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from tests.service.support import make_settings
-from worker.app import create_celery, make_context
+from service.datasets import service as datasets
+from service.db.engine import make_engine, make_sessionmaker
+from service.db.migrate import upgrade
+from service.jobs import service as jobs
+from service.jobs.schemas import FineTuneRequest
+from tests.service.support import finetune_body, make_settings
+from worker.app import create_celery, make_context, orphan_deliveries
 from worker.contracts import TASK_FINETUNE, celery_config
 
 
@@ -24,3 +30,28 @@ def test_worker_settings_for_long_gpu_jobs(tmp_path: Path) -> None:
 
 def test_sqlite_broker_gets_no_redis_options() -> None:
     assert celery_config("sqla+sqlite:///x.db", 10)["broker_transport_options"] == {}
+
+
+def test_a_starting_worker_sends_orphans_again_when_their_lease_ends(
+    tmp_path: Path, shapes_root: Path
+) -> None:
+    """A worker killed and restarted within its job's lease must not strand the job."""
+    settings = make_settings(tmp_path, shapes_root)
+    upgrade(settings.database_url)
+    sessions = make_sessionmaker(make_engine(settings.database_url))
+    with sessions() as session:
+        dataset = datasets.register_path(session, settings, "shapes", str(shapes_root))
+        rows = []
+        for _ in range(4):
+            body = FineTuneRequest.model_validate(finetune_body(dataset.id))
+            job, _ = jobs.create(session, settings, body, lambda _: None, "test", None)
+            rows.append(job)
+        queued, expired, held, done = rows
+        now = 1000.0
+        expired.status, expired.lease_until = "running", now - 5
+        held.status, held.lease_until = "running", now + 29.5
+        done.status = "succeeded"
+        session.commit()
+        deliveries = sorted(orphan_deliveries(session, now))
+    expected = [(queued.id, 0.0), (expired.id, 0.0), (held.id, 31.0)]
+    assert deliveries == sorted(expected)

@@ -105,7 +105,7 @@ def create_celery(ctx: WorkerContext) -> Celery:
                     TASK_FINETUNE,
                     kwargs={"payload": {"job_id": job_id}},
                     queue=queue,
-                    countdown=countdown,
+                    countdown=countdown or None,  # no ETA on a message meant for now
                 )
 
     worker_shutting_down.connect(stopping, weak=False)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from bench.shift.tasks import build_task
+from bench.shift.tasks import Task, build_task
 from models.objectives import PC_EPS
 from models.pipeline import build_classifier, core_prior, prepare_data
 
@@ -50,10 +50,9 @@ def core_prior_stats(
     return out
 
 
-def core_prior_for_task(plan: Plan, task_name: str) -> dict[str, dict[str, float]]:
+def core_prior_for_task(plan: Plan, task: Task) -> dict[str, dict[str, float]]:
     from bench.shift.run import hparams_for, run_config
 
-    task = next(t for t in plan.tasks if t.name == task_name)
     manifest = build_task(task, plan.sizes, plan.data_root)
     hp = hparams_for(plan, task.name, "drm-weight")
     with tempfile.TemporaryDirectory() as tmp:
@@ -87,4 +86,4 @@ def markdown(stats: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> str:
 
 
 def core_prior_report(plan: Plan) -> str:
-    return markdown({task.name: core_prior_for_task(plan, task.name) for task in plan.tasks})
+    return markdown({task.name: core_prior_for_task(plan, task) for task in plan.tasks})

@@ -206,8 +206,9 @@ def overview(results: Mapping[str, Any]) -> str:
     """One table across tasks: ID test and mean OOD top-1 of the served head, per method."""
     tasks = list(results["plan"]["tasks"])
     by_task = {t: {r["name"]: r for r in rows_for_task(results["runs"], t)} for t in tasks}
+    served = f"zero-shot ({SERVED_HEAD})"
     names = _ordered(
-        n for t in tasks for n in by_task[t] if n in ("zero-shot (dual)",) or "zero-shot" not in n
+        n for t in tasks for n in by_task[t] if n == served or not n.startswith("zero-shot")
     )
     header = ["method"] + [f"{t} {what}" for t in tasks for what in ("ID", "OOD")]
     lines = [_md_row(header), _md_row(["---"] * len(header))]

@@ -78,8 +78,9 @@ def test_cli_finetune_predict_eval_merge(shapes_root: Path, tmp_path: Path, caps
     zero_dir = str(tmp_path / "zero")
     assert main(["eval", zero_dir, "--data", str(shapes_root), "--splits", "val", "ood_test"]) == 0
     zero = json.loads(capsys.readouterr().out)
-    recorded = load_artifact(out).card["metrics"]["zeroshot"]
-    assert load_artifact(out).card["wise"]["curve"][0]["metrics"] == recorded
+    card = load_artifact(out).card
+    recorded = card["metrics"]["zeroshot"]
+    assert card["wise"]["curve"][0]["metrics"] == recorded
     for split in ("val", "ood_test"):
         for head in ("default", "concept", "dual"):
             assert zero[split][head]["top1"] == recorded[split][head]["top1"], (split, head)

@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo demo-cli test test-fast lint format bench bench-shift bench-shift-quick install clean
+.PHONY: demo demo-cli test test-fast chaos lint format bench bench-shift bench-shift-quick install clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,12 @@ test: lint
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
+
+# The chaos run (tests/chaos/conftest.py), too long for CI: 50 worker SIGKILLs and 10 Redis
+# restarts under jobs, 10,000 fuzzed requests, 64 clients for 10 minutes. CHAOS_KILLS,
+# CHAOS_REDIS_RESTARTS, CHAOS_FUZZ_REQUESTS, CHAOS_LOAD_SECONDS and CHAOS_CLIENTS size it down.
+chaos: $(STAMP)
+	RCS_CHAOS=1 OMP_NUM_THREADS=1 $(PY) -m pytest -q -m chaos tests/chaos
 
 bench: $(STAMP)
 	$(PY) bench/train_step.py

@@ -86,7 +86,7 @@ def register(env: dict[str, str], folder: Path) -> None:
     with make_sessionmaker(make_engine(env["RCS_DATABASE_URL"]))() as session:
         row = registry.begin_version(session, REGISTERED, "bench-" + "0" * 24, read_card(folder))
         source = store.put_folder(folder, registry.version_key(REGISTERED, row.version))
-        registry.mark_ready(session, row, source)
+        registry.mark_ready(session, row, source, registry.artifact_digest(folder))
         session.commit()
 
 

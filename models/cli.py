@@ -166,7 +166,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     classifier = artifact.classifier
     ds = open_dataset(args.data, classnames=classifier.classnames)
     splits = {name: ds.split(name) for name in args.splits}
-    evaluate = split_evaluator(splits, classifier.classnames, classifier.backbone.transform())
+    transform = classifier.backbone.transform()
+    evaluate = split_evaluator(splits, classifier.classnames, transform, scoring=ds.scoring)
     metrics = evaluate(classifier)
     text = json.dumps(metrics, indent=2)
     if args.out:

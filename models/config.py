@@ -22,10 +22,24 @@ from models.seeding import MAX_SEED
 OBJECTIVES = ("zeroshot", "ce", "flyp", "drm")
 WRM_READINGS = ("weight", "soft")
 PC_MODES = ("cached", "per_step")
+# prob: min-max over classes of the frozen model's concept-head probabilities (the paper, as a
+# reviewer describes it); affinity: min-max over raw cosine affinities (our first reading).
+PC_NORMS = ("prob", "affinity")
+WEIGHT_DECAY_ON = ("matrices", "all")
 AMP_MODES = ("auto", "none", "bf16", "fp16")
-SELECTION_RULES = ("best_id_val", "fixed")
+SELECTION_RULES = ("tolerance", "best_id_val", "fixed")
 SELECTION_METRICS = ("top1", "macro_f1", "worst_group_acc")
 DEFAULT_ALPHAS = tuple(round(0.1 * i, 1) for i in range(11))
+
+# Named bundles of settings, expanded before a config is built; a key the user sets wins.
+# flyp-paper: FLYP as released (its loss without labels keeps same-class pairs as negatives,
+# no gradient clipping, AdamW decay on every parameter).
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "flyp-paper": {
+        "objective": {"mask_same_class": False},
+        "train": {"grad_clip": None, "weight_decay_on": "all"},
+    },
+}
 
 
 def _check(ok: bool, key: str, message: str) -> None:
@@ -82,14 +96,24 @@ class ObjectiveConfig:
     wrm: str = "weight"
     lam: float = 1.0
     pc_mode: str = "cached"
+    pc_norm: str = "prob"
+    # Multiplies the frozen model's logit scale inside p_c's softmax (pc_norm: prob only).
+    pc_temperature: float = 1.0
     # FLYP treats same-class pairs off the diagonal as false negatives; masking removes them.
     mask_same_class: bool = True
+    # A name from PRESETS, expanded into the other keys when the config is built (from_dict).
+    preset: str | None = None
 
     def __post_init__(self) -> None:
         _check_choice(self.name, OBJECTIVES, "objective.name")
         _check_choice(self.wrm, WRM_READINGS, "objective.wrm")
         _check_choice(self.pc_mode, PC_MODES, "objective.pc_mode")
+        _check_choice(self.pc_norm, PC_NORMS, "objective.pc_norm")
         _check(self.lam >= 0.0, "objective.lam", f"must be >= 0, got {self.lam}")
+        temperature = self.pc_temperature
+        _check(temperature > 0.0, "objective.pc_temperature", f"must be > 0, got {temperature}")
+        if self.preset is not None:
+            _check_choice(self.preset, tuple(PRESETS), "objective.preset")
 
 
 @dataclass(frozen=True)
@@ -107,6 +131,9 @@ class DataConfig:
     check_images: bool = True
     # Off makes training views deterministic (eval preprocessing); used to check p_c caching.
     augment: bool = True
+    # A folder every file of the dataset must resolve inside (symlinks followed); the service
+    # sets it to the dataset's own root so a row or link cannot reach the rest of the server.
+    within: str | None = None
 
     def __post_init__(self) -> None:
         lo, hi = self.crop_scale
@@ -123,6 +150,9 @@ class TrainConfig:
     batch_size: int = 32
     lr: float = 1e-5
     weight_decay: float = 0.1
+    # matrices: no decay on gains, biases, logit scale, heads (open_clip's recipe); all: AdamW's
+    # decay on every trainable parameter, as FLYP's release does.
+    weight_decay_on: str = "matrices"
     warmup_steps: int = 0
     grad_clip: float | None = 1.0
     grad_accum: int = 1
@@ -145,6 +175,7 @@ class TrainConfig:
         _check(self.batch_size >= 2, "train.batch_size", "must be >= 2 (contrastive losses)")
         _check(self.lr > 0, "train.lr", "must be > 0")
         _check(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+        _check_choice(self.weight_decay_on, WEIGHT_DECAY_ON, "train.weight_decay_on")
         _check(self.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
         clip = self.grad_clip
         _check(clip is None or clip > 0, "train.grad_clip", "must be > 0 or null")
@@ -160,11 +191,16 @@ class WiseConfig:
     """WiSE-FT: which mixing weights to evaluate and how to pick one."""
 
     alphas: tuple[float, ...] = DEFAULT_ALPHAS
-    # best_id_val: highest ID-validation top-1, ties to the smaller alpha (closer to zero-shot,
-    # which is the more robust end). fixed: take fixed_alpha whatever the curve says.
-    selection: str = "best_id_val"
+    # tolerance: the smallest alpha whose ID-validation metric is within tol of the best (a
+    # one-standard-error rule: differences smaller than the validation noise do not justify
+    # moving further from the zero-shot model, the more robust end). best_id_val: the highest
+    # ID-validation metric, ties to the smaller alpha. fixed: fixed_alpha whatever the curve says.
+    selection: str = "tolerance"
+    # None: one binomial standard error of the best point, sqrt(m (1 - m) / n) on the n
+    # validation images (for macro-F1 and worst-group accuracy an approximation).
+    tol: float | None = None
     fixed_alpha: float = 0.5
-    # What best_id_val maximises, read from the dual head on the validation split.
+    # What the rule maximises, read from the dual head on the validation split.
     metric: str = "top1"
 
     def __post_init__(self) -> None:
@@ -173,6 +209,7 @@ class WiseConfig:
             _check(0.0 <= a <= 1.0, "wise.alphas", f"every alpha must lie in [0, 1], got {a}")
         _check_choice(self.selection, SELECTION_RULES, "wise.selection")
         _check(0.0 <= self.fixed_alpha <= 1.0, "wise.fixed_alpha", "must lie in [0, 1]")
+        _check(self.tol is None or self.tol >= 0.0, "wise.tol", f"must be >= 0, got {self.tol}")
         _check_choice(self.metric, SELECTION_METRICS, "wise.metric")
 
 
@@ -196,6 +233,8 @@ def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
     """Build dataclass ``cls`` from a plain mapping, refusing unknown keys by name."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"expected a mapping, got {type(data).__name__}", key=prefix or None)
+    if cls is RunConfig:
+        data = expand_preset(data)
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - names)
@@ -203,6 +242,24 @@ def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
         raise ConfigError(f"unknown key(s) {unknown}; known: {sorted(names)}", key=prefix or None)
     kwargs = {k: _coerce(hints[k], v, f"{prefix}{k}") for k, v in data.items()}
     return cls(**kwargs)
+
+
+def expand_preset(data: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Fill in the keys ``objective.preset`` names that the user did not set.
+
+    Keys the user set win, so a resolved config (every key present) reads back unchanged.
+    An unknown name is left for ObjectiveConfig to refuse by key.
+    """
+    objective = data.get("objective")
+    name = objective.get("preset") if isinstance(objective, Mapping) else None
+    if not isinstance(name, str) or name not in PRESETS:
+        return data
+    result = dict(data)
+    for section, values in PRESETS[name].items():
+        given = result.get(section) or {}
+        if isinstance(given, Mapping):
+            result[section] = {**values, **given}
+    return result
 
 
 def _coerce(tp: Any, value: Any, key: str) -> Any:

@@ -16,7 +16,7 @@ import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -58,6 +58,10 @@ FMOW_CATEGORIES = (
 # WILDS' official FMoW scheme: images from 2016 on are OOD test, 2013-2015 OOD val.
 FMOW_OOD_TEST_YEAR = 2016
 FMOW_OOD_VAL_YEAR = 2013
+# WILDS' FMoW evaluation leaves this region out of the worst-region accuracy.
+FMOW_IGNORED_REGION = "Other"
+# ImageNet variants that cover a subset of the classes: scored on that subset (logits projected).
+IMAGENET_SUBSET_VARIANTS = ("imagenet-r", "imagenet-a")
 
 # Image checks decode at most this size: JPEG can then skip most of the IDCT work while still
 # reading every byte of the file, so truncation is still caught.
@@ -77,13 +81,34 @@ class Sample:
 
 
 @dataclass(frozen=True)
+class Scoring:
+    """How a benchmark scores one split, where it prescribes more than the defaults.
+
+    ``classes``: score on this subset of class indices only, the logits projected onto it before
+    the softmax (ImageNet-R and ImageNet-A: 200 of the 1000 classes, as WiSE-FT, FLYP and DRM
+    evaluate them). ``macro_f1_over``: ``labels`` averages F1 over the classes present in the
+    labels only (WILDS' iWildCam). ``ignore_groups``: groups left out of worst-group accuracy
+    (WILDS' FMoW ignores the region "Other").
+    """
+
+    classes: tuple[int, ...] | None = None
+    macro_f1_over: Literal["present", "labels"] = "present"
+    ignore_groups: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class DatasetSplits:
-    """Class names and named splits of samples, with where they came from."""
+    """Class names and named splits of samples, with where they came from.
+
+    ``scoring`` names the splits a benchmark scores its own way (see ``Scoring``); the others
+    get the defaults.
+    """
 
     classnames: tuple[str, ...]
     splits: dict[str, tuple[Sample, ...]]
     source: str
     fingerprint: str
+    scoring: dict[str, Scoring] = field(default_factory=dict)
 
     def split(self, name: str) -> tuple[Sample, ...]:
         if name not in self.splits:
@@ -110,16 +135,45 @@ def _quoted(names: Iterable[str]) -> str:
 # Opening any dataset
 
 
-def open_dataset(path: str | Path, classnames: Sequence[str] | None = None) -> DatasetSplits:
-    """A folder is an image folder; a .csv or .jsonl file is a manifest."""
+def open_dataset(
+    path: str | Path, classnames: Sequence[str] | None = None, *, within: str | Path | None = None
+) -> DatasetSplits:
+    """A folder is an image folder; a .csv or .jsonl file is a manifest.
+
+    With ``within``, every file the dataset reads must resolve (symlinks followed) inside that
+    folder: a server that registers datasets passes the dataset's own root (``dataset_root``).
+    """
     target = Path(path)
     if target.is_dir():
-        return load_image_folder(target, classnames)
+        return load_image_folder(target, classnames, within=within)
     if target.suffix.lower() in (".csv", ".jsonl"):
-        return load_manifest(target, classnames)
+        return load_manifest(target, classnames, within=within)
     if not target.exists():
         raise DataError("no such file or folder", file=str(path))
     raise DataError("expected a folder or a .csv/.jsonl manifest", file=str(path))
+
+
+def dataset_root(path: str | Path) -> Path:
+    """The folder a dataset's files must stay in: the folder itself, or a manifest's folder."""
+    real = Path(os.path.realpath(path))
+    return real if real.is_dir() else real.parent
+
+
+class _Confinement:
+    """Refuses any path that resolves outside ``within`` (None: no confinement, as the CLI)."""
+
+    # One message whatever lies outside: whether that path exists must not leak.
+    MESSAGE = "the path resolves outside the dataset's folder"
+
+    def __init__(self, within: str | Path | None) -> None:
+        self.base = None if within is None else os.path.realpath(within)
+
+    def check(self, path: str | Path, file: str, row: int | None = None) -> None:
+        if self.base is None:
+            return
+        real = os.path.realpath(path)
+        if real != self.base and not real.startswith(self.base.rstrip(os.sep) + os.sep):
+            raise DataError(self.MESSAGE, file=file, row=row)
 
 
 def _make(
@@ -158,17 +212,22 @@ def _checked_classnames(classnames: Sequence[str], source: Path) -> tuple[str, .
 # Image folders: root/<split>/<class>/<image>
 
 
-def load_image_folder(root: str | Path, classnames: Sequence[str] | None = None) -> DatasetSplits:
+def load_image_folder(
+    root: str | Path, classnames: Sequence[str] | None = None, *, within: str | Path | None = None
+) -> DatasetSplits:
     """Read ``root/<split>/<class>/*``; class names are the folder names, sorted.
 
     A class folder without images is still listed, so ``validate_splits`` can report it. With
-    ``classnames`` given, their order defines the labels and any other folder is an error.
+    ``classnames`` given, their order defines the labels and any other folder is an error. With
+    ``within``, a folder or image that resolves outside it (a symlink out) is an error.
     """
     base = _existing_dir(root)
+    confinement = _Confinement(within)
+    confinement.check(base, str(base))
     split_names = _subdirs(base)
     if not split_names:
         raise DataError("no split folders; expected <root>/<split>/<class>/<image>", file=str(base))
-    listing = {split: _scan_split(base / split) for split in split_names}
+    listing = {split: _scan_split(base / split, confinement) for split in split_names}
     names = _folder_classnames(listing, classnames, base)
     index = {name: i for i, name in enumerate(names)}
     splits = {split: _folder_samples(by_class, index) for split, by_class in listing.items()}
@@ -179,14 +238,25 @@ def _folder_samples(by_class: Mapping[str, list[str]], index: Mapping[str, int])
     return [Sample(path, index[name]) for name in sorted(by_class) for path in by_class[name]]
 
 
-def _scan_split(split_dir: Path) -> dict[str, list[str]]:
+def _scan_split(split_dir: Path, confinement: _Confinement | None = None) -> dict[str, list[str]]:
+    confined = confinement or _Confinement(None)
+    base = split_dir.parent
+    # Folders are checked before they are listed: a symlink out must not be walked at all, and
+    # errors name the path relative to the dataset, never where a link points.
+    confined.check(split_dir, split_dir.name)
     loose = sorted(name for name in os.listdir(split_dir) if _is_image_name(name))
     if loose:
         raise DataError(
             f"image '{loose[0]}' is not in a class folder; expected <split>/<class>/<image>",
             file=str(split_dir),
         )
-    return {name: _list_images(split_dir / name) for name in _subdirs(split_dir)}
+    listing = {}
+    for name in _subdirs(split_dir):
+        confined.check(split_dir / name, f"{split_dir.name}/{name}")
+        listing[name] = _list_images(split_dir / name)
+        for path in listing[name]:
+            confined.check(path, Path(os.path.relpath(path, base)).as_posix())
+    return listing
 
 
 def _folder_classnames(
@@ -235,14 +305,20 @@ class _Entry:
     group: str | None
 
 
-def load_manifest(path: str | Path, classnames: Sequence[str] | None = None) -> DatasetSplits:
+def load_manifest(
+    path: str | Path, classnames: Sequence[str] | None = None, *, within: str | Path | None = None
+) -> DatasetSplits:
     """Read a manifest; relative image paths resolve against the manifest's folder.
 
     Labels are class names. Without ``classnames`` the classes are the sorted unique labels; with
     it, their order defines the labels and any other label is an error. Rows are 1-based data
     rows: for CSV the first line after the header is row 1, for JSONL the row is the line number.
+    With ``within``, a row whose image resolves outside it is an error (before any existence
+    check, so the error never tells whether that outside file exists).
     """
     file = _existing_file(path)
+    confinement = _Confinement(within)
+    confinement.check(file, str(file))
     entries = [_manifest_entry(record, row, file) for row, record in _read_manifest(file)]
     if not entries:
         raise DataError("no data rows", file=str(file))
@@ -253,7 +329,8 @@ def load_manifest(path: str | Path, classnames: Sequence[str] | None = None) -> 
     index = {name: i for i, name in enumerate(names)}
     splits: dict[str, list[Sample]] = {}
     for entry in entries:
-        splits.setdefault(entry.split, []).append(_manifest_sample(entry, index, file))
+        sample = _manifest_sample(entry, index, file, confinement)
+        splits.setdefault(entry.split, []).append(sample)
     return _make(names, splits, file, file.parent)
 
 
@@ -271,11 +348,14 @@ def _manifest_entry(record: Mapping[str, Any], row: int, file: Path) -> _Entry:
     return _Entry(row, path, label, split, _group(record.get("group"), row, file))
 
 
-def _manifest_sample(entry: _Entry, index: Mapping[str, int], file: Path) -> Sample:
+def _manifest_sample(
+    entry: _Entry, index: Mapping[str, int], file: Path, confinement: _Confinement
+) -> Sample:
     if entry.label not in index:
         raise DataError(f"unknown label '{entry.label}'", file=str(file), row=entry.row)
     # join leaves absolute paths as they are; normpath keeps symlinks, unlike resolve().
     full = os.path.normpath(os.path.join(file.parent, entry.path))
+    confinement.check(full, str(file), entry.row)
     if not os.path.isfile(full):
         raise DataError(f"image file not found: {entry.path}", file=str(file), row=entry.row)
     return Sample(full, index[entry.label], entry.group, entry.row)
@@ -585,14 +665,23 @@ def load_wilds(root: str | Path, name: Literal["iwildcam", "fmow"]) -> DatasetSp
     """Read a local WILDS copy; ``root`` holds ``iwildcam_v2.0/`` or ``fmow_v1.1/`` (or is it).
 
     Splits: train, val (WILDS id_val), test (id_test), ood_val (val), ood_test (test). Groups are
-    camera locations (iWildCam) or regions (FMoW), the paper's worst-group axes.
+    camera locations (iWildCam) or regions (FMoW), the paper's worst-group axes. Scoring as WILDS
+    does: iWildCam's macro-F1 over the classes present in the labels, FMoW's worst-region
+    accuracy without the region "Other".
     """
     base = _existing_dir(root)
     if name == "iwildcam":
-        return _load_iwildcam(_wilds_folder(base, "iwildcam_v2.0", "metadata.csv"))
+        ds = _load_iwildcam(_wilds_folder(base, "iwildcam_v2.0", "metadata.csv"))
+        return _scored(ds, Scoring(macro_f1_over="labels"))
     if name == "fmow":
-        return _load_fmow(_wilds_folder(base, "fmow_v1.1", "rgb_metadata.csv"))
+        ds = _load_fmow(_wilds_folder(base, "fmow_v1.1", "rgb_metadata.csv"))
+        return _scored(ds, Scoring(ignore_groups=(FMOW_IGNORED_REGION,)))
     raise DataError(f"unknown WILDS dataset '{name}' (expected 'iwildcam' or 'fmow')")
+
+
+def _scored(ds: DatasetSplits, scoring: Scoring) -> DatasetSplits:
+    """WILDS scores every split of a dataset the same way."""
+    return replace(ds, scoring={name: scoring for name in ds.splits})
 
 
 def _wilds_folder(base: Path, folder: str, marker: str) -> Path:
@@ -744,7 +833,8 @@ def load_imagenet_variants(root: str | Path) -> DatasetSplits:
 
     The OOD sets (``imagenet-v2``, ``imagenet-sketch``, ``imagenet-r``, ``imagenet-a``,
     ``objectnet``) become splits ``ood_<name>``. Their folders are wnids, or class indices as
-    ImageNetV2 ships them; ImageNet-R/A cover 200 classes, so some classes are simply absent.
+    ImageNetV2 ships them; ImageNet-R/A cover 200 classes and are scored on those (their
+    ``scoring``: logits projected onto the classes of their folders before the softmax).
     Class names come from ``root/classnames.txt`` (one per line, wnid order), else the wnids.
     """
     base = _existing_dir(root)
@@ -761,7 +851,17 @@ def load_imagenet_variants(root: str | Path) -> DatasetSplits:
         for split, folder in folders.items()
         if (base / folder).is_dir()
     }
-    return _make(names, splits, base, base)
+    scoring = {
+        f"ood_{v}": Scoring(classes=_imagenet_subset(base / v, index))
+        for v in IMAGENET_SUBSET_VARIANTS
+        if (base / v).is_dir()
+    }
+    return replace(_make(names, splits, base, base), scoring=scoring)
+
+
+def _imagenet_subset(folder: Path, index: Mapping[str, int]) -> tuple[int, ...]:
+    """The classes a variant covers: its class folders (200 for ImageNet-R and -A)."""
+    return tuple(sorted(_imagenet_label(folder / name, index) for name in _subdirs(folder)))
 
 
 def _imagenet_split(folder: Path, index: Mapping[str, int]) -> list[Sample]:

@@ -9,11 +9,19 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from models.data import ImageDataset, Sample
-from models.heads import HEAD_NAMES, Classifier
+from models.data import ImageDataset, Sample, Scoring
+from models.errors import Cancelled, ConfigError, DataError
+from models.heads import HEAD_NAMES, Classifier, blend
 from models.metrics import evaluate_probs
 
 EVAL_BATCH = 64
+# Asked between batches; True stops the evaluation (raises Cancelled). The caller decides why.
+ShouldStop = Callable[[], bool]
+
+
+def check_stop(should_stop: ShouldStop | None, where: str) -> None:
+    if should_stop is not None and should_stop():
+        raise Cancelled(f"stopped during {where}")
 
 
 @torch.no_grad()
@@ -22,16 +30,21 @@ def image_features(
     dataset: ImageDataset,
     batch_size: int = EVAL_BATCH,
     num_workers: int = 0,
+    should_stop: ShouldStop | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Normalised image features and labels of every sample, in dataset order."""
     was_training = classifier.training
     classifier.eval()
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
     features, labels = [], []
-    for images, label, _ in loader:
-        features.append(classifier.image_features(images.to(classifier.device)).float().cpu())
-        labels.append(label)
-    classifier.train(was_training)
+    try:
+        for images, label, _ in loader:
+            # A large evaluation set takes minutes: a cancel must not wait for all of it.
+            check_stop(should_stop, "evaluation")
+            features.append(classifier.image_features(images.to(classifier.device)).float().cpu())
+            labels.append(label)
+    finally:
+        classifier.train(was_training)
     return torch.cat(features), torch.cat(labels)
 
 
@@ -40,16 +53,64 @@ def evaluate_split(
     dataset: ImageDataset,
     heads: Sequence[str] = HEAD_NAMES,
     num_workers: int = 0,
+    should_stop: ShouldStop | None = None,
+    scoring: Scoring | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Metrics per head (default, concept, dual) on one split."""
-    features, labels = image_features(classifier, dataset, num_workers=num_workers)
+    """Metrics per head (default, concept, dual) on one split, scored as ``scoring`` says."""
+    features, labels = image_features(
+        classifier, dataset, num_workers=num_workers, should_stop=should_stop
+    )
     features = features.to(classifier.device)
     groups = dataset.groups if any(g is not None for g in dataset.groups) else None
+    rule = scoring or Scoring()
+    classnames: Sequence[str] = classifier.classnames
+    if rule.classes is not None:
+        labels = subset_labels(labels, rule.classes, classnames)
+        classnames = [classnames[k] for k in rule.classes]
     results = {}
     for head in heads:
-        probs = classifier.probs_from_features(features, head).cpu()
-        results[head] = evaluate_probs(probs, labels, classifier.classnames, groups)
+        probs = scored_probs(classifier, features, head, rule.classes).cpu()
+        results[head] = evaluate_probs(
+            probs,
+            labels,
+            classnames,
+            groups,
+            ignore_groups=rule.ignore_groups,
+            macro_f1_over=rule.macro_f1_over,
+        )
     return results
+
+
+def scored_probs(
+    classifier: Classifier, features: Tensor, head: str, classes: Sequence[int] | None
+) -> Tensor:
+    """Probabilities of ``head``; with ``classes``, over that subset only.
+
+    The logits are projected onto the subset *before* the softmax (and, for the dual head,
+    before each head's softmax), as WiSE-FT, FLYP and DRM score ImageNet-R and ImageNet-A.
+    """
+    if classes is None:
+        return classifier.probs_from_features(features, head)
+    if head not in HEAD_NAMES:
+        raise ConfigError(f"head must be one of {list(HEAD_NAMES)}, got {head!r}")
+    index = torch.tensor(list(classes), device=features.device)
+    default = classifier.logits_from_features(features, "default")[:, index]
+    concept = classifier.logits_from_features(features, "concept")[:, index]
+    if head == "default":
+        return default.float().softmax(dim=-1)
+    if head == "concept":
+        return concept.float().softmax(dim=-1)
+    return blend(default, concept, classifier.beta)
+
+
+def subset_labels(labels: Tensor, classes: Sequence[int], classnames: Sequence[str]) -> Tensor:
+    """Labels as positions in ``classes``; a label outside the subset cannot be scored on it."""
+    position = {k: i for i, k in enumerate(classes)}
+    outside = sorted({int(y) for y in labels.tolist()} - set(position))
+    if outside:
+        names = ", ".join(f"'{classnames[k]}'" for k in outside[:3])
+        raise DataError(f"class(es) {names} lie outside the {len(classes)} classes scored here")
+    return torch.tensor([position[int(y)] for y in labels.tolist()], dtype=torch.long)
 
 
 def split_evaluator(
@@ -58,13 +119,18 @@ def split_evaluator(
     transform: Callable[[Any], Tensor],
     heads: Sequence[str] = HEAD_NAMES,
     num_workers: int = 0,
+    should_stop: ShouldStop | None = None,
+    scoring: Mapping[str, Scoring] | None = None,
 ) -> Callable[[Classifier], dict[str, dict[str, Any]]]:
-    """A function classifier -> {split: {head: metrics}} over fixed splits."""
+    """A function classifier -> {split: {head: metrics}} over fixed splits; ``should_stop``
+    is asked between batches; ``scoring`` gives the splits a benchmark scores its own way."""
     datasets = {name: ImageDataset(s, classnames, transform) for name, s in splits.items()}
 
     def evaluate(classifier: Classifier) -> dict[str, dict[str, Any]]:
         return {
-            name: evaluate_split(classifier, ds, heads, num_workers)
+            name: evaluate_split(
+                classifier, ds, heads, num_workers, should_stop, (scoring or {}).get(name)
+            )
             for name, ds in datasets.items()
         }
 

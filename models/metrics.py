@@ -29,12 +29,14 @@ def evaluate_probs(
     groups: Sequence[str | None] | None = None,
     n_bins: int = 15,
     ignore_groups: Collection[str] = (),
+    macro_f1_over: Literal["present", "labels"] = "present",
 ) -> dict[str, Any]:
     """Accuracy, macro F1, per-class and per-group accuracy, ECE and NLL of ``probs`` [N, C].
 
     Samples whose group is None count everywhere but in the group metrics. ``ignore_groups``
     are reported in ``group_acc`` but left out of ``worst_group_acc`` (WILDS leaves FMoW's
-    region "Other" out of its worst-region accuracy).
+    region "Other" out of its worst-region accuracy). ``macro_f1_over``: see ``macro_f1``
+    (``labels`` for WILDS' iWildCam).
     """
     p, y = _checked(probs, labels, len(classnames), groups)
     preds = p.argmax(dim=1)
@@ -42,7 +44,7 @@ def evaluate_probs(
     result: dict[str, Any] = {
         "n": int(y.numel()),
         "top1": float(correct.mean()),
-        "macro_f1": macro_f1(preds, y, len(classnames)),
+        "macro_f1": macro_f1(preds, y, len(classnames), over=macro_f1_over),
         "per_class_acc": _per_class_acc(correct, y, classnames),
         "worst_group_acc": None,
         "ece": expected_calibration_error(p, y, n_bins),

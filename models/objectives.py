@@ -18,22 +18,47 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.backbone import encode_text
-from models.config import ObjectiveConfig
+from models.config import PC_NORMS, ObjectiveConfig
 from models.heads import Classifier
 from models.seeding import derive_seed
 
 PC_EPS = 1e-8
 
 
-def core_probabilities(image_features: Tensor, concept_head: Tensor) -> Tensor:
-    """p_c(k|x): affinities to the concept rows, min-max normalised across classes.
+def core_probabilities(
+    image_features: Tensor,
+    concept_head: Tensor,
+    scale: float | Tensor,
+    norm: str = "prob",
+    temperature: float = 1.0,
+) -> Tensor:
+    """p_c(k|x), min-max normalised across classes: in [0, 1], the best class at exactly 1.
 
-    Values lie in [0, 1]; the best-supported class gets exactly 1 (unless all tie, then 0).
+    ``prob`` (the paper, as a reviewer describes it): min-max of the concept head's probabilities
+    softmax(temperature * scale * cos), with ``scale`` the frozen model's own logit scale, so
+    classes far from the best fall to about 0. ``affinity`` (our first reading, kept as an
+    ablation): min-max of the raw cosines, which leaves every class close to its neighbours.
     """
     affinity = F.normalize(image_features.float(), dim=-1) @ concept_head.float().t()
-    low = affinity.min(dim=-1, keepdim=True).values
-    high = affinity.max(dim=-1, keepdim=True).values
-    return (affinity - low) / (high - low).clamp_min(PC_EPS)
+    if norm == "prob":
+        values = (affinity * (float(scale) * temperature)).softmax(dim=-1)
+    elif norm == "affinity":
+        values = affinity
+    else:
+        raise ValueError(f"pc_norm must be one of {list(PC_NORMS)}, got {norm!r}")
+    low = values.min(dim=-1, keepdim=True).values
+    high = values.max(dim=-1, keepdim=True).values
+    return (values - low) / (high - low).clamp_min(PC_EPS)
+
+
+def soft_target(p_c: Tensor) -> Tensor:
+    """The ``soft`` reading's target: p_c renormalised to sum to 1 over classes."""
+    return p_c / p_c.sum(dim=-1, keepdim=True).clamp_min(PC_EPS)
+
+
+def soft_cross_entropy(logits: Tensor, p_c: Tensor) -> Tensor:
+    """Mean cross-entropy of ``logits`` against ``soft_target(p_c)``."""
+    return -(soft_target(p_c) * logits.log_softmax(dim=-1)).sum(dim=-1).mean()
 
 
 def contrastive_per_sample(
@@ -86,52 +111,76 @@ class DualEncoder(nn.Module):
 
 
 class CorePrior:
-    """p_c from the frozen pre-trained model: looked up in a cache, or computed per step."""
+    """p_c from the frozen pre-trained model: looked up in a cache, or computed per step.
+
+    The frozen model's logit scale is read once, when the prior is made (before training), so
+    ``prob`` p_c never follows the scale being trained.
+    """
 
     def __init__(
         self,
         concept_head: Tensor,
         cache: Tensor | None = None,
         frozen_visual: nn.Module | None = None,
+        scale: float = 1.0,
+        norm: str = "prob",
+        temperature: float = 1.0,
     ) -> None:
         if cache is None and frozen_visual is None:
             raise ValueError("CorePrior needs a cache or a frozen image tower")
         self.concept_head = concept_head
         self.cache = cache
         self.frozen_visual = frozen_visual
+        self.scale = scale
+        self.norm = norm
+        self.temperature = temperature
+
+    @staticmethod
+    def _settings(classifier: Classifier, cfg: ObjectiveConfig | None) -> dict[str, Any]:
+        cfg = cfg or ObjectiveConfig()
+        scale = float(classifier.clip.logit_scale.detach().exp())
+        return {"scale": scale, "norm": cfg.pc_norm, "temperature": cfg.pc_temperature}
+
+    def probabilities(self, features: Tensor) -> Tensor:
+        head = self.concept_head.to(features.device)
+        return core_probabilities(features, head, self.scale, self.norm, self.temperature)
 
     @classmethod
-    def per_step(cls, classifier: Classifier) -> CorePrior:
+    def per_step(cls, classifier: Classifier, cfg: ObjectiveConfig | None = None) -> CorePrior:
         """Keep a frozen copy of the pre-trained image tower (call before training starts)."""
         visual: nn.Module = copy.deepcopy(classifier.clip.visual)
         visual.eval().requires_grad_(False)
-        return cls(classifier.concept_head.detach().clone(), frozen_visual=visual)
+        head = classifier.concept_head.detach().clone()
+        return cls(head, frozen_visual=visual, **cls._settings(classifier, cfg))
 
     @classmethod
     @torch.no_grad()
     def cached(
-        cls, classifier: Classifier, loader: Iterable[tuple[Tensor, Tensor, Tensor]]
+        cls,
+        classifier: Classifier,
+        loader: Iterable[tuple[Tensor, Tensor, Tensor]],
+        cfg: ObjectiveConfig | None = None,
     ) -> CorePrior:
         """Compute p_c once per training image, on un-augmented views (call before training)."""
+        head = classifier.concept_head.detach().clone()
+        prior = cls(head, cache=torch.empty(0), **cls._settings(classifier, cfg))
         was_training = classifier.training
         classifier.eval()
         rows: dict[int, Tensor] = {}
         for images, _, indices in loader:
-            features = classifier.image_features(images.to(classifier.device))
-            probs = core_probabilities(features, classifier.concept_head)
+            probs = prior.probabilities(classifier.image_features(images.to(classifier.device)))
             for i, p in zip(indices.tolist(), probs, strict=True):
                 rows[i] = p.cpu()
         classifier.train(was_training)
-        cache = torch.stack([rows[i] for i in range(len(rows))])
-        return cls(classifier.concept_head.detach().clone(), cache=cache)
+        prior.cache = torch.stack([rows[i] for i in range(len(rows))])
+        return prior
 
     @torch.no_grad()
     def __call__(self, batch: Batch) -> Tensor:
         if self.cache is not None:
             return self.cache[batch.indices.cpu()].to(batch.images.device)
         assert self.frozen_visual is not None
-        features = self.frozen_visual(batch.images)
-        return core_probabilities(features, self.concept_head.to(batch.images.device))
+        return self.probabilities(self.frozen_visual(batch.images))
 
 
 class Objective(Protocol):
@@ -215,6 +264,7 @@ class Drm:
     ``weight``: the contrastive loss with concept-description prompts, each sample weighted by
     p_c of its true class (averaged over the batch, so lambda keeps one scale).
     ``soft``: cross-entropy of the concept head's prediction against p_c renormalised to sum 1.
+    p_c is whatever the prior gives (``objective.pc_norm``: probabilities or affinities).
     Both ERM and WRM prompts go through the text tower in one call, deduplicated.
     """
 
@@ -247,9 +297,7 @@ class Drm:
             per_sample = contrastive_per_sample(image_f, text_f[n:], scale, labels)
             wrm = (p_true * per_sample).mean()
         else:
-            log_probs = (scale * image_f @ text_f[n:].t()).log_softmax(dim=-1)
-            target = p_c / p_c.sum(dim=-1, keepdim=True).clamp_min(PC_EPS)
-            wrm = -(target * log_probs).sum(dim=-1).mean()
+            wrm = soft_cross_entropy(scale * image_f @ text_f[n:].t(), p_c)
         loss = erm + self.cfg.lam * wrm
         return _detached({"loss": loss, "erm": erm, "wrm": wrm, "pc_true": p_true.mean()})
 

@@ -56,6 +56,9 @@ def run_key(cfg: RunConfig) -> str:
     """What must match for a checkpoint to be continued: everything but where outputs go."""
     relevant = {k: v for k, v in to_dict(cfg).items() if k != "output_dir"}
     relevant["train"].pop("device", None)
+    # Confinement changes which files may be read, not what is trained: jobs checkpointed
+    # before it was set still resume.
+    relevant["data"].pop("within", None)
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -73,7 +76,7 @@ def prepare_data(cfg: RunConfig) -> tuple[DatasetSplits, dict[str, tuple[str, ..
     data = cfg.data
     if not data.path:
         raise ConfigError("no dataset given", key="data.path")
-    ds = open_dataset(data.path)
+    ds = open_dataset(data.path, within=data.within)
     required = [data.train_split, data.val_split, *data.ood_splits]
     validate_splits(ds, required, check_images=data.check_images)
     if data.descriptions is None:
@@ -125,10 +128,10 @@ def core_prior(
     if cfg.objective.name != "drm":
         return None
     if cfg.objective.pc_mode == "per_step":
-        return CorePrior.per_step(classifier)
+        return CorePrior.per_step(classifier, cfg.objective)
     plain = ImageDataset(train_set, classnames, classifier.backbone.transform(train=False))
     loader = DataLoader(plain, batch_size=64, num_workers=cfg.data.num_workers)
-    return CorePrior.cached(classifier, loader)
+    return CorePrior.cached(classifier, loader, cfg.objective)
 
 
 def finetune(
@@ -137,8 +140,14 @@ def finetune(
     callback: Callback | None = None,
     checkpoint_dir: str | Path | None = None,
     note: Note | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> RunResult:
-    """Run ``cfg`` end to end and write the artifact to ``cfg.output_dir``."""
+    """Run ``cfg`` end to end and write the artifact to ``cfg.output_dir``.
+
+    ``callback`` sees every training step and may stop training; ``should_stop`` is asked
+    between evaluation batches and between WiSE-FT alphas, where no step runs (raises
+    Cancelled).
+    """
     started = time.monotonic()
     say = note or log.info
     ds, descriptions = prepare_data(cfg)
@@ -148,6 +157,8 @@ def finetune(
         ds.classnames,
         classifier.backbone.transform(train=False),
         num_workers=cfg.data.num_workers,
+        should_stop=should_stop,
+        scoring=ds.scoring,
     )
     zeroshot_state = cpu_state(classifier)
     zeroshot_metrics = evaluate(classifier)
@@ -180,7 +191,9 @@ def finetune(
         finetuned_state = cpu_state(classifier)
         # alpha 0 is the zero-shot model, evaluated above: its metrics are reused, not redone.
         swept = [a for a in cfg.wise.alphas if a != 0.0]
-        curve = sweep(zeroshot_state, finetuned_state, swept, _at(classifier, evaluate))
+        curve = sweep(
+            zeroshot_state, finetuned_state, swept, _at(classifier, evaluate), should_stop
+        )
         if 0.0 in cfg.wise.alphas:
             curve.insert(0, CurvePoint(0.0, zeroshot_metrics))
         selected = select_alpha(curve, cfg.wise, split=cfg.data.val_split)

@@ -1,7 +1,8 @@
 """Built-in prompt template sets. Each template has one ``{c}`` slot for the class name.
 
-``generic`` suits most photo tasks; the others are the sets the DRM/FLYP/WiSE-FT papers used for
-their benchmarks (ImageNet: OpenAI's 80, iWildCam: 2, FMoW: 16).
+``generic`` suits most photo tasks; ``imagenet`` (OpenAI's 80), ``iwildcam`` (2) and ``fmow`` (16)
+are the sets the FLYP/WiSE-FT papers used for their benchmarks; ``*-drm`` are the single default
+templates of DRM's released evaluation code, one per dataset.
 """
 
 from __future__ import annotations
@@ -45,8 +46,13 @@ FMOW = (
     "{c}.",
 )
 
-# The single template per dataset that DRM's released evaluation scripts use.
+# One generic prompt (CLIP's "a photo of a {c}."). None of DRM's released scripts uses it.
 SINGLE = ("a photo of a {c}.",)
+
+# The one default template per dataset that DRM's released evaluation code uses.
+IMAGENET_DRM = ("a good photo of the {c}.",)
+IWILDCAM_DRM = ("a photo of {c}.",)
+FMOW_DRM = ("satellite photo of a {c}.",)
 
 TEMPLATE_SETS: dict[str, tuple[str, ...]] = {
     "generic": GENERIC,
@@ -54,6 +60,9 @@ TEMPLATE_SETS: dict[str, tuple[str, ...]] = {
     "iwildcam": IWILDCAM,
     "fmow": FMOW,
     "single": SINGLE,
+    "imagenet-drm": IMAGENET_DRM,
+    "iwildcam-drm": IWILDCAM_DRM,
+    "fmow-drm": FMOW_DRM,
 }
 
 

@@ -107,8 +107,16 @@ def batches_per_epoch(n: int, batch_size: int, world_size: int) -> int:
     return max(1, per_rank // batch_size)
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: no decay on gains, biases, embeddings of position, temperature, heads."""
+def param_groups(
+    model: nn.Module, weight_decay: float, decay_on: str = "matrices"
+) -> list[dict[str, Any]]:
+    """AdamW groups: no decay on gains, biases, embeddings of position, temperature, heads.
+
+    ``decay_on="all"`` decays every trainable parameter (one group), as FLYP's release does.
+    """
+    if decay_on == "all":
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        return [{"params": trainable, "weight_decay": weight_decay}]
     skip = set()
     for name, module in model.named_modules():
         no_wd = getattr(module, "no_weight_decay", None)
@@ -283,7 +291,8 @@ def train(
     if cfg.compile:
         # Prompt batches change length from step to step (tokens are trimmed): dynamic shapes.
         encoder = torch.compile(encoder, dynamic=None)  # type: ignore[assignment]
-    optimizer = torch.optim.AdamW(param_groups(classifier, cfg.weight_decay), lr=cfg.lr)
+    groups = param_groups(classifier, cfg.weight_decay, cfg.weight_decay_on)
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, cosine_with_warmup(cfg.warmup_steps, total)
     )

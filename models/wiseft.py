@@ -6,6 +6,7 @@ and keeps the whole curve; ``select_alpha`` applies a stated rule to it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -14,7 +15,7 @@ import torch
 from torch import Tensor
 
 from models.config import WiseConfig
-from models.errors import ConfigError
+from models.errors import Cancelled, ConfigError
 
 StateDict = Mapping[str, Tensor]
 
@@ -59,22 +60,59 @@ def sweep(
     finetuned: StateDict,
     alphas: Sequence[float],
     evaluate: Callable[[dict[str, Tensor]], dict[str, Any]],
+    should_stop: Callable[[], bool] | None = None,
 ) -> list[CurvePoint]:
-    """Evaluate ``evaluate(merged_state)`` at every alpha, in increasing order."""
-    return [CurvePoint(a, evaluate(merge(zeroshot, finetuned, a))) for a in sorted(set(alphas))]
+    """Evaluate ``evaluate(merged_state)`` at every alpha, in increasing order.
+
+    ``should_stop`` is asked before each alpha: each one is a full evaluation, so a long list
+    must not run to its end after the caller has been told to stop (raises Cancelled).
+    """
+    curve: list[CurvePoint] = []
+    for alpha in sorted(set(alphas)):
+        if should_stop is not None and should_stop():
+            raise Cancelled(
+                f"WiSE-FT sweep stopped after {len(curve)} of {len(set(alphas))} alphas"
+            )
+        curve.append(CurvePoint(alpha, evaluate(merge(zeroshot, finetuned, alpha))))
+    return curve
 
 
 def select_alpha(
     curve: Sequence[CurvePoint], cfg: WiseConfig, split: str = "val", head: str = "dual"
 ) -> float:
-    """The rule: ``fixed`` takes ``cfg.fixed_alpha``; ``best_id_val`` the alpha with the best
-    ID-validation ``cfg.metric`` of the served ``head``, ties going to the smaller alpha (nearer
-    the zero-shot model, the more robust end). OOD results are never looked at: they are not
-    available in real use.
+    """The rule, on the ID-validation ``cfg.metric`` of the served ``head``:
+
+    - ``tolerance``: the smallest alpha within ``tolerance(...)`` of the best (a one-standard-
+      error rule: a gain smaller than the validation noise does not justify moving away from
+      the zero-shot model, the more robust end);
+    - ``best_id_val``: the best, ties going to the smaller alpha;
+    - ``fixed``: ``cfg.fixed_alpha``.
+
+    OOD results are never looked at: they are not available in real use.
     """
     if cfg.selection == "fixed":
         return cfg.fixed_alpha
     if not curve:
         raise ConfigError("cannot select an alpha from an empty curve", key="wise.alphas")
-    best = max(curve, key=lambda p: (p.metrics[split][head][cfg.metric] or 0.0, -p.alpha))
-    return best.alpha
+
+    def score(p: CurvePoint) -> float:
+        return float(p.metrics[split][head][cfg.metric] or 0.0)
+
+    best = max(curve, key=lambda p: (score(p), -p.alpha))
+    if cfg.selection == "best_id_val":
+        return best.alpha
+    slack = tolerance(score(best), best.metrics[split][head].get("n"), cfg.tol)
+    # The small epsilon keeps a point exactly one tolerance below the best in, despite rounding.
+    return min(p.alpha for p in curve if score(p) >= score(best) - slack - 1e-12)
+
+
+def tolerance(best: float, n: int | None, tol: float | None) -> float:
+    """``tol`` when given, else the binomial standard error sqrt(m (1 - m) / n) of the best."""
+    if tol is not None:
+        return tol
+    if not n:
+        raise ConfigError(
+            "the tolerance rule needs the validation size n (or an explicit wise.tol)",
+            key="wise.tol",
+        )
+    return math.sqrt(max(best * (1.0 - best), 0.0) / n)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # System (Debian) packages the project needs that pip cannot install: the real images the
-# offline backbone is aligned on and benchmarked with. Idempotent: installs only what is absent.
+# offline backbone is aligned on and benchmarked with, and the browser the dashboard is tested
+# in. Idempotent: installs only what is absent.
 set -euo pipefail
 
 SUDO=""
@@ -11,3 +12,6 @@ fi
 # Fashion-MNIST as IDX gz files under /usr/share/datasets/fashion-mnist/.
 dpkg -s dataset-fashion-mnist >/dev/null 2>&1 \
     || ($SUDO apt-get update && $SUDO apt-get install -y dataset-fashion-mnist)
+# Headless Chromium and its WebDriver for the dashboard's browser tests (tests/ui).
+dpkg -s chromium chromium-driver >/dev/null 2>&1 \
+    || ($SUDO apt-get update && $SUDO apt-get install -y chromium chromium-driver)

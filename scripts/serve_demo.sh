@@ -6,4 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-exec "$PY" -m service.demo "$@"
+# In a terminal the API, worker and dashboard stay up after the run (Ctrl-C stops them); run
+# without one (CI, a pipe) or with RCS_DEMO_EXIT=1, the demo exits when it has printed its table.
+KEEP=()
+if [ -t 0 ] && [ -t 1 ] && [ -z "${RCS_DEMO_EXIT:-}" ]; then
+    KEEP=(--keep-serving)
+fi
+exec "$PY" -m service.demo "${KEEP[@]}" "$@"

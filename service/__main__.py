@@ -1,11 +1,16 @@
-"""``python -m service``: serve the API, migrate the database, create API keys."""
+"""``python -m service``: serve the API, migrate the database, create, list and revoke API keys."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import time
+from typing import TYPE_CHECKING
 
-from service.settings import Settings
+from service.settings import settings_from_env
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -18,10 +23,14 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("migrate", help="apply the database migrations")
     key = sub.add_parser("create-key", help="create an API key and print it once")
     key.add_argument("--name", required=True)
-    key.add_argument("--scopes", default="predict", help="comma-separated: predict,train")
+    key.add_argument("--scopes", default="predict", help="comma-separated: admin,predict,train")
+    sub.add_parser("list-keys", help="list API keys (ids, names, scopes; never the keys)")
+    revoke = sub.add_parser("revoke-key", help="revoke an API key by id")
+    revoke.add_argument("key_id")
     args = parser.parse_args(argv)
 
     if args.command == "serve":
+        settings_from_env()  # a bad setting: one line naming it, before uvicorn starts
         # Before torch loads OpenMP: its idle threads must sleep, not spin, or they starve the
         # threads that decode images and run other requests' passes (on CPU, p95 latency grew
         # twentyfold with spinning). An explicit setting wins.
@@ -38,21 +47,60 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "migrate":
         from service.db.migrate import upgrade
 
-        upgrade(Settings().database_url)
-    else:
+        upgrade(settings_from_env().database_url)
+    elif args.command == "create-key":
         _create_key(args.name, args.scopes.split(","))
+    elif args.command == "list-keys":
+        _list_keys()
+    else:
+        _revoke_key(args.key_id)
+
+
+def _session() -> Session:
+    from service.db.engine import make_engine, make_sessionmaker
+    from service.db.migrate import upgrade
+
+    settings = settings_from_env()
+    upgrade(settings.database_url)
+    return make_sessionmaker(make_engine(settings.database_url))()
 
 
 def _create_key(name: str, scopes: list[str]) -> None:
     from service.auth.service import create_key
-    from service.db.engine import make_engine, make_sessionmaker
-    from service.db.migrate import upgrade
 
-    settings = Settings()
-    upgrade(settings.database_url)
-    with make_sessionmaker(make_engine(settings.database_url))() as session:
-        row, key = create_key(session, name, scopes)
+    try:
+        with _session() as session:
+            row, key = create_key(session, name, scopes)
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
     print(f"{row.id} ({row.scopes}): {key}")
+
+
+def _list_keys() -> None:
+    from service.auth.service import list_keys
+
+    with _session() as session:
+        rows = list_keys(session)
+    print("id\tname\tscopes\tcreated_at\trevoked_at\tbootstrap")
+    for r in rows:
+        revoked = "-" if r.revoked_at is None else _time(r.revoked_at)
+        print(f"{r.id}\t{r.name}\t{r.scopes}\t{_time(r.created_at)}\t{revoked}\t{r.bootstrap}")
+
+
+def _revoke_key(key_id: str) -> None:
+    from service.auth.service import revoke_key
+    from service.errors import ServiceError
+
+    try:
+        with _session() as session:
+            row = revoke_key(session, key_id)
+    except ServiceError as exc:
+        raise SystemExit(f"error: {exc.message}") from None
+    print(f"{row.id} ({row.name}) revoked at {_time(row.revoked_at or 0)}")
+
+
+def _time(seconds: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from fastapi import Request
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.jobs.streams import StreamSlots
 from service.settings import Settings
 from service.storage import ArtifactStore
 
@@ -34,6 +35,8 @@ class AppContext:
     # Set once the default model is loaded and has answered one forward pass.
     default_model_ready: bool = False
     default_model_error: str | None = None
+    # Open server-sent event streams, per API key and in all (capped by the settings).
+    streams: StreamSlots = field(default_factory=StreamSlots)
     extra: dict[str, object] = field(default_factory=dict)
 
 

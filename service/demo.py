@@ -46,6 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pretrained", default=os.environ.get("RCS_DEMO_PRETRAINED") or None)
     parser.add_argument("--per-class", type=int, default=24)
     parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument(
+        "--keep-serving",
+        action="store_true",
+        help="after the run, keep the API, worker and dashboard up until Ctrl-C",
+    )
     args = parser.parse_args(argv)
 
     workdir = args.workdir.resolve()
@@ -62,16 +67,28 @@ def main(argv: list[str] | None = None) -> int:
     try:
         wait_ready(base, api)
         print(f"== API ready at {base} (docs: {base}/docs); starting the worker")
+        print(f"== dashboard: {base}/ui/  (sign in with the demo's API key: {api_key})")
         worker = worker_process(settings, workdir / "logs" / "worker.log").start()
         headers = {"Authorization": f"Bearer {api_key}"}
         with httpx.Client(base_url=base, headers=headers, timeout=120) as client:
             run(client, args, data)
+        if args.keep_serving:
+            serve_until_interrupted(base, api_key)
     finally:
         if worker is not None:
             worker.stop()
         api.stop()
     print(f"\nlogs: {workdir / 'logs'}")
     return 0
+
+
+def serve_until_interrupted(base: str, api_key: str) -> None:
+    print(f"\n== the dashboard stays up at {base}/ui/ (API key: {api_key}); Ctrl-C stops it")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("\n== stopping")
 
 
 def check(response: httpx.Response) -> Any:

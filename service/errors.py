@@ -80,6 +80,29 @@ class TooManyRequests(ServiceError):
 _URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)[^@\s]+@")
 
 
+# A value a client sent, quoted back in an error, is cut to this many characters: a 100 KB model
+# name must not come back as a 100 KB 404.
+ECHO_CHARS = 200
+# A whole message (or param) is cut to this, whatever it quotes.
+MESSAGE_CHARS = 1000
+_LONG_WORD = re.compile(rf"\S{{{ECHO_CHARS + 1},}}")
+
+
+def clip(value: object, limit: int = ECHO_CHARS) -> str:
+    """``value`` as text, cut to ``limit`` characters with an ellipsis and its full length."""
+    text = str(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text)} characters)"
+
+
+def trim_message(text: str) -> str:
+    """An error message with every over-long run of non-space characters clipped, then the
+    whole cut to ``MESSAGE_CHARS``: the net under every handler, whoever built the message."""
+    text = _LONG_WORD.sub(lambda match: clip(match.group()), text)
+    return clip(text, MESSAGE_CHARS)
+
+
 def redact(text: str) -> str:
     """Hide the password of any URL in ``text`` (driver errors may quote the URL they used).
 

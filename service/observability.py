@@ -42,6 +42,11 @@ class Metrics:
             "/predict requests refused with 429 because the model's queue was full",
             registry=self.registry,
         )
+        self.event_streams = Gauge(
+            "rcs_event_streams_open",
+            "Server-sent event streams of job events open now",
+            registry=self.registry,
+        )
         self.cached_models = Gauge(
             "rcs_model_cache_models", "Models in the inference cache", registry=self.registry
         )

@@ -100,7 +100,7 @@ def worker_process(settings: Mapping[str, str], log_path: Path, name: str = "tra
     return Process("worker", args, log_path, process_env(settings))
 
 
-def wait_ready(base_url: str, api: Process, timeout: float = 60.0) -> None:
+def wait_ready(base_url: str, api: Process, timeout: float = 180.0) -> None:
     deadline = time.monotonic() + timeout
     last = ""
     while time.monotonic() < deadline:

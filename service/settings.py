@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from worker.contracts import TRAINING_QUEUE
 
@@ -58,6 +58,10 @@ class Settings(BaseSettings):
     # Inserted (hashed) at start with both scopes, so a fresh deployment has a first key.
     bootstrap_api_key: str | None = None
 
+    # open_clip's hf-hub: models download at training time; off by default (and always off with
+    # HF_HUB_OFFLINE=1), so a job cannot ask an offline or locked-down server to fetch weights.
+    allow_hub_models: bool = False
+
     default_model: str | None = None
     model_cache_bytes: int = 2 * 1024**3
     device: str = "auto"
@@ -65,6 +69,13 @@ class Settings(BaseSettings):
 
     max_upload_bytes: int = 2 * 1024**3
     max_extracted_bytes: int = 8 * 1024**3
+    # Dataset archives: members at most, and unpacked/packed size ratio at most (zip bombs).
+    max_archive_files: int = Field(default=100_000, ge=1)
+    max_archive_ratio: float = Field(default=100.0, gt=1)
+    # Unpacked bytes of uploaded datasets one API key may keep (DELETE /datasets frees them),
+    # and uploads one key may have unpacking at once in this process.
+    upload_quota_bytes: int = Field(default=50 * 1024**3, ge=0)
+    max_concurrent_uploads: int = Field(default=2, ge=1)
     max_predict_bytes: int = 16 * 1024**2
     max_images_per_request: int = 64
     max_image_pixels: int = 40_000_000
@@ -79,6 +90,11 @@ class Settings(BaseSettings):
     predict_max_queue: int = Field(default=256, ge=1)
     # Threads that decode and preprocess images off the event loop (0: min(4, CPU count)).
     predict_decode_threads: int = Field(default=0, ge=0)
+
+    # Server-sent event streams (GET /jobs/{id}/events?stream=true) open at once, per API key
+    # and in all, before a new one is refused with 429.
+    stream_max_per_key: int = Field(default=20, ge=1)
+    stream_max_total: int = Field(default=100, ge=1)
 
     # Must exceed the longest job: Redis re-delivers unacknowledged messages after it.
     visibility_timeout_s: int = 48 * 3600
@@ -133,3 +149,27 @@ class Settings(BaseSettings):
     @property
     def artifact_cache_dir(self) -> Path:
         return self.work_dir / "artifact-cache"
+
+
+def settings_from_env() -> Settings:
+    """The settings, or exit with one line naming each refused setting and why.
+
+    For the processes' start: an operator needs the variable to fix, not a traceback through
+    pydantic's internals.
+    """
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise SystemExit(f"refusing to start: {describe_settings_error(exc)}") from None
+    except SettingsError as exc:  # a value pydantic-settings could not even parse
+        raise SystemExit(f"refusing to start: {exc}") from None
+
+
+def describe_settings_error(exc: ValidationError) -> str:
+    """``RCS_NAME: problem; ...``, without the values (one may be a secret)."""
+    problems = []
+    for error in exc.errors(include_input=False, include_url=False):
+        message = str(error["msg"]).removeprefix("Value error, ")
+        field = error["loc"][0] if error["loc"] else None
+        problems.append(f"RCS_{str(field).upper()}: {message}" if field else message)
+    return "; ".join(problems)

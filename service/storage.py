@@ -7,6 +7,7 @@ is written last, and the registry marks a version READY only after ``put_folder`
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import uuid
@@ -44,12 +45,16 @@ class ArtifactStore:
                 self.fs.put_file(str(path), f"{target}/{path.relative_to(local).as_posix()}")
         return self.uri(key)
 
-    def local_path(self, key: str) -> Path:
-        """A local folder with the artifact: the file itself, or a cached download."""
+    def local_path(self, key: str, digest: str | None = None) -> Path:
+        """A local folder with the artifact: the file itself, or a cached download.
+
+        ``digest`` (sha256 of the card) is the artifact the caller expects: a download cached
+        from other bytes under the same key is fetched again rather than served.
+        """
         if self.local:
             return Path(f"{self.root}/{key}")
         cached = self.cache_dir / key
-        if not (cached / CARD).is_file():
+        if not _has_card(cached, digest):
             tmp = cached.parent / f".{cached.name}.tmp-{uuid.uuid4().hex[:8]}"
             self.fs.get(f"{self.root}/{key}/", str(tmp), recursive=True)
             _replace_folder(tmp, cached)
@@ -60,6 +65,17 @@ class ArtifactStore:
         if self.fs.exists(target):
             self.fs.rm(target, recursive=True)
         shutil.rmtree(self.cache_dir / key, ignore_errors=True)
+
+
+def card_digest(folder: Path) -> str:
+    """sha256 of an artifact's card, which holds the sha256 of every other file it has."""
+    return hashlib.sha256((folder / CARD).read_bytes()).hexdigest()
+
+
+def _has_card(folder: Path, digest: str | None) -> bool:
+    if not (folder / CARD).is_file():
+        return False
+    return digest is None or card_digest(folder) == digest
 
 
 def _local_atomic_copy(source: Path, target: Path) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from service.settings import Settings
+from service.settings import settings_from_env
 from worker.app import create_celery, make_context
 
 
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(
         level=args.loglevel, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    settings = Settings()
+    settings = settings_from_env()
     if settings.torch_threads > 0:
         torch.set_num_threads(settings.torch_threads)
     app = create_celery(make_context(settings))

@@ -71,6 +71,9 @@ def create_celery(ctx: WorkerContext) -> Celery:
         task_routes={TASK_FINETUNE: {"queue": queue}},
     )
 
+    # The worker's consumer, handed over by worker_ready (one per process with the solo pool).
+    consumers: list[Any] = []
+
     @app.task(name=TASK_FINETUNE, bind=True, max_retries=None)
     def finetune(self: Task, payload: dict[str, Any]) -> dict[str, Any]:
         try:
@@ -90,6 +93,9 @@ def create_celery(ctx: WorkerContext) -> Celery:
             # Another worker holds the job's lease; look again when it would have expired.
             raise self.retry(countdown=outcome.retry_in_s)
         if outcome.status == "released":
+            # Stop fetching before the message goes back: a stopping worker must not take the
+            # job it has just released (or any other) before its shutdown completes.
+            stop_consuming(consumers, queue)
             raise Reject("worker stopping; job checkpointed", requeue=True)
         return {"status": outcome.status, "detail": outcome.detail}
 
@@ -108,6 +114,20 @@ def create_celery(ctx: WorkerContext) -> Celery:
                     countdown=countdown or None,  # no ETA on a message meant for now
                 )
 
+    def on_ready(sender: Any = None, **_: Any) -> None:
+        if sender is not None:
+            consumers.append(sender)
+        requeue_orphans()
+
     worker_shutting_down.connect(stopping, weak=False)
-    worker_ready.connect(requeue_orphans, weak=False)
+    worker_ready.connect(on_ready, weak=False)
     return app
+
+
+def stop_consuming(consumers: list[Any], queue: str) -> None:
+    """Cancel the consumer of ``queue`` (Celery's ``cancel_consumer``, done from inside the
+    worker: kombu defers it until the message being handled is read)."""
+    for consumer in consumers:
+        if queue in consumer.app.amqp.queues.consume_from:
+            consumer.cancel_task_queue(queue)
+            log.info("stopping: no longer consuming from %s", queue)

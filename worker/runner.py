@@ -20,15 +20,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select, update
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from models.config import RunConfig, from_dict
-from models.data import open_dataset
+from models.data import dataset_root, open_dataset
 from models.errors import Cancelled, ModelsError
 from models.pipeline import RunResult, finetune
-from models.train import Progress
-from service.db.tables import Dataset, Job, ModelVersion
+from models.train import KEEP_CHECKPOINTS, Progress
+from service.db.tables import Dataset, Job, JobCheckpoint, ModelVersion
 from service.errors import redact
 from service.jobs import state
 from service.registry import service as registry
@@ -91,6 +92,17 @@ class JobObserver:
                     return "cancel"
         return "preempt" if self.ctx.stopping.is_set() else None
 
+    def should_stop(self) -> bool:
+        """Asked between evaluation batches and WiSE-FT alphas, where no step calls back: it
+        renews the lease too, or a long sweep would look abandoned and be taken over."""
+        now = time.monotonic()
+        if not self.lost and now - self.last_renew >= self.ctx.renew_every_s:
+            self.last_renew = now
+            with self.ctx.sessions() as session:
+                owner, lease_s = self.ctx.owner, self.ctx.settings.lease_s
+                self.lost = not state.renew(session, self.job_id, owner, lease_s)
+        return self.lost or self.ctx.stopping.is_set()
+
     def _record(self, session: Session, progress: Progress, now: float) -> None:
         due = now - self.last_event >= self.ctx.event_every_s
         if progress.event == "eval" or due or progress.step in (1, progress.total_steps):
@@ -102,6 +114,11 @@ class JobObserver:
         # The loop saves its periodic checkpoint right after this callback returns.
         if self.checkpoint_every and progress.step % self.checkpoint_every == 0:
             state.add_checkpoint(session, self.job_id, progress.step, {"losses": progress.losses})
+            # The loop saves this step's checkpoint next and then keeps only its last few:
+            # stop listing the ones it is about to remove before they go, never after.
+            on_disk = saved_steps(job_dir(self.ctx, self.job_id) / "checkpoints")
+            kept = sorted({*on_disk, progress.step})[-KEEP_CHECKPOINTS:]
+            forget_checkpoints(session, self.job_id, keep=set(kept))
 
 
 def _plain(value: Any) -> Any:
@@ -121,14 +138,58 @@ def job_dir(ctx: WorkerContext, job_id: str) -> Path:
     return ctx.settings.jobs_dir / job_id
 
 
+def saved_steps(folder: Path) -> set[int]:
+    """The steps of the checkpoints ``models.train`` keeps in ``folder`` (``step-00000200``)."""
+    names = (p.name.removeprefix("step-") for p in folder.glob("step-*") if p.is_dir())
+    return {int(n) for n in names if n.isdigit()}
+
+
+def forget_checkpoints(session: Session, job_id: str, keep: set[int]) -> None:
+    """Mark the job's checkpoints whose files are gone, so ``/checkpoints`` lists only usable
+    ones. A checkpoint registered as a version stays: its weights live in the registry."""
+    session.execute(
+        update(JobCheckpoint)
+        .where(
+            JobCheckpoint.job_id == job_id,
+            JobCheckpoint.fine_tuned_model.is_(None),
+            JobCheckpoint.files_deleted_at.is_(None),
+            JobCheckpoint.step_number.not_in(keep),
+        )
+        .values(files_deleted_at=int(time.time()))
+    )
+
+
+def _final_checkpoint(
+    session: Session, job_id: str, step: int, metrics: dict[str, Any], ref: str
+) -> None:
+    """Record the job's last checkpoint as the registered version ``ref`` (usable after the
+    job's work folder is gone, as OpenAI's ``fine_tuned_model_checkpoint``)."""
+    state.add_checkpoint(session, job_id, step, metrics)
+    session.flush()
+    row = session.scalar(
+        select(JobCheckpoint).where(
+            JobCheckpoint.job_id == job_id, JobCheckpoint.step_number == step
+        )
+    )
+    assert row is not None
+    row.metrics = {**row.metrics, **metrics}  # a periodic checkpoint at this step keeps its losses
+    row.fine_tuned_model, row.files_deleted_at = ref, None
+
+
 def run_job(ctx: WorkerContext, job_id: str) -> Outcome:
     with ctx.sessions() as session:
         job = session.get(Job, job_id)
         if job is None:
             return Outcome("skipped", f"no job {job_id}")
         if job.status in state.TERMINAL:
-            # A second delivery of a finished job: never train or register twice.
+            # A second delivery of a finished job: never train or register twice. A job
+            # cancelled while back in the queue may have left checkpoints: nothing resumes them.
+            _remove_checkpoints(ctx, job_id)
             return Outcome("skipped", f"already {job.status}")
+        if ctx.stopping.is_set():
+            # A message fetched while stopping (the job just released, or a duplicate): leave
+            # the job to the next worker instead of claiming it to train one step.
+            return Outcome("released", "worker stopping; not started")
         if not state.claim(session, job_id, ctx.owner, ctx.settings.lease_s):
             session.refresh(job)
             if job.status in state.TERMINAL:
@@ -150,10 +211,11 @@ def _train_and_register(ctx: WorkerContext, job_id: str) -> Outcome:
             callback=observer,
             checkpoint_dir=job_dir(ctx, job_id) / "checkpoints",
             note=observer.note,
+            should_stop=observer.should_stop,
         )
         outcome = register(ctx, job_id, result)
-    except Cancelled:
-        outcome = _stopped(ctx, job_id, observer)
+    except Cancelled as exc:
+        outcome = _stopped(ctx, job_id, observer, str(exc))
     except (OperationalError, InterfaceError):
         # The database went away, which is not the job's fault: it stays ours (the lease runs
         # out if we die) and its checkpoints stay, so the task can try it again and resume.
@@ -164,8 +226,16 @@ def _train_and_register(ctx: WorkerContext, job_id: str) -> Outcome:
         log.exception("job %s failed", job_id)
         outcome = _failed(ctx, job_id, "internal_error", f"{type(exc).__name__}: {exc}")
     if outcome.status != "released":
-        shutil.rmtree(job_dir(ctx, job_id), ignore_errors=True)
+        _remove_checkpoints(ctx, job_id)
     return outcome
+
+
+def _remove_checkpoints(ctx: WorkerContext, job_id: str) -> None:
+    """A finished job's scratch, its checkpoints with it; the final one lives in the registry."""
+    shutil.rmtree(job_dir(ctx, job_id), ignore_errors=True)
+    with ctx.sessions() as session:
+        forget_checkpoints(session, job_id, keep=set())
+        session.commit()
 
 
 def _prepare(ctx: WorkerContext, job_id: str) -> tuple[RunConfig, JobObserver]:
@@ -188,13 +258,16 @@ def _prepare(ctx: WorkerContext, job_id: str) -> tuple[RunConfig, JobObserver]:
             base = session.get(ModelVersion, job.base_version_id)
             if base is None or base.status != registry.READY:
                 raise ModelsError(f"base model {job.model} is no longer available")
-            local = ctx.store.local_path(registry.version_key(base.name, base.version))
+            key = registry.version_key(base.name, base.version)
+            local = ctx.store.local_path(key, base.digest)
             backbone = dataclasses.replace(backbone, arch=str(local))
     cfg = dataclasses.replace(
         cfg,
         backbone=backbone,
         data=dataclasses.replace(
-            cfg.data, descriptions=str(descriptions) if descriptions else None
+            cfg.data,
+            descriptions=str(descriptions) if descriptions else None,
+            within=str(dataset_root(dataset.path)),
         ),
         train=dataclasses.replace(cfg.train, device=ctx.settings.device),
         output_dir=str(folder / "artifact"),
@@ -203,7 +276,10 @@ def _prepare(ctx: WorkerContext, job_id: str) -> tuple[RunConfig, JobObserver]:
 
 
 def _check_fingerprint(dataset: Dataset) -> None:
-    current = open_dataset(dataset.path).fingerprint
+    if dataset.deleted_at is not None:  # deleted while the job was being created
+        raise ModelsError(f"dataset {dataset.id} was deleted")
+    # Confined again, as at registration: a symlink swapped in since then must not be followed.
+    current = open_dataset(dataset.path, within=dataset_root(dataset.path)).fingerprint
     if current != dataset.fingerprint:
         raise ModelsError(
             f"dataset {dataset.id} changed on disk since it was registered ({dataset.path})"
@@ -224,7 +300,9 @@ def register(ctx: WorkerContext, job_id: str, result: RunResult) -> Outcome:
             # Never leave a version PENDING forever: the job fails, and so does its version.
             registry.mark_failed(session, version, redact(f"storing the artifact failed: {exc}"))
             raise
-        registry.mark_ready(session, version, source)
+        registry.mark_ready(
+            session, version, source, registry.artifact_digest(result.artifact.path)
+        )
         ref = f"{version.name}/{version.version}"
         steps = (card.get("training") or {}).get("steps", job.progress_step)
         values = {
@@ -238,9 +316,8 @@ def register(ctx: WorkerContext, job_id: str, result: RunResult) -> Outcome:
             registry.mark_failed(session, version, "the job stopped before registration finished")
             ctx.store.delete(key)
             return Outcome("cancelled", "stopped before registration")
-        state.add_checkpoint(
-            session, job_id, steps, {"selected": (card.get("metrics") or {}).get("selected")}
-        )
+        selected = {"selected": (card.get("metrics") or {}).get("selected")}
+        _final_checkpoint(session, job_id, steps, selected, ref)
         state.add_event(
             session, job_id, f"Registered {ref} (alpha={card['wise']['selected_alpha']})"
         )
@@ -249,7 +326,7 @@ def register(ctx: WorkerContext, job_id: str, result: RunResult) -> Outcome:
     return Outcome("succeeded", ref)
 
 
-def _stopped(ctx: WorkerContext, job_id: str, observer: JobObserver | None) -> Outcome:
+def _stopped(ctx: WorkerContext, job_id: str, observer: JobObserver | None, where: str) -> Outcome:
     with ctx.sessions() as session:
         if observer is not None and not observer.lost and ctx.stopping.is_set():
             state.release(session, job_id, ctx.owner)
@@ -258,7 +335,7 @@ def _stopped(ctx: WorkerContext, job_id: str, observer: JobObserver | None) -> O
             return Outcome("released", "preempted")
         state.add_event(session, job_id, "Training stopped")
         session.commit()
-    return Outcome("cancelled", "stopped between steps")
+    return Outcome("cancelled", where)
 
 
 def _failed(ctx: WorkerContext, job_id: str, code: str, message: str) -> Outcome:

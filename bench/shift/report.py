@@ -7,8 +7,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from models.config import WiseConfig
+from models.wiseft import CurvePoint, select_alpha
+
 SERVED_HEAD = "dual"  # what the product serves; every fine-tuned number below uses it
 ZEROSHOT_HEADS = ("default", "concept", "dual")
+# WiSE-FT's alpha, chosen on ID validation by each rule (models.wiseft.select_alpha) from the
+# stored curve: the row suffix names the rule.
+POLICIES = {"tolerance": "+ WiSE-FT (tolerance)", "best_id_val": "+ WiSE-FT (best ID val)"}
 
 
 def point(run: Mapping[str, Any], alpha: float) -> Mapping[str, Any]:
@@ -24,6 +30,24 @@ def val_top1(run: Mapping[str, Any], alpha: float, head: str = SERVED_HEAD) -> f
 
 def ood_splits(metrics: Mapping[str, Any]) -> list[str]:
     return [s for s in metrics if s.startswith("ood")]
+
+
+def selected_alpha(run: Mapping[str, Any], policy: str) -> float:
+    """The alpha ``policy`` picks from the run's curve, on ID validation only."""
+    curve = [CurvePoint(p["alpha"], p["metrics"]) for p in run["curve"]]
+    return select_alpha(curve, WiseConfig(selection=policy), split="val", head=SERVED_HEAD)
+
+
+def worst_groups(metrics: Mapping[str, Any], head: str = SERVED_HEAD) -> dict[str, float]:
+    """Worst-group accuracy on ID test and the lowest over the OOD splits, where groups exist."""
+    out = {}
+    test = metrics.get("test", {}).get(head, {}).get("worst_group_acc")
+    if test is not None:
+        out["test"] = float(test)
+    oods = [metrics[s][head].get("worst_group_acc") for s in ood_splits(metrics)]
+    if any(v is not None for v in oods):
+        out["ood"] = min(float(v) for v in oods if v is not None)
+    return out
 
 
 def summary(
@@ -99,39 +123,14 @@ def rows_for_task(runs: Sequence[Mapping[str, Any]], task: str) -> list[dict[str
     for run in (r for r in mine if r["method"] == "zeroshot"):
         metrics = point(run, 0.0)
         for head in ZEROSHOT_HEADS:
-            rows.append(
-                _row(
-                    f"zero-shot ({head})",
-                    [summary(metrics, head)],
-                    [summary(metrics, head, "macro_f1")],
-                    None,
-                    metrics,
-                    head,
-                )
-            )
+            rows.append(_row(f"zero-shot ({head})", [metrics], None, head))
     for method in _ordered(r["method"] for r in mine if r["method"] != "zeroshot"):
         seeds = [r for r in mine if r["method"] == method]
-        ends = [point(r, 1.0) for r in seeds]
-        rows.append(
-            _row(
-                method,
-                [summary(m) for m in ends],
-                [summary(m, key="macro_f1") for m in ends],
-                [1.0] * len(seeds),
-                ends[0],
-            )
-        )
-        picks = [point(r, r["selected_alpha"]) for r in seeds]
-        alphas = [float(r["selected_alpha"]) for r in seeds]
-        rows.append(
-            _row(
-                f"{method} + WiSE-FT",
-                [summary(m) for m in picks],
-                [summary(m, key="macro_f1") for m in picks],
-                alphas,
-                picks[0],
-            )
-        )
+        rows.append(_row(method, [point(r, 1.0) for r in seeds], [1.0] * len(seeds)))
+        for policy, suffix in POLICIES.items():
+            alphas = [selected_alpha(r, policy) for r in seeds]
+            picks = [point(r, a) for r, a in zip(seeds, alphas, strict=True)]
+            rows.append(_row(f"{method} {suffix}", picks, alphas))
     return rows
 
 
@@ -145,25 +144,23 @@ def _ordered(methods: Iterable[str]) -> list[str]:
 
 def _row(
     name: str,
-    top1: Sequence[Mapping[str, float]],
-    f1: Sequence[Mapping[str, float]],
+    per_seed: Sequence[Mapping[str, Any]],
     alphas: Sequence[float] | None,
-    example: Mapping[str, Any],
     head: str = SERVED_HEAD,
 ) -> dict[str, Any]:
+    """One table row from each seed's metrics at the alpha the row stands for."""
+    top1 = [summary(m, head) for m in per_seed]
+    f1 = [summary(m, head, "macro_f1") for m in per_seed]
+    worst = [worst_groups(m, head) for m in per_seed]
     keys = list(top1[0])
-    worst = [
-        float(example[s][head]["worst_group_acc"])
-        for s in ood_splits(example)
-        if example[s][head].get("worst_group_acc") is not None
-    ]
     return {
         "name": name,
         "n": len(top1),
         "top1": {k: [t[k] for t in top1] for k in keys},
         "macro_f1": {k: [t[k] for t in f1] for k in keys},
+        "worst_group": {k: [w[k] for w in worst] for k in worst[0]},
         "alphas": alphas,
-        "has_groups": bool(worst),
+        "has_groups": bool(worst[0]),
     }
 
 
@@ -175,8 +172,11 @@ def markdown(results: Mapping[str, Any]) -> str:
         f"{'quick' if plan['quick'] else 'full'} run, {results['wall_s'] / 60:.1f} min on "
         f"{results['machine']['cuda'] or 'CPU'}{side_by_side} ({results['created_at']}).",
         "Top-1 of the served (dual) head unless the row names another head; mean ± std over "
-        "seeds; zero-shot is deterministic (one evaluation). `+ WiSE-FT`: each seed's alpha "
-        "picked on ID validation.",
+        "seeds; zero-shot is deterministic (one evaluation). `+ WiSE-FT (tolerance)`: each "
+        "seed's alpha is the smallest within one binomial standard error of the best ID "
+        "validation top-1; `+ WiSE-FT (best ID val)`: the best (ties to the smaller alpha). "
+        "Worst group: the lowest group accuracy on ID test, and the lowest over the OOD splits "
+        "(`-` where the task has no groups).",
         "",
     ]
     for task, info in plan["tasks"].items():
@@ -184,7 +184,8 @@ def markdown(results: Mapping[str, Any]) -> str:
         if not rows:
             continue
         oods = info["ood_splits"]
-        header = ["method", "ID val", "ID test", *oods, "OOD mean", "OOD mean macro-F1", "alpha"]
+        header = ["method", "ID val", "ID test", *oods, "OOD mean", "OOD mean macro-F1"]
+        header += ["ID worst group", "OOD worst group", "alpha"]
         lines += [
             f"### {task}",
             "",
@@ -196,13 +197,74 @@ def markdown(results: Mapping[str, Any]) -> str:
         for row in rows:
             alpha = "-" if row["alphas"] is None else fmt(row["alphas"]).replace(".000", "")
             cells = [row["name"], *(fmt(row["top1"][s]) for s in ("val", "test", *oods))]
-            cells += [fmt(row["top1"]["ood_mean"]), fmt(row["macro_f1"]["ood_mean"]), alpha]
+            cells += [fmt(row["top1"]["ood_mean"]), fmt(row["macro_f1"]["ood_mean"])]
+            worst = row["worst_group"]
+            cells += [fmt(worst[k]) if k in worst else "-" for k in ("test", "ood")] + [alpha]
             lines.append(_md_row(cells))
         lines += ["", _hparams_line(results["runs"], task), ""]
     return "\n".join(lines)
 
 
 def overview(results: Mapping[str, Any]) -> str:
+    """ID test and mean OOD top-1 of the served head per task and method, then the mean over
+    tasks (``goal``)."""
+    return per_task_overview(results) + "\n" + goal(results)
+
+
+def goal(results: Mapping[str, Any], baseline: str = "flyp") -> str:
+    """Mean over tasks of ID test and OOD top-1, per seed, then mean ± std over seeds; and
+    each method's difference to ``baseline`` under the same WiSE-FT rule (the issue's goal:
+    DRM + WiSE-FT at least 2 points above FLYP + WiSE-FT in OOD at equal ID, within 0.5)."""
+    tasks = list(results["plan"]["tasks"])
+    by_task = {t: {r["name"]: r for r in rows_for_task(results["runs"], t)} for t in tasks}
+    names = [n for n in by_task[tasks[0]] if all(n in by_task[t] for t in tasks)]
+    names = [n for n in names if n == f"zero-shot ({SERVED_HEAD})" or "zero-shot" not in n]
+    header = ["method (mean over tasks)", "ID test", "OOD mean", "ID - base", "OOD - base"]
+    lines = [_md_row(header), _md_row(["---"] * len(header))]
+    for name in names:
+        id_, ood = (_task_mean(by_task, tasks, name, k) for k in ("test", "ood_mean"))
+        base = _baseline_name(name, baseline)
+        if base in names and base != name and len(id_) > 1:
+            d_id = [
+                a - b for a, b in zip(id_, _task_mean(by_task, tasks, base, "test"), strict=True)
+            ]
+            d_ood = [
+                a - b
+                for a, b in zip(ood, _task_mean(by_task, tasks, base, "ood_mean"), strict=True)
+            ]
+            diffs = [_signed(d_id), _signed(d_ood)]
+        else:
+            diffs = ["-", "-"]
+        lines.append(_md_row([name, fmt(id_), fmt(ood), *diffs]))
+    return "\n".join(lines) + "\n"
+
+
+def _task_mean(
+    by_task: Mapping[str, Mapping[str, Mapping[str, Any]]],
+    tasks: Sequence[str],
+    name: str,
+    key: str,
+) -> list[float]:
+    """Per seed, the mean over tasks (seed s of every task together)."""
+    per_task = [by_task[t][name]["top1"][key] for t in tasks]
+    n = min(len(v) for v in per_task)
+    return [statistics.fmean(v[i] for v in per_task) for i in range(n)]
+
+
+def _baseline_name(name: str, baseline: str) -> str:
+    """The baseline's row under the same WiSE-FT rule as ``name``."""
+    for suffix in POLICIES.values():
+        if name.endswith(suffix):
+            return f"{baseline} {suffix}"
+    return baseline
+
+
+def _signed(values: Sequence[float]) -> str:
+    mean, std = mean_std(values)
+    return f"{mean:+.3f}" if len(values) == 1 else f"{mean:+.3f} ± {std:.3f}"
+
+
+def per_task_overview(results: Mapping[str, Any]) -> str:
     """One table across tasks: ID test and mean OOD top-1 of the served head, per method."""
     tasks = list(results["plan"]["tasks"])
     by_task = {t: {r["name"]: r for r in rows_for_task(results["runs"], t)} for t in tasks}
@@ -231,6 +293,7 @@ def _hparams_line(runs: Sequence[Mapping[str, Any]], task: str) -> str:
         run = next(r for r in runs if r["task"] == task and r["method"] == method)
         hp = run["hparams"]
         lam = f", lambda {hp['lam']:g}{_pc_mode(hp)}" if method.startswith("drm") else ""
+        lam += f", preset {hp['preset']}" if "preset" in hp else ""
         walls = [r["wall_s"] for r in runs if r["task"] == task and r["method"] == method]
         parts.append(
             f"{method}: lr {hp['lr']:g}{lam}, {hp['epochs']} epochs, batch {hp['batch_size']}, "
@@ -240,7 +303,9 @@ def _hparams_line(runs: Sequence[Mapping[str, Any]], task: str) -> str:
 
 
 def _pc_mode(hp: Mapping[str, Any]) -> str:
-    return f", p_c {hp['pc_mode']}" if "pc_mode" in hp else ""
+    # Runs from before pc_norm existed used min-max over affinities.
+    norm = f", p_c {hp.get('pc_norm', 'affinity')}"
+    return norm + (f", p_c {hp['pc_mode']}" if "pc_mode" in hp else "")
 
 
 def _md_row(cells: Sequence[str]) -> str:
@@ -250,7 +315,9 @@ def _md_row(cells: Sequence[str]) -> str:
 def tune_markdown(tuned: Mapping[str, Any]) -> str:
     lines = [
         f"Tuning trials (seed {tuned['seed']}), chosen on ID validation top-1 of the fine-tuned "
-        "model (alpha 1, dual head); the OOD splits are not evaluated while tuning.",
+        "model (alpha 1, dual head); the OOD splits are not evaluated while tuning. lr is tuned "
+        "on flyp and used by every method; lambda on each DRM reading at that lr; ties go to "
+        "the smaller value.",
         "",
         "| task | method | lr | lambda | ID val | chosen |",
         "|---|---|---|---|---|---|",

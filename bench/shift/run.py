@@ -2,10 +2,12 @@
 
     python -m bench.shift                  # full: 3 tasks x 4 fine-tuning methods x 3 seeds
     python -m bench.shift --quick          # smoke test: 1 seed, fewer images and steps
+    python -m bench.shift --long           # the same methods fine-tuned 10 epochs instead of 2
     python -m bench.shift --tune           # pick lr (and DRM's lambda) on ID validation only
-    python -m bench.shift --tune lam       # lambda only, at the stored lr
+    python -m bench.shift --tune lam       # lambda only (each DRM reading), at the stored lr
     python -m bench.shift --ablate --tasks fashion-spurious   # why DRM does (not) help: lambda,
-                                           # per-step p_c, and what p_c says about the images
+                                           # p_c normalisation, per-step p_c, and what p_c says
+                                           # about the images
     python -m bench.shift --arch ViT-B-16 --pretrained openai --device cuda   # real CLIP
 
 Every run goes through ``models.pipeline.finetune``, the same code path as the CLI and the
@@ -45,18 +47,28 @@ from models.pipeline import finetune, versions
 METHODS: dict[str, dict[str, Any]] = {
     "ce": {"name": "ce"},
     "flyp": {"name": "flyp"},
+    "flyp-paper": {"name": "flyp"},
     "drm-weight": {"name": "drm", "wrm": "weight"},
     "drm-soft": {"name": "drm", "wrm": "soft"},
 }
+# Settings of a method that are not tuned but are part of what a run depends on (and so of its
+# journal key): p_c's normalisation for DRM, FLYP as released (objective.preset) for flyp-paper.
+METHOD_SETTINGS: dict[str, dict[str, Any]] = {
+    "flyp-paper": {"preset": "flyp-paper"},
+    "drm-weight": {"pc_norm": "prob"},
+    "drm-soft": {"pc_norm": "prob"},
+}
+# hparams keys that go into the objective rather than the training loop.
+OBJECTIVE_KEYS = ("lam", "pc_mode", "pc_norm", "preset")
+LAMBDA_GRID = (0.5, 1.0, 2.0, 5.0, 10.0)
 # Analysis variants (--ablate): a method above with some of its settings changed. They are
 # never part of the main comparison, and their OOD figures choose nothing.
 ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
-    "drm-weight-lam0.5": ("drm-weight", {"lam": 0.5}),
-    "drm-weight-lam1": ("drm-weight", {"lam": 1.0}),
-    "drm-weight-lam2": ("drm-weight", {"lam": 2.0}),
-    "drm-weight-lam4": ("drm-weight", {"lam": 4.0}),
+    "drm-weight-affinity": ("drm-weight", {"pc_norm": "affinity"}),
+    "drm-soft-affinity": ("drm-soft", {"pc_norm": "affinity"}),
+    **{f"drm-weight-lam{lam:g}": ("drm-weight", {"lam": lam}) for lam in LAMBDA_GRID},
+    **{f"drm-soft-lam{lam:g}": ("drm-soft", {"lam": lam}) for lam in LAMBDA_GRID},
     "drm-weight-per-step": ("drm-weight", {"pc_mode": "per_step"}),
-    "drm-soft-lam4": ("drm-soft", {"lam": 4.0}),
 }
 HEADS = ("default", "concept", "dual")
 FULL_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -77,12 +89,15 @@ DEFAULT_HPARAMS: dict[str, Any] = {
     "warmup_steps": 10,
 }
 QUICK_EPOCHS = 1
+# --long: fine-tuning run to (near) convergence instead of 2 epochs (24 steps).
+LONG_EPOCHS = 10
 TUNE_LRS = (1e-5, 3e-5, 1e-4)
-TUNE_LAMS = (0.5, 1.0, 2.0)
+TUNE_LAMS = LAMBDA_GRID
 # lr is tuned on this method and used by all (as papers compare methods at one lr per task);
-# lambda is tuned on drm-weight at that lr and used by both DRM readings.
+# lambda is tuned at that lr for each DRM reading on its own (the readings' WRM terms differ
+# in scale: a weighted contrastive loss against a cross-entropy to a sharp target).
 TUNE_LR_METHOD = "flyp"
-TUNE_LAM_METHOD = "drm-weight"
+TUNE_LAM_METHODS = ("drm-weight", "drm-soft")
 
 log = logging.getLogger("bench.shift")
 
@@ -102,6 +117,7 @@ class Plan:
     data_root: Path
     hparams: dict[str, Any] = field(default_factory=dict)
     zeroshot: bool = True  # evaluate the zero-shot model too (once per task)
+    epochs: int | None = None  # overrides the tuned epochs (--long)
 
 
 def base_method(method: str) -> str:
@@ -123,8 +139,11 @@ def hparams_for(plan: Plan, task: str, method: str) -> dict[str, Any]:
     An ablation variant starts from its base method's values and changes its own.
     """
     tuned = plan.hparams.get(backbone_key(plan.arch, plan.pretrained), {}).get(task, {})
-    values = {**DEFAULT_HPARAMS, **tuned.get(base_method(method), {})}
+    base = base_method(method)
+    values = {**DEFAULT_HPARAMS, **METHOD_SETTINGS.get(base, {}), **tuned.get(base, {})}
     values.update(ABLATIONS[method][1] if method in ABLATIONS else {})
+    if plan.epochs is not None:
+        values["epochs"] = plan.epochs
     if plan.quick:
         values["epochs"] = QUICK_EPOCHS
     return values
@@ -142,10 +161,9 @@ def run_config(
     ood: bool = True,
 ) -> RunConfig:
     objective = {"name": "zeroshot"} if method == "zeroshot" else dict(METHODS[base_method(method)])
-    if objective["name"] == "drm":
-        objective["lam"] = hparams["lam"]
-        if "pc_mode" in hparams:
-            objective["pc_mode"] = hparams["pc_mode"]
+    if method != "zeroshot":
+        keys = OBJECTIVE_KEYS if objective["name"] == "drm" else ("preset",)
+        objective.update({k: hparams[k] for k in keys if k in hparams})
     return from_dict(
         RunConfig,
         {
@@ -167,7 +185,8 @@ def run_config(
                 "seed": seed,
                 "device": plan.device,
             },
-            "wise": {"alphas": list(alphas or plan.alphas), "selection": "best_id_val"},
+            # The report applies both rules (tolerance, best_id_val) to the stored curve.
+            "wise": {"alphas": list(alphas or plan.alphas), "selection": "tolerance"},
             "output_dir": str(output_dir),
         },
     )
@@ -290,8 +309,11 @@ def execute(plan: Plan) -> dict[str, Any]:
             "backbone": backbone_key(plan.arch, plan.pretrained),
             "device": plan.device,
             "quick": plan.quick,
-            "selection": "WiSE-FT alpha: best ID validation top-1 of the dual head; "
-            "hyperparameters: bench/shift/hparams.json, tuned on ID validation only",
+            "selection": "WiSE-FT alpha: on ID validation top-1 of the dual head, by two rules "
+            "(tolerance: smallest alpha within one binomial standard error of the best; "
+            "best_id_val: the best); hyperparameters: bench/shift/hparams.json, tuned on ID "
+            "validation only",
+            "epochs": plan.epochs,
         },
         "runs": runs,
         "wall_s": round(time.monotonic() - started, 1),
@@ -310,7 +332,7 @@ def execute(plan: Plan) -> dict[str, Any]:
 
 
 def tune(plan: Plan, what: str = "all") -> dict[str, Any]:
-    """lr on flyp, then lambda on drm-weight at that lr, per task, on ID val of the first seed.
+    """lr on flyp, then lambda per DRM reading at that lr, per task, on ID val of the first seed.
 
     ``what="lam"`` keeps each task's stored lr and tunes lambda only.
 
@@ -338,13 +360,14 @@ def tune(plan: Plan, what: str = "all") -> dict[str, Any]:
         else:
             scores = {lr: trial(TUNE_LR_METHOD, {**base, "lr": lr}) for lr in TUNE_LRS}
             lr = max(TUNE_LRS, key=lambda v: (scores[v], -v))
-        base = {**hparams_for(plan, task.name, TUNE_LAM_METHOD), "lr": lr}
-        scores = {lam: trial(TUNE_LAM_METHOD, {**base, "lam": lam}) for lam in TUNE_LAMS}
-        lam = max(TUNE_LAMS, key=lambda v: (scores[v], -v))
         chosen[task.name] = {
-            method: {"lr": lr, **({"lam": lam} if METHODS[method]["name"] == "drm" else {})}
-            for method in METHODS
+            method: {"lr": lr} for method in METHODS if METHODS[method]["name"] != "drm"
         }
+        for method in TUNE_LAM_METHODS:
+            base = {**hparams_for(plan, task.name, method), "lr": lr}
+            scores = {lam: trial(method, {**base, "lam": lam}) for lam in TUNE_LAMS}
+            lam = max(TUNE_LAMS, key=lambda v: (scores[v], -v))
+            chosen[task.name][method] = {"lr": lr, "lam": lam}
     return {"chosen": chosen, "trials": trials, "seed": seed}
 
 
@@ -355,6 +378,12 @@ def tune(plan: Plan, what: str = "all") -> dict[str, Any]:
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.shift", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="1 seed, fewer images, 1 epoch, 3 alphas")
+    p.add_argument(
+        "--long",
+        action="store_true",
+        help=f"fine-tune {LONG_EPOCHS} epochs instead of the tuned 2 (default out "
+        "runs/bench-shift-long)",
+    )
     p.add_argument(
         "--tune",
         nargs="?",
@@ -367,8 +396,9 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--ablate",
         action="store_true",
-        help="analysis runs (default out runs/bench-shift-ablation): DRM's lambda and per-step "
-        "p_c (the --methods default becomes the ablation variants), and p_c diagnostics",
+        help="analysis runs (default out runs/bench-shift-ablation): DRM's lambda, p_c's "
+        "normalisation and per-step p_c (the --methods default becomes the ablation variants), "
+        "and p_c diagnostics",
     )
     p.add_argument(
         "--methods",
@@ -417,7 +447,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
             ) from None
     known = {**METHODS, **ABLATIONS} if args.ablate else METHODS
     methods = args.methods or ",".join(ABLATIONS if args.ablate else METHODS)
-    out = args.out or Path("runs/bench-shift-ablation" if args.ablate else "runs/bench-shift")
+    default_out = "runs/bench-shift-long" if args.long else "runs/bench-shift"
+    out = args.out or Path("runs/bench-shift-ablation" if args.ablate else default_out)
     return Plan(
         tasks=tuple(TASKS[n] for n in _names(args.tasks, TASKS, "task")),
         methods=_names(methods, known, "method"),
@@ -432,6 +463,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         data_root=args.data_root,
         hparams=load_hparams(args.hparams),
         zeroshot=not args.ablate,
+        epochs=LONG_EPOCHS if args.long else None,
     )
 
 
@@ -446,6 +478,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(
             "--ablate runs its own analysis; it cannot be combined with --tune or --report"
         )
+    if args.long and args.tune:
+        raise SystemExit("--long runs with the values tuned at the default length; tune without it")
     plan = make_plan(args)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -1,1 +1,1 @@
-"""API keys, hashed at rest, with two scopes: ``predict`` and ``train``."""
+"""API keys, hashed at rest, with three scopes: ``predict``, ``train`` and ``admin``."""

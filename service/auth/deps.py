@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends, Header
 
-from service.auth.service import SCOPES, Principal, authenticate
+from service.auth.service import ADMIN, SCOPES, Principal, authenticate
 from service.deps import Ctx
 from service.errors import Forbidden, Unauthorized
 
@@ -49,3 +49,4 @@ def require(*scopes: str) -> Callable[..., Principal]:
 AnyKey = Annotated[Principal, Depends(require())]
 TrainKey = Annotated[Principal, Depends(require("train"))]
 PredictKey = Annotated[Principal, Depends(require("predict"))]
+AdminKey = Annotated[Principal, Depends(require(ADMIN))]

@@ -1,4 +1,5 @@
-"""Creating and checking API keys. Only a key's sha256 is stored; the key is shown once."""
+"""Creating, checking, listing and revoking API keys. Only a key's sha256 is stored; the key
+is shown once, when it is created."""
 
 from __future__ import annotations
 
@@ -8,11 +9,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service.db.tables import ApiKey, new_id
+from service.db.tables import ApiKey, new_id, now
+from service.errors import Conflict, NotFound
 
-SCOPES = ("predict", "train")
+# admin: list, create and revoke keys; predict: classify and read; train: also change things.
+SCOPES = ("admin", "predict", "train")
+ADMIN = "admin"
 KEY_PREFIX = "rcs_"
 
 
@@ -20,6 +25,10 @@ KEY_PREFIX = "rcs_"
 class Principal:
     key_id: str
     scopes: frozenset[str]
+
+
+class RevokedBootstrapKey(RuntimeError):
+    """RCS_BOOTSTRAP_API_KEY names a key that was revoked: presumed leaked, never revived."""
 
 
 def hash_key(key: str) -> str:
@@ -58,3 +67,61 @@ def authenticate(session: Session, key: str) -> Principal | None:
     if row is None or row.revoked_at is not None:
         return None
     return Principal(row.id, frozenset(row.scopes.split(",")))
+
+
+def list_keys(session: Session, include_revoked: bool = True) -> list[ApiKey]:
+    query = select(ApiKey).order_by(ApiKey.created_at, ApiKey.id)
+    if not include_revoked:
+        query = query.where(ApiKey.revoked_at.is_(None))
+    return list(session.scalars(query))
+
+
+def revoke_key(session: Session, key_id: str) -> ApiKey:
+    """Revoke a key (again: a no-op). The last active admin key is refused: without one, keys
+    could only be managed from the server's command line."""
+    row = session.get(ApiKey, key_id)
+    if row is None:
+        raise NotFound(f"no API key {key_id!r}", "key_id")
+    if row.revoked_at is not None:
+        return row
+    if ADMIN in row.scopes.split(",") and _active_admins(session) == [row.id]:
+        raise Conflict(
+            f"{key_id} is the last active admin key: create another admin key first", "key_id"
+        )
+    row.revoked_at = now()
+    session.commit()
+    return row
+
+
+def _active_admins(session: Session) -> list[str]:
+    # Locked (PostgreSQL): two admins revoking each other at once must not both succeed.
+    query = select(ApiKey).where(ApiKey.revoked_at.is_(None)).with_for_update()
+    return [k.id for k in session.scalars(query) if ADMIN in k.scopes.split(",")]
+
+
+def ensure_bootstrap_key(session: Session, key: str) -> ApiKey:
+    """Store RCS_BOOTSTRAP_API_KEY with every scope; any other bootstrap key is revoked, so
+    changing the setting replaces the previous key instead of leaving it valid too."""
+    for _ in range(2):  # API processes starting together race to insert the same key
+        try:
+            return _replace_bootstrap(session, key)
+        except IntegrityError:
+            session.rollback()
+    return _replace_bootstrap(session, key)
+
+
+def _replace_bootstrap(session: Session, key: str) -> ApiKey:
+    row = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(key)))
+    if row is not None and row.revoked_at is not None:
+        raise RevokedBootstrapKey(f"RCS_BOOTSTRAP_API_KEY is revoked key {row.id}; set a new one")
+    if row is None:
+        row = ApiKey(id=new_id("key"), name="bootstrap", key_hash=hash_key(key))
+        session.add(row)
+    row.bootstrap, row.scopes = True, ",".join(SCOPES)
+    previous = select(ApiKey).where(
+        ApiKey.bootstrap.is_(True), ApiKey.revoked_at.is_(None), ApiKey.id != row.id
+    )
+    for old in session.scalars(previous):
+        old.revoked_at = now()
+    session.commit()
+    return row

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
@@ -18,9 +18,10 @@ router = APIRouter(prefix="/datasets", tags=["datasets"], responses=ERROR_RESPON
 
 
 @router.post("", response_model=DatasetObject)
-def register_from_path(body: DatasetFromPath, ctx: Ctx, db: Db, _: TrainKey) -> DatasetObject:
+def register_from_path(body: DatasetFromPath, ctx: Ctx, db: Db, key: TrainKey) -> DatasetObject:
     """Register a dataset folder (or .csv/.jsonl manifest) under an allowed server root."""
-    return DatasetObject.of(service.register_path(db, ctx.settings, body.name, body.path))
+    row = service.register_path(db, ctx.settings, key.key_id, body.name, body.path)
+    return DatasetObject.of(row)
 
 
 @router.post(
@@ -43,7 +44,7 @@ def register_from_path(body: DatasetFromPath, ctx: Ctx, db: Db, _: TrainKey) -> 
         }
     },
 )
-async def register_upload(request: Request, ctx: Ctx, db: Db, _: TrainKey) -> DatasetObject:
+async def register_upload(request: Request, ctx: Ctx, db: Db, key: TrainKey) -> DatasetObject:
     """Upload a .zip or .tar(.gz) of an image folder; capped by RCS_MAX_UPLOAD_BYTES."""
     # Parsed here rather than by FastAPI so the size-limit middleware sees the stream first.
     form = await read_form(request, max_files=1, max_fields=4)
@@ -59,6 +60,7 @@ async def register_upload(request: Request, ctx: Ctx, db: Db, _: TrainKey) -> Da
             service.register_upload,
             db,
             ctx.settings,
+            key.key_id,
             name.strip(),
             upload.filename or "",
             upload.file,
@@ -82,3 +84,14 @@ def list_datasets(
 @router.get("/{dataset_id}", response_model=DatasetObject)
 def get_dataset(dataset_id: str, db: Db, _: AnyKey) -> DatasetObject:
     return DatasetObject.of(service.get(db, dataset_id))
+
+
+@router.delete("/{dataset_id}", status_code=204)
+def delete_dataset(dataset_id: str, ctx: Ctx, db: Db, _: TrainKey) -> Response:
+    """Delete a dataset no queued or running job uses (409 otherwise).
+
+    An upload's files are removed; a server path's files belong to their owner and stay. The
+    record is kept hidden, so finished jobs that name the dataset still read back.
+    """
+    service.delete(db, ctx.settings, dataset_id)
+    return Response(status_code=204)

@@ -4,20 +4,25 @@ from __future__ import annotations
 
 import os
 import shutil
-import tarfile
-import zipfile
+import threading
+from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from models.data import DatasetSplits, image_problem, open_dataset
+from models.data import DatasetSplits, dataset_root, image_problem, open_dataset
 from models.errors import DataError
+from service.datasets import archives
 from service.db.queries import page
-from service.db.tables import Dataset, new_id
-from service.errors import InvalidRequest, NotFound, PayloadTooLarge
+from service.db.tables import Dataset, Job, new_id, now
+from service.errors import Conflict, InvalidRequest, NotFound, TooManyRequests
+from service.jobs.state import ACTIVE
 from service.settings import Settings
 
 MAX_REPORTED_PROBLEMS = 20
@@ -42,18 +47,24 @@ def allowed_path(settings: Settings, raw: str) -> Path:
     return path
 
 
-def inspect(path: Path, param: str) -> DatasetSplits:
-    """Open the dataset and decode every image; report every unreadable file (up to a cap)."""
+def inspect(path: Path, param: str, within: Path) -> DatasetSplits:
+    """Open the dataset and decode every image; report every unreadable file (up to a cap).
+
+    Every file must resolve inside ``within``, the dataset's own folder: a manifest row or a
+    class folder that points elsewhere on the server is refused before anything is read.
+    """
     try:
-        ds = open_dataset(path)
+        ds = open_dataset(path, within=within)
     except DataError as exc:
         raise InvalidRequest(str(exc), param) from exc
     if not ds.classnames:
         raise InvalidRequest("the dataset has no classes", param)
-    if "train" in ds.splits:
-        empty = [c for c, n in ds.counts()["train"].items() if n == 0]
-        if empty:
-            raise InvalidRequest(f"classes without training images: {empty}", param)
+    if "train" not in ds.splits:
+        found = ", ".join(repr(name) for name in ds.splits) or "none"
+        raise InvalidRequest(f"the dataset has no 'train' split (found: {found})", param)
+    empty = [c for c, n in ds.counts()["train"].items() if n == 0]
+    if empty:
+        raise InvalidRequest(f"classes without training images: {empty}", param)
     problems = unreadable(ds)
     if problems:
         listed = "; ".join(problems[:MAX_REPORTED_PROBLEMS])
@@ -71,46 +82,108 @@ def unreadable(ds: DatasetSplits) -> list[str]:
         return [f"{p}: {problem}" for p, problem in zip(paths, found, strict=True) if problem]
 
 
-def save(session: Session, name: str, source: str, path: Path, ds: DatasetSplits) -> Dataset:
+@dataclass(frozen=True)
+class Origin:
+    """How a dataset came: "path" or "upload", by which key, taking how many bytes."""
+
+    source: str
+    key_id: str
+    size_bytes: int | None = None
+
+
+def save(
+    session: Session, dataset_id: str, name: str, origin: Origin, path: Path, ds: DatasetSplits
+) -> Dataset:
     row = Dataset(
-        id=new_id("ds"),
+        id=dataset_id,
         name=name,
-        source=source,
+        source=origin.source,
         path=str(path),
         classes=list(ds.classnames),
         counts=ds.counts(),
         fingerprint=ds.fingerprint,
         num_images=sum(len(s) for s in ds.splits.values()),
+        created_by=origin.key_id,
+        size_bytes=origin.size_bytes,
     )
     session.add(row)
     session.commit()
     return row
 
 
-def register_path(session: Session, settings: Settings, name: str, raw: str) -> Dataset:
+def register_path(
+    session: Session, settings: Settings, key_id: str, name: str, raw: str
+) -> Dataset:
     path = allowed_path(settings, raw)
-    return save(session, name, "path", path, inspect(path, "path"))
+    ds = inspect(path, "path", dataset_root(path))
+    return save(session, new_id("ds"), name, Origin("path", key_id), path, ds)
 
 
 def register_upload(
-    session: Session, settings: Settings, name: str, filename: str, fileobj: BinaryIO
+    session: Session,
+    settings: Settings,
+    key_id: str,
+    name: str,
+    filename: str,
+    fileobj: BinaryIO,
 ) -> Dataset:
     """Unpack an uploaded .zip/.tar(.gz) into the uploads folder, then validate it."""
-    dataset_id = new_id("ds")
-    target = settings.uploads_dir / dataset_id
-    tmp = settings.uploads_dir / f".{dataset_id}.tmp"
-    tmp.mkdir(parents=True)
-    try:
-        extract(filename, fileobj, tmp, settings.max_extracted_bytes)
-        root = _single_child(tmp)
-        inspect(root, "file")
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with _upload_slot(key_id, settings.max_concurrent_uploads):
+        limits = archives.Limits.of(settings, fileobj, quota_left(session, settings, key_id))
+        dataset_id = new_id("ds")
+        target = settings.uploads_dir / dataset_id
+        tmp = settings.uploads_dir / f".{dataset_id}.tmp"
+        tmp.mkdir(parents=True)
+        try:
+            size = archives.extract(filename, fileobj, tmp, limits)
+            root = _single_child(tmp)
+            inspect(root, "file", root)
+            os.replace(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     path = target / root.relative_to(tmp)
     # Opened again at its final place: the samples' paths must point there.
-    return save(session, name, "upload", path, open_dataset(path))
+    ds = open_dataset(path, within=path)
+    return save(session, dataset_id, name, Origin("upload", key_id, size), path, ds)
+
+
+def quota_left(session: Session, settings: Settings, key_id: str) -> int:
+    """Bytes this key may still unpack: its quota less its uploads that are not deleted."""
+    used = session.scalar(
+        select(func.coalesce(func.sum(Dataset.size_bytes), 0)).where(
+            Dataset.created_by == key_id,
+            Dataset.source == "upload",
+            Dataset.deleted_at.is_(None),
+        )
+    )
+    return max(0, settings.upload_quota_bytes - int(used or 0))
+
+
+_uploading: Counter[str] = Counter()
+_uploading_lock = threading.Lock()
+
+
+@contextmanager
+def _upload_slot(key_id: str, limit: int) -> Iterator[None]:
+    """At most ``limit`` uploads per key unpack at once (in this process): unpacking and
+    decoding take disk and CPU that one client must not monopolise."""
+    with _uploading_lock:
+        if _uploading[key_id] >= limit:
+            raise TooManyRequests(
+                f"this API key already has {limit} upload(s) being unpacked; "
+                "retry when one has finished",
+                "file",
+                retry_after_s=5,
+            )
+        _uploading[key_id] += 1
+    try:
+        yield
+    finally:
+        with _uploading_lock:
+            _uploading[key_id] -= 1
+            if not _uploading[key_id]:
+                del _uploading[key_id]
 
 
 def _single_child(folder: Path) -> Path:
@@ -123,56 +196,42 @@ def _single_child(folder: Path) -> Path:
     return folder
 
 
-def extract(filename: str, fileobj: BinaryIO, dest: Path, max_bytes: int) -> None:
-    lower = filename.lower()
-    if lower.endswith(".zip"):
-        _extract_zip(fileobj, dest, max_bytes)
-    elif lower.endswith((".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")):
-        _extract_tar(fileobj, dest, max_bytes)
-    else:
-        raise InvalidRequest(
-            "the archive must be .zip, .tar, .tar.gz, .tgz, .tar.bz2 or .tar.xz", "file"
+def delete(session: Session, settings: Settings, dataset_id: str) -> None:
+    """Hide the dataset and free an upload's files; a path dataset's files are the user's."""
+    row = get(session, dataset_id)
+    user = session.scalars(
+        select(Job).where(Job.dataset_id == row.id, Job.status.in_(ACTIVE)).limit(1)
+    ).first()
+    if user is not None:
+        raise Conflict(
+            f"dataset {row.id!r} is used by job {user.id!r} ({user.status}); "
+            "cancel the job or wait for it to finish",
+            "dataset_id",
         )
+    # The row stays (finished jobs name it); marked first, so a failed removal leaves no row
+    # pointing at half-deleted files.
+    row.deleted_at = now()
+    session.commit()
+    folder = upload_folder(settings, row)
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
-def _extract_zip(fileobj: BinaryIO, dest: Path, max_bytes: int) -> None:
+def upload_folder(settings: Settings, row: Dataset) -> Path | None:
+    """The folder an upload was unpacked into, or None (a path dataset, or not under uploads)."""
+    if row.source != "upload":
+        return None
+    uploads = Path(os.path.realpath(settings.uploads_dir))
     try:
-        with zipfile.ZipFile(fileobj) as archive:
-            members = archive.infolist()
-            _check_total(sum(m.file_size for m in members), max_bytes)
-            for member in members:
-                _check_member_name(member.filename)
-            archive.extractall(dest)
-    except zipfile.BadZipFile as exc:
-        raise InvalidRequest(f"not a readable zip archive: {exc}", "file") from exc
-
-
-def _extract_tar(fileobj: BinaryIO, dest: Path, max_bytes: int) -> None:
-    try:
-        with tarfile.open(fileobj=fileobj, mode="r:*") as archive:
-            members = archive.getmembers()
-            _check_total(sum(m.size for m in members if m.isfile()), max_bytes)
-            # The "data" filter refuses absolute paths, '..', links and devices.
-            archive.extractall(dest, filter="data")
-    except (tarfile.TarError, EOFError) as exc:
-        raise InvalidRequest(f"not a readable tar archive: {exc}", "file") from exc
-
-
-def _check_total(total: int, max_bytes: int) -> None:
-    # Checked on the declared sizes before writing anything: a zip bomb never hits the disk.
-    if total > max_bytes:
-        raise PayloadTooLarge(f"the archive unpacks to {total} bytes, over the {max_bytes} limit")
-
-
-def _check_member_name(name: str) -> None:
-    parts = Path(name).parts
-    if name.startswith(("/", "\\")) or ".." in parts:
-        raise InvalidRequest(f"unsafe path in archive: {name}", "file")
+        relative = Path(os.path.realpath(row.path)).relative_to(uploads)
+    except ValueError:
+        return None
+    return uploads / relative.parts[0] if relative.parts else None
 
 
 def get(session: Session, dataset_id: str, param: str | None = None) -> Dataset:
     row = session.get(Dataset, dataset_id)
-    if row is None:
+    if row is None or row.deleted_at is not None:
         if param is not None:
             raise InvalidRequest(f"no dataset {dataset_id!r}", param)
         raise NotFound(f"no dataset {dataset_id!r}")
@@ -180,7 +239,7 @@ def get(session: Session, dataset_id: str, param: str | None = None) -> Dataset:
 
 
 def list_all(session: Session, after: str | None, limit: int) -> tuple[list[Dataset], bool]:
-    query = select(Dataset).order_by(Dataset.id.desc())
+    query = select(Dataset).where(Dataset.deleted_at.is_(None)).order_by(Dataset.id.desc())
     if after is not None:
         query = query.where(Dataset.id < after)
     return page(session, query, limit)

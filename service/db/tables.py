@@ -9,7 +9,18 @@ import secrets
 import time
 from typing import Any
 
-from sqlalchemy import JSON, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    false,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -36,6 +47,8 @@ class ApiKey(Base):
     scopes: Mapped[str] = mapped_column(String(100))
     created_at: Mapped[int] = mapped_column(Integer, default=now)
     revoked_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Stored from RCS_BOOTSTRAP_API_KEY: a changed setting revokes the previous one at start.
+    bootstrap: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class Dataset(Base):
@@ -50,6 +63,12 @@ class Dataset(Base):
     fingerprint: Mapped[str] = mapped_column(String(64))
     num_images: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[int] = mapped_column(Integer, default=now)
+    # The API key that registered it (the upload quota is per key) and, for uploads, the bytes
+    # its unpacked files take on disk.
+    created_by: Mapped[str | None] = mapped_column(String(40), nullable=True, index=True)
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # Deleted datasets keep their row so finished jobs that used them still read back.
+    deleted_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class DescriptionSet(Base):
@@ -123,6 +142,10 @@ class JobCheckpoint(Base):
     created_at: Mapped[int] = mapped_column(Integer, default=now)
     step_number: Mapped[int] = mapped_column(Integer)
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # The registry version holding this checkpoint's weights (the job's final one), if any.
+    fine_tuned_model: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # When its files went (the job ended, the version was deleted): no longer listed.
+    files_deleted_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class RegisteredModel(Base):
@@ -133,6 +156,8 @@ class RegisteredModel(Base):
     tags: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[int] = mapped_column(Integer, default=now)
     updated_at: Mapped[int] = mapped_column(Integer, default=now)
+    # The highest version number ever given: numbers are never reused after a deletion.
+    last_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class ModelVersion(Base):
@@ -150,6 +175,8 @@ class ModelVersion(Base):
     tags: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     description: Mapped[str] = mapped_column(Text, default="")
     card: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # sha256 over the artifact's files (set when READY): with ``id``, the model cache's key.
+    digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[int] = mapped_column(Integer, default=now)
     updated_at: Mapped[int] = mapped_column(Integer, default=now)
 

@@ -1,19 +1,16 @@
 from __future__ import annotations
 
-import asyncio
-import json
-from collections.abc import AsyncIterator
+from functools import partial
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import StreamingResponse
-from starlette.concurrency import run_in_threadpool
 
 from service.auth.deps import AnyKey, TrainKey
 from service.context import AppContext
 from service.db.tables import now
 from service.deps import Ctx, Db
-from service.jobs import service, state
+from service.jobs import service, state, streams
 from service.jobs.schemas import (
     CheckpointObject,
     EventObject,
@@ -25,8 +22,8 @@ from service.schemas import ERROR_RESPONSES, ListResponse
 from worker.contracts import TASK_FINETUNE, FinetunePayload
 
 router = APIRouter(tags=["jobs"], responses=ERROR_RESPONSES)
+# How often a stream looks for new events while they come (less often once it goes quiet).
 STREAM_POLL_S = 0.5
-STREAM_HEARTBEAT_S = 15.0
 
 
 def sender(ctx: AppContext) -> service.Sender:
@@ -95,23 +92,45 @@ def cancel_job(job_id: str, db: Db, _: TrainKey) -> JobObject:
 def list_events(
     job_id: str,
     ctx: Ctx,
-    db: Db,
-    _: AnyKey,
+    principal: AnyKey,
     after: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     stream: bool = False,
+    last_event_id: Annotated[str | None, Header(max_length=255)] = None,
 ) -> ListResponse[EventObject] | StreamingResponse:
-    """Events oldest first. ``?stream=true``: server-sent events until the job finishes."""
-    service.get(db, job_id)
-    cursor = service.parse_event_cursor(after)
+    """Events oldest first. ``?stream=true``: server-sent events until the job finishes,
+    resuming after ``Last-Event-ID`` when a client reconnects with it."""
     if stream:
-        return StreamingResponse(
-            _event_stream(ctx, job_id, cursor),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
-    rows, more = service.events(db, job_id, cursor, limit)
-    return ListResponse(data=[EventObject.of(r) for r in rows], has_more=more)
+        return _open_stream(ctx, principal.key_id, job_id, after, last_event_id)
+    # A session of its own rather than the request's: no connection outlives the read.
+    with ctx.sessions() as db:
+        service.get(db, job_id)
+        cursor = service.parse_event_cursor(after)
+        rows, more = service.events(db, job_id, cursor, limit)
+        return ListResponse(data=[EventObject.of(r) for r in rows], has_more=more)
+
+
+def _open_stream(
+    ctx: AppContext, key: str, job_id: str, after: str | None, last_event_id: str | None
+) -> StreamingResponse:
+    with ctx.sessions() as db:
+        service.get(db, job_id)
+    # A browser's EventSource reconnects to the same URL with the last id it saw in this header.
+    if last_event_id is not None:
+        cursor = service.parse_event_cursor(last_event_id, "Last-Event-ID")
+    else:
+        cursor = service.parse_event_cursor(after)
+    slots, settings = ctx.streams, ctx.settings
+    slots.acquire(key, settings.stream_max_per_key, settings.stream_max_total)
+    ctx.metrics.event_streams.set(slots.total)
+
+    def close() -> None:
+        slots.release(key)
+        ctx.metrics.event_streams.set(slots.total)
+
+    poll = partial(_poll, ctx, job_id)
+    events = streams.event_stream(poll, cursor, state.TERMINAL, slots, STREAM_POLL_S)
+    return streams.EventStreamResponse(events, on_close=close)
 
 
 def _poll(ctx: AppContext, job_id: str, cursor: int) -> tuple[list[EventObject], str]:
@@ -124,25 +143,14 @@ def _poll(ctx: AppContext, job_id: str, cursor: int) -> tuple[list[EventObject],
         return [EventObject.of(r) for r in rows], status
 
 
-async def _event_stream(ctx: AppContext, job_id: str, cursor: int) -> AsyncIterator[str]:
-    idle = 0.0
-    while True:
-        events, status = await run_in_threadpool(_poll, ctx, job_id, cursor)
-        for event in events:
-            cursor = int(event.id.removeprefix("ftevent-"))
-            yield f"id: {event.id}\nevent: {event.type}\ndata: {event.model_dump_json()}\n\n"
-        if not events and status in state.TERMINAL:
-            yield f"event: end\ndata: {json.dumps({'status': status})}\n\n"
-            return
-        idle = 0.0 if events else idle + STREAM_POLL_S
-        if idle >= STREAM_HEARTBEAT_S:  # a comment line keeps proxies from closing the stream
-            idle = 0.0
-            yield ": keep-alive\n\n"
-        await asyncio.sleep(STREAM_POLL_S)
-
-
 @router.get("/jobs/{job_id}/checkpoints", response_model=ListResponse[CheckpointObject])
 def list_checkpoints(job_id: str, db: Db, _: AnyKey) -> ListResponse[CheckpointObject]:
-    service.get(db, job_id)
-    rows = service.checkpoints(db, job_id)
+    """The checkpoints that can still be used: an unfinished job's last few (it resumes from
+    them) and a succeeded job's final one, registered as ``fine_tuned_model_checkpoint``."""
+    over = service.get(db, job_id).status in state.TERMINAL
+    rows = [
+        r
+        for r in service.checkpoints(db, job_id)
+        if r.files_deleted_at is None and (r.fine_tuned_model or not over)
+    ]
     return ListResponse(data=[CheckpointObject.of(r) for r in rows])

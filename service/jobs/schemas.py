@@ -23,6 +23,25 @@ MAX_STEPS = 10_000_000
 Status = Literal["validating_files", "queued", "running", "succeeded", "failed", "cancelled"]
 
 
+# The job's hyperparameter names (OpenAI's, what users see) and the core TrainConfig field each
+# one sets. Model cards store the core's config; the API shows them under the job's names.
+TRAIN_KEY_OF = {
+    "n_epochs": "epochs",
+    "batch_size": "batch_size",
+    "learning_rate": "lr",
+    "weight_decay": "weight_decay",
+    "warmup_steps": "warmup_steps",
+    "max_steps": "max_steps",
+}
+_JOB_NAME_OF = {core: name for name, core in TRAIN_KEY_OF.items()}
+
+
+def card_hyperparameters(train: dict[str, Any]) -> dict[str, Any]:
+    """A card's training config (any card, old or new) in the job's vocabulary: ``n_epochs``
+    and ``learning_rate`` instead of ``epochs`` and ``lr``; core-only settings keep their names."""
+    return {_JOB_NAME_OF.get(key, key): value for key, value in train.items()}
+
+
 class Hyperparameters(BaseModel):
     """Each value a number or "auto" (resolved from the dataset size when the job is created)."""
 
@@ -192,6 +211,8 @@ class CheckpointObject(BaseModel):
     fine_tuning_job_id: str
     step_number: int
     metrics: dict[str, Any]
+    # The registry reference serving this checkpoint (``/predict``, ``models:/`` as a base).
+    fine_tuned_model_checkpoint: str | None = None
 
     @classmethod
     def of(cls, row: JobCheckpoint) -> CheckpointObject:
@@ -201,4 +222,5 @@ class CheckpointObject(BaseModel):
             fine_tuning_job_id=row.job_id,
             step_number=row.step_number,
             metrics=dict(row.metrics),
+            fine_tuned_model_checkpoint=row.fine_tuned_model,
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,23 +30,32 @@ from service.db.tables import Dataset, Job, JobCheckpoint, JobEvent, new_id
 from service.descriptions import service as description_sets
 from service.errors import Conflict, InvalidRequest, NotFound, Unavailable
 from service.jobs import state
-from service.jobs.schemas import MAX_SEED, MAX_STEPS, FineTuneRequest, Hyperparameters
+from service.jobs.schemas import (
+    MAX_SEED,
+    MAX_STEPS,
+    TRAIN_KEY_OF,
+    FineTuneRequest,
+    Hyperparameters,
+)
 from service.registry import service as registry
 from service.schemas import MAX_INT
 from service.settings import Settings
 
 # Where a core config key came from in the request, for 422s that name the request's field.
 PARAM_OF_KEY = {
-    "train.epochs": "hyperparameters.n_epochs",
-    "train.batch_size": "hyperparameters.batch_size",
-    "train.lr": "hyperparameters.learning_rate",
-    "train.weight_decay": "hyperparameters.weight_decay",
-    "train.warmup_steps": "hyperparameters.warmup_steps",
-    "train.max_steps": "hyperparameters.max_steps",
+    **{f"train.{core}": f"hyperparameters.{name}" for name, core in TRAIN_KEY_OF.items()},
     "train.seed": "seed",
     "backbone.arch": "model",
 }
 REGISTRY_PREFIX = "models:/"
+HUB_PREFIX = "hf-hub:"
+# Each alpha is a full evaluation of every split; 101 is a 0.01 grid over [0, 1].
+MAX_ALPHAS = 101
+# DRM's lam weighs its regulariser against the task loss (1 by default); far larger values
+# only drown the task loss, and 1e308 overflows the loss to inf at the first step.
+MAX_LAM = 1000.0
+# What huggingface_hub reads as true in HF_HUB_OFFLINE.
+_TRUE = {"1", "on", "yes", "true"}
 Sender = Callable[[str], None]
 
 
@@ -113,10 +123,11 @@ def create(
 
 
 def build(session: Session, settings: Settings, body: FineTuneRequest) -> Job:
+    check_values(body)
     dataset = datasets.get(session, body.dataset, param="dataset")
     splits = _splits(body, dataset)
     descriptions, set_id = _descriptions(session, body, dataset)
-    base = _base_model(session, body)
+    base = _base_model(session, settings, body)
     seed = body.seed if body.seed is not None else secrets.randbelow(MAX_SEED + 1)
     hyper = resolve_hyperparameters(body.hyperparameters, _train_count(dataset, splits[0]), base)
     _check_templates(body)
@@ -142,7 +153,42 @@ def build(session: Session, settings: Settings, body: FineTuneRequest) -> Job:
     )
 
 
+def check_values(body: FineTuneRequest) -> None:
+    """What field bounds cannot say: every number finite, lam sane, the alpha list bounded."""
+    _check_finite(body.model_dump(mode="python"), "")
+    if body.method.objective is not None and body.method.objective.lam > MAX_LAM:
+        lam = body.method.objective.lam
+        raise InvalidRequest(
+            f"lam must be at most {MAX_LAM:g}, got {lam:g}", "method.objective.lam"
+        )
+    if body.wise_ft is not None and len(body.wise_ft.alphas) > MAX_ALPHAS:
+        count = len(body.wise_ft.alphas)
+        raise InvalidRequest(
+            f"at most {MAX_ALPHAS} alphas (each is a full evaluation), got {count}",
+            "wise_ft.alphas",
+        )
+
+
+def _check_finite(value: Any, param: str) -> None:
+    # JSON bodies may carry Infinity and NaN (and 1e400 parses as inf): no setting wants one.
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidRequest(f"{param} must be a finite number, got {value}", param)
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_finite(item, f"{param}.{key}" if param else str(key))
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _check_finite(item, param)
+
+
 def _splits(body: FineTuneRequest, dataset: Dataset) -> tuple[str, str, list[str]]:
+    if body.splits.validation == body.splits.train:
+        # Selecting alpha on the images it was trained on picks the most overfit model.
+        raise InvalidRequest(
+            "the validation split must differ from the training split", "splits.validation"
+        )
+    if body.splits.ood and body.splits.train in body.splits.ood:
+        raise InvalidRequest("the training split cannot be an OOD split", "splits.ood")
     available = list(dataset.counts)
     for field, name in (("train", body.splits.train), ("validation", body.splits.validation)):
         if name not in available:
@@ -181,7 +227,7 @@ def _descriptions(
     return texts, set_id
 
 
-def _base_model(session: Session, body: FineTuneRequest) -> Base:
+def _base_model(session: Session, settings: Settings, body: FineTuneRequest) -> Base:
     if body.model.startswith(REGISTRY_PREFIX):
         if body.pretrained is not None:
             raise InvalidRequest("a registry model carries its own weights", "pretrained")
@@ -189,19 +235,37 @@ def _base_model(session: Session, body: FineTuneRequest) -> Base:
         ref = f"{REGISTRY_PREFIX}{version.name}/{version.version}"
         # The worker swaps the reference for a local copy of the artifact folder.
         return Base(ref, {"arch": ref, "pretrained": None}, version.id, True)
-    if body.model not in list_architectures() and not body.model.startswith("hf-hub:"):
+    check_backbone(settings, body.model, body.pretrained)
+    backbone = {"arch": body.model, "pretrained": body.pretrained}
+    return Base(body.model, backbone, None, body.pretrained is not None)
+
+
+def check_backbone(settings: Settings, model: str, pretrained: str | None) -> None:
+    """The one place that says which backbone names (and pretrained tags) a job may use."""
+    if model.startswith(HUB_PREFIX):
+        if not hub_models_allowed(settings):
+            raise InvalidRequest(
+                f"{model!r}: models from the Hugging Face Hub are not allowed on this server "
+                "(RCS_ALLOW_HUB_MODELS is off, or HF_HUB_OFFLINE is set)",
+                "model",
+            )
+        if pretrained is not None:
+            raise InvalidRequest("an hf-hub: model carries its own weights", "pretrained")
+        return
+    if model not in list_architectures():
         raise InvalidRequest(
-            f"unknown model {body.model!r}: expected an open_clip architecture or "
+            f"unknown model {model!r}: expected an open_clip architecture or "
             f"'{REGISTRY_PREFIX}name[/version|@alias]'",
             "model",
         )
-    if body.pretrained is not None and body.pretrained not in list_pretrained(body.model):
-        tags = list_pretrained(body.model)
-        raise InvalidRequest(
-            f"{body.model} has no pretrained tag {body.pretrained!r} ({tags})", "pretrained"
-        )
-    backbone = {"arch": body.model, "pretrained": body.pretrained}
-    return Base(body.model, backbone, None, body.pretrained is not None)
+    if pretrained is not None and pretrained not in list_pretrained(model):
+        tags = list_pretrained(model)
+        raise InvalidRequest(f"{model} has no pretrained tag {pretrained!r} ({tags})", "pretrained")
+
+
+def hub_models_allowed(settings: Settings) -> bool:
+    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE
+    return settings.allow_hub_models and not offline
 
 
 def _check_templates(body: FineTuneRequest) -> None:
@@ -233,12 +297,18 @@ def resolve_hyperparameters(hp: Hyperparameters, n_train: int, base: Base) -> di
         )
     # FLYP's 1e-5 keeps pretrained features; a random-init backbone has none to keep.
     lr = hp.learning_rate if hp.learning_rate != "auto" else (1e-5 if base.pretrained else 5e-4)
+    warmup = hp.warmup_steps if hp.warmup_steps != "auto" else min(500, total // 10)
+    if warmup > 0 and warmup >= total:
+        raise InvalidRequest(
+            f"warmup_steps {warmup} must be shorter than the run ({total} steps)",
+            "hyperparameters.warmup_steps",
+        )
     return {
         "n_epochs": epochs,
         "batch_size": batch,
         "learning_rate": lr,
         "weight_decay": hp.weight_decay if hp.weight_decay != "auto" else 0.1,
-        "warmup_steps": hp.warmup_steps if hp.warmup_steps != "auto" else min(500, total // 10),
+        "warmup_steps": warmup,
         "max_steps": total,
     }
 
@@ -267,12 +337,7 @@ def run_config(
         "check_images": False,
     }
     train = {
-        "epochs": hyper["n_epochs"],
-        "max_steps": hyper["max_steps"],
-        "batch_size": hyper["batch_size"],
-        "lr": hyper["learning_rate"],
-        "weight_decay": hyper["weight_decay"],
-        "warmup_steps": hyper["warmup_steps"],
+        **{core: hyper[name] for name, core in TRAIN_KEY_OF.items()},
         "seed": seed,
         "checkpoint_every": settings.checkpoint_every,
     }
@@ -319,12 +384,13 @@ def cancel(session: Session, job_id: str) -> Job:
     return job
 
 
-def parse_event_cursor(after: str | None) -> int:
+def parse_event_cursor(after: str | None, param: str = "after") -> int:
+    """An event id (``ftevent-12``, or its number) as the sequence number to read after."""
     if after is None:
         return 0
-    digits = after.removeprefix("ftevent-")
+    digits = after.strip().removeprefix("ftevent-")
     if not digits.isdecimal() or int(digits) > MAX_INT:
-        raise InvalidRequest(f"bad event cursor {after!r}", "after")
+        raise InvalidRequest(f"bad event cursor {after!r}: expected an event id", param)
     return int(digits)
 
 

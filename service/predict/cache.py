@@ -20,7 +20,10 @@ from torchvision.transforms import Compose, Normalize
 from models.artifacts import load_artifact
 from models.heads import Classifier
 
-Key = tuple[str, int]
+# (name, version, identity): the identity (``registry.cache_key``: row id and artifact digest)
+# names the bytes, so another artifact under a name/version this process once loaded is never
+# mistaken for the copy in memory.
+Key = tuple[str, int, str]
 
 
 @dataclass
@@ -124,8 +127,10 @@ class ModelCache:
     def __len__(self) -> int:
         return len(self._models)
 
-    def get(self, name: str, version: int, folder: Callable[[], Path]) -> LoadedModel:
-        key = (name, version)
+    def get(
+        self, name: str, version: int, folder: Callable[[], Path], identity: str = ""
+    ) -> LoadedModel:
+        key = (name, version, identity)
         with self._lock:
             if key in self._models:
                 self._models.move_to_end(key)
@@ -150,9 +155,12 @@ class ModelCache:
                 self._models.popitem(last=False)
 
     def evict(self, name: str, version: int) -> None:
+        """Drop every copy of ``name/version`` (whatever artifact it was loaded from)."""
         with self._lock:
-            self._models.pop((name, version), None)
+            for key in [k for k in self._models if k[:2] == (name, version)]:
+                del self._models[key]
 
-    def keys(self) -> list[Key]:
+    def keys(self) -> list[tuple[str, int]]:
+        """The loaded models as (name, version), least recently used first."""
         with self._lock:
-            return list(self._models)
+            return [(name, version) for name, version, _ in self._models]

@@ -29,15 +29,29 @@ class ImageInput:
 
 
 def from_base64(items: list[str]) -> list[ImageInput]:
-    images = []
-    for i, text in enumerate(items):
-        payload = text.split(",", 1)[1] if text.startswith("data:") else text
-        try:
-            data = base64.b64decode(payload, validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise InvalidRequest(f"image {i} is not valid base64: {exc}", f"images[{i}]") from exc
-        images.append(ImageInput(data, None, f"images[{i}]"))
-    return images
+    return [
+        ImageInput(_base64_image(text, i), None, f"images[{i}]") for i, text in enumerate(items)
+    ]
+
+
+def _base64_image(text: str, i: int) -> bytes:
+    """Standard base64, bare or as a ``data:<type>;base64,<data>`` URL.
+
+    Whitespace is ignored: MIME encoders (``base64`` on the command line, email libraries) wrap
+    lines at 76 characters, and a line break carries no data.
+    """
+    param = f"images[{i}]"
+    payload = text
+    if text.startswith("data:"):
+        header, comma, payload = text.partition(",")
+        if not comma or not header.lower().endswith(";base64"):
+            raise InvalidRequest(
+                f"image {i} is a data URL but not of the form 'data:<type>;base64,<data>'", param
+            )
+    try:
+        return base64.b64decode("".join(payload.split()), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidRequest(f"image {i} is not valid base64: {exc}", param) from exc
 
 
 # Resizing an image's shorter side to the model's input size scales its longer side by the same
@@ -82,7 +96,14 @@ def decode(image: ImageInput, max_pixels: int) -> Image.Image:
 def model_for(ctx: AppContext, session: Session, ref: str) -> LoadedModel:
     row = registry.resolve(session, ref)
     key = registry.version_key(row.name, row.version)
-    return ctx.models.get(row.name, row.version, lambda: ctx.store.local_path(key))
+    # Resolved in the database on every request, so a version deleted by another process is a
+    # 404 here too; the cache then only answers for the exact artifact the registry lists.
+    return ctx.models.get(
+        row.name,
+        row.version,
+        lambda: ctx.store.local_path(key, row.digest),
+        registry.cache_key(row),
+    )
 
 
 def check_count(images: list[ImageInput], limit: int) -> None:

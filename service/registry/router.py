@@ -14,6 +14,7 @@ from service.registry.schemas import (
     RegisteredModelObject,
 )
 from service.schemas import ERROR_RESPONSES, MAX_INT, ListResponse
+from service.visibility import version_for
 
 # Versions are 32-bit integers in the database; a larger number is a 422, not a driver error.
 Version = Annotated[int, Path(ge=1, le=MAX_INT)]
@@ -44,17 +45,17 @@ def get_model(name: str, db: Db, _: AnyKey) -> RegisteredModelObject:
 
 
 @router.get("/{name}/versions", response_model=ListResponse[ModelVersionObject])
-def list_versions(name: str, db: Db, _: AnyKey) -> ListResponse[ModelVersionObject]:
+def list_versions(name: str, db: Db, key: AnyKey) -> ListResponse[ModelVersionObject]:
     service.get_model(db, name)
     aliases = service.aliases_of(db, name)
     rows = service.versions_of(db, name)
-    return ListResponse(data=[ModelVersionObject.of(r, aliases) for r in rows])
+    return ListResponse(data=[version_for(key, ModelVersionObject.of(r, aliases)) for r in rows])
 
 
 @router.get("/{name}/versions/{version}", response_model=ModelVersionObject)
-def get_version(name: str, version: Version, db: Db, _: AnyKey) -> ModelVersionObject:
+def get_version(name: str, version: Version, db: Db, key: AnyKey) -> ModelVersionObject:
     row = service.get_version(db, name, version)
-    return ModelVersionObject.of(row, service.aliases_of(db, name))
+    return version_for(key, ModelVersionObject.of(row, service.aliases_of(db, name)))
 
 
 @router.delete("/{name}/versions/{version}", status_code=204)
@@ -72,12 +73,13 @@ def set_alias(name: str, alias: str, body: AliasUpdate, db: Db, _: TrainKey) -> 
 
 
 @router.get("/{name}/aliases/{alias}", response_model=ModelVersionObject)
-def get_by_alias(name: str, alias: str, db: Db, _: AnyKey) -> ModelVersionObject:
+def get_by_alias(name: str, alias: str, db: Db, key: AnyKey) -> ModelVersionObject:
     aliases = service.aliases_of(db, name)
     if alias not in aliases:
         service.get_model(db, name)
         raise service.NotFound(f"model {name!r} has no alias {alias!r}")
-    return ModelVersionObject.of(service.get_version(db, name, aliases[alias]), aliases)
+    row = service.get_version(db, name, aliases[alias])
+    return version_for(key, ModelVersionObject.of(row, aliases))
 
 
 @router.delete("/{name}/aliases/{alias}", status_code=204)

@@ -5,6 +5,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.db.tables import ModelVersion, RegisteredModel
+from service.jobs.schemas import card_hyperparameters
 from service.schemas import MAX_INT
 
 
@@ -47,6 +48,8 @@ class ModelVersionObject(BaseModel):
     status: str
     status_message: str | None
     source: str
+    # sha256 of the artifact's card (which lists every file's sha256): what is served.
+    digest: str | None = None
     job_id: str | None
     tags: dict[str, str]
     description: str
@@ -73,6 +76,7 @@ class ModelVersionObject(BaseModel):
             status=row.status,
             status_message=row.status_message,
             source=row.source,
+            digest=row.digest,
             job_id=row.job_id,
             tags=dict(row.tags),
             description=row.description,
@@ -84,7 +88,7 @@ class ModelVersionObject(BaseModel):
             classes=list(card.get("classnames", [])),
             metrics=card.get("metrics") or {},
             wise_ft=card.get("wise") or {},
-            hyperparameters=config.get("train") or {},
+            hyperparameters=card_hyperparameters(config.get("train") or {}),
             dataset=card.get("dataset") or {},
             descriptions=card.get("descriptions") or {},
             backbone=card.get("backbone") or {},

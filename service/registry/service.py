@@ -3,28 +3,37 @@
 A version is created PENDING_REGISTRATION, its artifact copied to storage, and only then marked
 READY, so a reader never serves half an artifact. Registration is keyed by the job id, so a job
 delivered twice registers once.
+
+Version numbers are never reused (as in MLflow): each registered model counts the versions it
+has ever had (``last_version``), so deleting ``m/3`` and registering again gives ``m/4``, and a
+process that still holds ``m/3`` in memory can never mistake another artifact for it. The API
+has no way to delete a whole registered model, so the counter lives as long as the name.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.db.queries import insert_with_retry, page
-from service.db.tables import ModelAlias, ModelVersion, RegisteredModel, now
+from service.db.tables import JobCheckpoint, ModelAlias, ModelVersion, RegisteredModel, now
 from service.errors import Conflict, InvalidRequest, NotFound, ServiceError
 from service.schemas import MAX_INT
+from service.storage import card_digest
 
 PENDING = "PENDING_REGISTRATION"
 FAILED = "FAILED_REGISTRATION"
 READY = "READY"
-ALIAS_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,99}$")
-RESERVED_ALIAS = re.compile(r"^(latest|v\d+)$")
+# Matched with ``fullmatch``: ``$`` alone also matches before a trailing newline.
+ALIAS_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,99}")
+# Any case: ``LATEST`` or ``V3`` would read as the reserved reference to a client that folds case.
+RESERVED_ALIAS = re.compile(r"latest|v\d+", re.IGNORECASE)
 REF_PATTERN = re.compile(
     r"^(?:models:/)?(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]*)(?:/(?P<version>\d+)|@(?P<alias>[A-Za-z0-9_-]+))?$"
 )  # noqa: E501
@@ -117,11 +126,18 @@ def get_version(session: Session, name: str, version: int) -> ModelVersion:
     return row
 
 
-def set_alias(session: Session, name: str, alias: str, version: int) -> ModelAlias:
-    if not ALIAS_PATTERN.match(alias) or RESERVED_ALIAS.match(alias):
+def check_alias(alias: str) -> None:
+    if RESERVED_ALIAS.fullmatch(alias):
+        raise InvalidRequest(f"{alias!r} is reserved ('latest' and 'v<n>', in any case)", "alias")
+    if not ALIAS_PATTERN.fullmatch(alias):
         raise InvalidRequest(
-            f"{alias!r} is not a usable alias ('latest', 'v<n>' are reserved)", "alias"
+            f"{alias!r} is not a usable alias: a letter, then up to 99 letters, digits, '_' or '-'",
+            "alias",
         )
+
+
+def set_alias(session: Session, name: str, alias: str, version: int) -> ModelAlias:
+    check_alias(alias)
     target = get_version(session, name, version)
     if target.status != READY:
         raise Conflict(f"version {version} of {name!r} is {target.status}, not READY", "version")
@@ -151,6 +167,12 @@ def delete_version(session: Session, name: str, version: int) -> ModelVersion:
     session.execute(
         delete(ModelAlias).where(ModelAlias.name == name, ModelAlias.version == version)
     )
+    # The job's checkpoint that was this version can no longer be used: stop listing it.
+    session.execute(
+        update(JobCheckpoint)
+        .where(JobCheckpoint.fine_tuned_model == f"{name}/{version}")
+        .values(files_deleted_at=now())
+    )
     session.delete(row)
     session.commit()
     return row
@@ -170,12 +192,9 @@ def begin_version(
         if existing is not None:
             return existing
         _ensure_model(session, name)
-        latest = session.scalar(
-            select(func.max(ModelVersion.version)).where(ModelVersion.name == name)
-        )
         return ModelVersion(
             name=name,
-            version=(latest or 0) + 1,
+            version=_next_version(session, name),
             status=PENDING,
             source="",
             job_id=job_id,
@@ -190,6 +209,22 @@ def begin_version(
     return row
 
 
+def _next_version(session: Session, name: str) -> int:
+    """Count one more version of ``name``, in the caller's transaction.
+
+    The UPDATE locks the model's row (PostgreSQL) or the database (SQLite) until the caller
+    commits the new version, so concurrent registrations get distinct numbers, and a rollback
+    (a clash on the job id) gives the number back.
+    """
+    bump = (
+        update(RegisteredModel)
+        .where(RegisteredModel.name == name)
+        .values(last_version=RegisteredModel.last_version + 1)
+        .returning(RegisteredModel.last_version)
+    )
+    return int(session.execute(bump).scalar_one())
+
+
 def _ensure_model(session: Session, name: str) -> None:
     if session.get(RegisteredModel, name) is not None:
         return
@@ -200,9 +235,24 @@ def _ensure_model(session: Session, name: str) -> None:
         session.rollback()
 
 
-def mark_ready(session: Session, row: ModelVersion, source: str) -> None:
-    """Flag READY within the caller's transaction (the caller commits with the job's state)."""
-    row.status, row.source, row.updated_at = READY, source, now()
+def artifact_digest(folder: Path) -> str:
+    """What ``mark_ready`` records: the sha256 of the artifact's card (which holds the sha256
+    of every other file), so it names all of the artifact's bytes."""
+    return card_digest(folder)
+
+
+def cache_key(row: ModelVersion) -> str:
+    """What the model cache keys a version by: its row id and its bytes. On SQLite a deleted
+    row's id can be given again, so the digest is what tells two artifacts apart."""
+    return f"{row.id}:{row.digest}"
+
+
+def mark_ready(session: Session, row: ModelVersion, source: str, digest: str) -> None:
+    """Flag READY within the caller's transaction (the caller commits with the job's state).
+
+    ``digest`` (``artifact_digest``) names the bytes: the model cache is keyed by it.
+    """
+    row.status, row.source, row.digest, row.updated_at = READY, source, digest, now()
     model = session.get(RegisteredModel, row.name)
     if model is not None:
         model.updated_at = now()

@@ -17,7 +17,16 @@ from PIL import Image
 
 from bench.shift import report
 from bench.shift.diagnose import core_prior_stats, markdown
-from bench.shift.run import ABLATIONS, hparams_for, main, make_plan, parse, run_config
+from bench.shift.run import (
+    ABLATIONS,
+    LAMBDA_GRID,
+    LONG_EPOCHS,
+    hparams_for,
+    main,
+    make_plan,
+    parse,
+    run_config,
+)
 from bench.shift.tasks import (
     CORRUPTIONS,
     PALETTE,
@@ -163,6 +172,29 @@ def test_run_configs_use_tuned_values_and_quick_mode_trains_less(tmp_path: Path)
     assert cfg["objective"]["wrm"] == "soft" and cfg["train"]["seed"] == 3
     assert cfg["data"]["ood_splits"] == ["ood_swapped", "ood_random"]
     assert cfg["train"]["epochs"] == 1  # quick
+    assert cfg["objective"]["pc_norm"] == "prob"  # the paper's reading is the main one
+
+
+def test_flyp_paper_and_long_runs_configure_what_they_say(tmp_path: Path) -> None:
+    plan = make_plan(parse(["--long", "--hparams", str(tmp_path / "none.json")]))
+    assert plan.out == Path("runs/bench-shift-long")
+    task = TASKS["digits-natural"]
+
+    def config(method: str) -> dict[str, Any]:
+        hp = hparams_for(plan, task.name, method)
+        return to_dict(run_config(plan, task, tmp_path / "m.csv", method, 0, tmp_path, hp))
+
+    paper, flyp = config("flyp-paper"), config("flyp")
+    assert paper["objective"]["preset"] == "flyp-paper" and flyp["objective"]["preset"] is None
+    assert paper["objective"]["mask_same_class"] is False and paper["train"]["grad_clip"] is None
+    assert paper["train"]["weight_decay_on"] == "all" and flyp["objective"]["mask_same_class"]
+    assert paper["train"]["epochs"] == flyp["train"]["epochs"] == LONG_EPOCHS
+    # flyp's journal key is what it was before flyp-paper and pc_norm existed: finished runs
+    # of unchanged methods stay valid; a DRM run's key changes with its p_c normalisation.
+    assert "pc_norm" not in hparams_for(plan, task.name, "flyp")
+    assert hparams_for(plan, task.name, "drm-soft")["pc_norm"] == "prob"
+    with pytest.raises(SystemExit, match="--long"):
+        main(["--long", "--tune"])
 
 
 def test_ablation_variants_change_only_their_own_settings(tmp_path: Path) -> None:
@@ -181,15 +213,23 @@ def test_ablation_variants_change_only_their_own_settings(tmp_path: Path) -> Non
 
     base, base_train = objective("drm-weight")
     assert base["lam"] == 0.5 and base["pc_mode"] == "cached" and base_train["lr"] == 1e-4
-    lam4, lam4_train = objective("drm-weight-lam4")
-    assert lam4 == {**base, "lam": 4.0} and lam4_train == base_train
+    assert base["pc_norm"] == "prob"
+    lam10, lam10_train = objective("drm-weight-lam10")
+    assert lam10 == {**base, "lam": 10.0} and lam10_train == base_train
     per_step, _ = objective("drm-weight-per-step")
     assert per_step == {**base, "pc_mode": "per_step"}
-    soft, _ = objective("drm-soft-lam4")
-    assert soft["wrm"] == "soft" and soft["lam"] == 4.0
+    affinity, _ = objective("drm-weight-affinity")
+    assert affinity == {**base, "pc_norm": "affinity"}
+    soft, _ = objective("drm-soft-lam5")
+    assert soft["wrm"] == "soft" and soft["lam"] == 5.0 and soft["pc_norm"] == "prob"
+    soft_affinity, _ = objective("drm-soft-affinity")
+    assert soft_affinity["wrm"] == "soft" and soft_affinity["pc_norm"] == "affinity"
+    assert {f"drm-{r}-lam{lam:g}" for r in ("weight", "soft") for lam in LAMBDA_GRID} <= set(
+        ABLATIONS
+    )
     # Variants are for analysis only: not accepted in the main comparison.
     with pytest.raises(SystemExit, match="unknown method"):
-        make_plan(parse(["--methods", "drm-weight-lam4"]))
+        make_plan(parse(["--methods", "drm-weight-lam10"]))
     with pytest.raises(SystemExit, match="--ablate"):
         main(["--ablate", "--tune"])
 
@@ -201,14 +241,17 @@ def test_tuning_chooses_on_id_val_and_ties_to_the_smaller_value(
 
     calls: list[tuple[str, float, float]] = []
     val_by_lr = {1e-5: 0.90, 3e-5: 0.95, 1e-4: 0.95}
-    val_by_lam = {0.5: 0.80, 1.0: 0.85, 2.0: 0.85}
+    val_by_lam = {
+        "drm-weight": {0.5: 0.80, 1.0: 0.85, 2.0: 0.85, 5.0: 0.84, 10.0: 0.70},
+        "drm-soft": {0.5: 0.80, 1.0: 0.81, 2.0: 0.82, 5.0: 0.86, 10.0: 0.86},
+    }
 
     def fake_run(
         plan: Any, task: Any, manifest: Path, method: str, seed: int, hp: Any, tuning: bool = False
     ) -> dict[str, Any]:
         assert tuning and seed == 0
         calls.append((method, hp["lr"], hp["lam"]))
-        val = val_by_lr[hp["lr"]] if method == "flyp" else val_by_lam[hp["lam"]]
+        val = val_by_lr[hp["lr"]] if method == "flyp" else val_by_lam[method][hp["lam"]]
         return {**_run(method, seed, val, 0.3, 1.0), "task": task.name}
 
     monkeypatch.setattr(run, "run_one", fake_run)
@@ -220,14 +263,17 @@ def test_tuning_chooses_on_id_val_and_ties_to_the_smaller_value(
     plan = make_plan(parse(["--tasks", "digits-natural", "--hparams", str(hparams)]))
 
     chosen = run.tune(plan)["chosen"]["digits-natural"]
-    assert chosen["flyp"] == {"lr": 3e-5} and chosen["ce"] == {"lr": 3e-5}
-    assert chosen["drm-weight"] == chosen["drm-soft"] == {"lr": 3e-5, "lam": 1.0}
-    assert [c[0] for c in calls] == ["flyp"] * 3 + ["drm-weight"] * 3
+    assert chosen["flyp"] == chosen["ce"] == chosen["flyp-paper"] == {"lr": 3e-5}
+    # Each DRM reading gets its own lambda, from the whole grid.
+    assert chosen["drm-weight"] == {"lr": 3e-5, "lam": 1.0}
+    assert chosen["drm-soft"] == {"lr": 3e-5, "lam": 5.0}
+    assert [c[0] for c in calls] == ["flyp"] * 3 + ["drm-weight"] * 5 + ["drm-soft"] * 5
 
     calls.clear()
     chosen = run.tune(plan, "lam")["chosen"]["digits-natural"]
-    assert calls == [("drm-weight", 1e-4, lam) for lam in (0.5, 1.0, 2.0)]  # the stored lr
-    assert chosen["drm-soft"] == {"lr": 1e-4, "lam": 1.0}
+    expected = [(m, 1e-4, lam) for m in ("drm-weight", "drm-soft") for lam in LAMBDA_GRID]
+    assert calls == expected  # the stored lr
+    assert chosen["drm-soft"] == {"lr": 1e-4, "lam": 5.0}
 
 
 def test_core_prior_statistics_per_group() -> None:
@@ -241,7 +287,11 @@ def test_core_prior_statistics_per_group() -> None:
     # soft target on the true class: 1, 1/1.5, 1 for the aligned images.
     assert stats["aligned"]["soft_true"] == pytest.approx((1 + 1 / 1.5 + 1) / 3)
     assert set(core_prior_stats(cache, [0, 0, 1, 1], [None] * 4)) == {"all"}
-    assert "| t | conflicting | 1 | 0.000 | 0.000 | 0.000 | 0.500 |" in markdown({"t": stats})
+    both = {"t": {"prob": stats, "affinity": {**stats, "conflicting": stats["aligned"]}}}
+    # task, group, n, p_c prob, p_c affinity, concept top-1, soft prob, soft affinity, uniform
+    assert "| t | conflicting | 1 | 0.000 | 1.000 | 0.000 | 0.000 | 0.889 | 0.500 |" in markdown(
+        both
+    )
 
 
 def test_bad_arguments_name_what_is_wrong() -> None:
@@ -285,8 +335,14 @@ def test_report_aggregates_seeds_and_draws_the_plot(tmp_path: Path) -> None:
     runs = [
         _run("zeroshot", 0, 0, 0, 0.0),
         _run("flyp", 0, 0.8, 0.2, 1.0),
-        _run("flyp", 1, 0.9, 0.4, 0.5),
+        _run("flyp", 1, 0.9, 0.4, 1.0),
+        _run("drm-weight", 0, 0.85, 0.25, 1.0),
+        _run("drm-weight", 1, 0.9, 0.5, 1.0),
     ]
+    # flyp seed 1: ID validation 0.85 at alpha 0.5, 0.90 at 1. One binomial standard error of
+    # 0.9 on 10 images is 0.095: the tolerance rule takes 0.5, the best-ID-val rule 1.
+    middle = runs[2]["curve"][1]["metrics"]
+    middle["val"] = {h: {**middle["val"][h], "top1": 0.85} for h in report.ZEROSHOT_HEADS}
     results = {
         "plan": {
             "tasks": {"t": {"shift": "a shift", "ood_splits": ["ood_a"]}},
@@ -302,21 +358,31 @@ def test_report_aggregates_seeds_and_draws_the_plot(tmp_path: Path) -> None:
     }
     rows = {r["name"]: r for r in report.rows_for_task(runs, "t")}
     assert rows["flyp"]["top1"]["test"] == [0.8, 0.9]
-    assert rows["flyp + WiSE-FT"]["alphas"] == [1.0, 0.5]
-    assert rows["flyp + WiSE-FT"]["top1"]["ood_a"] == [0.2, 0.4 + 0.05]
+    assert rows["flyp + WiSE-FT (tolerance)"]["alphas"] == [1.0, 0.5]
+    assert rows["flyp + WiSE-FT (best ID val)"]["alphas"] == [1.0, 1.0]
+    assert rows["flyp + WiSE-FT (tolerance)"]["top1"]["ood_a"] == [0.2, 0.4 + 0.05]
+    assert rows["flyp"]["worst_group"] == {"ood": [0.1, 0.2]}  # no groups on ID test
     text = report.markdown(results)
     assert "| flyp | 0.850 ± 0.071 | 0.850 ± 0.071 | 0.300 ± 0.141 |" in text  # val, test, OOD
     assert "| zero-shot (concept) | 0.500 | 0.500 | 0.400 |" in text
     overview = report.overview(results)
     assert "| flyp | 0.850 ± 0.071 | 0.300 ± 0.141 |" in overview  # ID test, OOD mean
     assert "| zero-shot (dual) | 0.500 | 0.400 |" in overview and "concept" not in overview
+    # The goal table: mean over tasks per seed, and the difference to FLYP under the same rule.
+    assert "| drm-weight | 0.875 ± 0.035 | 0.375 ± 0.177 | +0.025 ± 0.035 | +0.075 ± 0.035 |" in (
+        overview
+    )
+    assert "| flyp | 0.850 ± 0.071 | 0.300 ± 0.141 | - | - |" in overview
+    # val, test, ood_a, OOD mean, its macro-F1, ID worst group (none), OOD worst group
+    flyp_row = "| flyp | 0.850 ± 0.071 | 0.850 ± 0.071 | 0.300 ± 0.141 | 0.300 ± 0.141 "
+    assert flyp_row + "| 0.290 ± 0.141 | - | 0.150 ± 0.071 | 1 ± 0 |" in text
     report.plot(results, tmp_path / "er.png")
     assert Image.open(tmp_path / "er.png").size[0] > 400
 
     other = {**results, "plan": {**results["plan"], "tasks": {"u": results["plan"]["tasks"]["t"]}}}
     other["runs"] = [{**r, "task": "u"} for r in runs]
     merged = report.merge([results, {**other, "wall_s": 90.0}])
-    assert list(merged["plan"]["tasks"]) == ["t", "u"] and len(merged["runs"]) == 6
+    assert list(merged["plan"]["tasks"]) == ["t", "u"] and len(merged["runs"]) == 10
     assert merged["wall_s"] == 90.0 and "### u" in report.markdown(merged)
     with pytest.raises(ValueError, match="different backbones"):
         report.merge([results, {**other, "plan": {**other["plan"], "backbone": "c"}}])

@@ -37,6 +37,12 @@ def test_overrides_parse_yaml_values(tmp_path: Path) -> None:
         (["head.templates=['no slot']"], "head.templates"),
         (["train.seed=-1"], "train.seed"),
         (["train.seed=9223372036854775808"], "train.seed"),
+        (["objective.pc_norm=rank"], "objective.pc_norm"),
+        (["objective.pc_temperature=0"], "objective.pc_temperature"),
+        (["objective.preset=flyp-2023"], "objective.preset"),
+        (["train.weight_decay_on=some"], "train.weight_decay_on"),
+        (["wise.selection=best_ood"], "wise.selection"),
+        (["wise.tol=-0.1"], "wise.tol"),
     ],
 )
 def test_bad_values_name_the_key(overrides: list[str], key: str) -> None:
@@ -54,3 +60,29 @@ def test_override_without_equals_is_refused() -> None:
 def test_missing_config_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read config file"):
         load_run_config(str(tmp_path / "nope.yaml"))
+
+
+def test_p_c_defaults_to_probabilities_with_the_frozen_scale() -> None:
+    cfg = RunConfig()
+    assert cfg.objective.pc_norm == "prob" and cfg.objective.pc_temperature == 1.0
+
+
+def test_flyp_paper_preset_fills_the_released_settings() -> None:
+    cfg = load_run_config(None, ["objective.name=flyp", "objective.preset=flyp-paper"])
+    assert cfg.objective.mask_same_class is False
+    assert cfg.train.grad_clip is None and cfg.train.weight_decay_on == "all"
+    plain = load_run_config(None, ["objective.name=flyp"])
+    assert plain.objective.mask_same_class is True
+    assert plain.train.grad_clip == 1.0 and plain.train.weight_decay_on == "matrices"
+
+
+def test_a_preset_leaves_keys_the_user_set_alone_and_round_trips() -> None:
+    cfg = load_run_config(None, ["objective.preset=flyp-paper", "train.grad_clip=2.0"])
+    assert cfg.train.grad_clip == 2.0 and cfg.objective.mask_same_class is False
+    # The resolved config (as written beside a run's outputs) reads back to the same run.
+    assert from_dict(RunConfig, to_dict(cfg)) == cfg
+
+
+def test_wise_selection_defaults_to_the_tolerance_rule() -> None:
+    cfg = RunConfig()
+    assert cfg.wise.selection == "tolerance" and cfg.wise.tol is None

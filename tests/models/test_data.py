@@ -18,6 +18,7 @@ from models.data import (
     DatasetSplits,
     ImageDataset,
     Sample,
+    Scoring,
     check_descriptions,
     fingerprint_samples,
     load_descriptions,
@@ -389,6 +390,10 @@ def test_wilds_iwildcam(tmp_path: Path) -> None:
     assert ds.split("ood_test")[0] == Sample(str(folder / "train" / "6.jpg"), 0, "10", 7)
     assert load_wilds(folder, "iwildcam").fingerprint == ds.fingerprint
     validate_splits(ds, ["train", "val", "test", "ood_val", "ood_test"])
+    # Scored as WILDS scores iWildCam: macro-F1 over the classes present in the labels.
+    assert {name: rule.macro_f1_over for name, rule in ds.scoring.items()} == dict.fromkeys(
+        ds.splits, "labels"
+    )
 
 
 def test_wilds_iwildcam_missing_files(tmp_path: Path) -> None:
@@ -433,6 +438,8 @@ def test_wilds_fmow_time_splits_and_regions(tmp_path: Path) -> None:
         "ood_val": [("rgb_img_3.png", "dam", "Oceania")],
         "ood_test": [("rgb_img_4.png", "dam", "Other")],
     }
+    # Scored as WILDS scores FMoW: worst-region accuracy without the region "Other".
+    assert all(ds.scoring[name].ignore_groups == ("Other",) for name in ds.splits)
 
 
 def test_wilds_fmow_bad_category_and_missing_mapping(tmp_path: Path) -> None:
@@ -463,6 +470,8 @@ def test_imagenet_variants(tmp_path: Path) -> None:
     assert [s.label for s in ds.split("ood_imagenet-r")] == [2]
     assert [s.label for s in ds.split("ood_imagenet-v2")] == [1]
     assert [s.label for s in ds.split("val")] == [0, 1, 2]
+    # ImageNet-R is scored on the classes it covers; the other sets on all of them.
+    assert ds.scoring == {"ood_imagenet-r": Scoring(classes=(2,))}
     (tmp_path / "classnames.txt").write_text("tench\ngoldfish\ngreat white shark\n")
     assert load_imagenet_variants(tmp_path).classnames == ("tench", "goldfish", "great white shark")
     make_image(tmp_path / "imagenet-a" / "n99999999" / "a.jpg")
@@ -475,3 +484,58 @@ def test_imagenet_classnames_must_match_classes(tmp_path: Path) -> None:
     (tmp_path / "classnames.txt").write_text("a\nb\n")
     with pytest.raises(DataError, match="2 class names for 1 class folders"):
         load_imagenet_variants(tmp_path)
+
+
+# --- confinement (within=): every file a dataset reads resolves inside its root ------------
+
+OUTSIDE = "the path resolves outside the dataset's folder"
+
+
+def test_within_refuses_outside_manifest_rows_with_one_message(tmp_path: Path) -> None:
+    root = tmp_path / "set"
+    manifest_images(root)
+    existing = make_image(tmp_path / "outside.png")
+    messages = []
+    for bad in (str(existing), str(tmp_path / "missing.png"), "../outside.png", "/etc/hostname"):
+        file = write_csv(root / "m.csv", ["path", "label", "split"], [[bad, "cat", "train"]])
+        with pytest.raises(DataError) as info:
+            load_manifest(file, within=root)
+        messages.append(str(info.value))
+    assert messages == [f"{root / 'm.csv'}, row 1: {OUTSIDE}"] * 4
+    # Without ``within`` (the CLI) an absolute path elsewhere is still read.
+    file = write_csv(root / "m.csv", ["path", "label", "split"], [[existing, "cat", "train"]])
+    assert load_manifest(file).split("train")[0].path == str(existing)
+
+
+def test_within_accepts_paths_that_resolve_inside(tmp_path: Path) -> None:
+    root = tmp_path / "set"
+    manifest_images(root)
+    (root / "alias").symlink_to(root / "img")  # a link that stays inside is fine
+    rows = [["img/sub/../a.png", "cat", "train"], [str(root / "alias" / "b.png"), "dog", "train"]]
+    file = write_csv(root / "m.csv", ["path", "label", "split"], rows)
+    assert len(load_manifest(file, within=root).split("train")) == 2
+
+
+def test_within_refuses_class_folders_and_images_linked_out(tmp_path: Path) -> None:
+    outside = make_folder(tmp_path / "outside", {"train": {"cat": 1}})
+    root = make_folder(tmp_path / "set", {"train": {"dog": 1}})
+    assert load_image_folder(root, within=root).classnames == ("dog",)
+    (root / "train" / "cat").symlink_to(outside / "train" / "cat")
+    with pytest.raises(DataError) as info:
+        open_dataset(root, within=root)
+    assert str(info.value) == f"train/cat: {OUTSIDE}"
+    (root / "train" / "cat").unlink()
+    (root / "train" / "dog" / "x.png").symlink_to(outside / "train" / "cat" / "cat_0.png")
+    with pytest.raises(DataError) as info:
+        open_dataset(root, within=root)
+    assert str(info.value) == f"train/dog/x.png: {OUTSIDE}"
+    assert open_dataset(root).classnames == ("dog",)  # unconfined, the link is followed
+
+
+def test_dataset_root_is_the_folder_or_the_manifests_folder(tmp_path: Path) -> None:
+    from models.data import dataset_root
+
+    manifest_images(tmp_path)
+    file = write_csv(tmp_path / "m.csv", ["path", "label", "split"], [r[:3] for r in ROWS])
+    assert dataset_root(file) == tmp_path.resolve()
+    assert dataset_root(tmp_path / "img") == (tmp_path / "img").resolve()

@@ -113,3 +113,26 @@ def test_nll_and_json_serializable() -> None:
 def test_bad_inputs(probs: torch.Tensor, labels: torch.Tensor, message: str) -> None:
     with pytest.raises(DataError, match=message):
         evaluate_probs(probs, labels, ["a", "b"])
+
+
+def test_wilds_macro_f1_over_label_classes_by_hand() -> None:
+    # Labels use classes 0 and 1; one image of class 0 is predicted as class 2 (never a label).
+    # Class 0: TP 1, predicted 1, actual 2 -> F1 2/3. Class 1: TP 2, predicted 2, actual 2 -> 1.
+    # Class 2: TP 0, predicted 1, actual 0 -> 0, counted by sklearn's convention only.
+    probs = torch.eye(3)[[0, 2, 1, 1]]
+    labels = torch.tensor([0, 0, 1, 1])
+    wilds = evaluate_probs(probs, labels, ["a", "b", "c"], macro_f1_over="labels")
+    sklearn_style = evaluate_probs(probs, labels, ["a", "b", "c"])
+    assert wilds["macro_f1"] == pytest.approx((2 / 3 + 1) / 2)
+    assert sklearn_style["macro_f1"] == pytest.approx((2 / 3 + 1 + 0) / 3)
+
+
+def test_worst_region_ignores_other_by_hand() -> None:
+    # Europe 2/2, Africa 1/2, Other 0/1: worst region 0.5 without Other, 0 with it.
+    probs = torch.eye(2)[[0, 1, 0, 0, 0]]
+    labels = torch.tensor([0, 1, 0, 1, 1])
+    groups = ["Europe", "Europe", "Africa", "Africa", "Other"]
+    kept = evaluate_probs(probs, labels, ["x", "y"], groups)
+    wilds = evaluate_probs(probs, labels, ["x", "y"], groups, ignore_groups={"Other"})
+    assert kept["worst_group_acc"] == 0.0 and wilds["worst_group_acc"] == 0.5
+    assert wilds["group_acc"] == {"Africa": 0.5, "Europe": 1.0, "Other": 0.0}

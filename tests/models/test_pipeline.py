@@ -13,8 +13,9 @@ import torch
 from models.artifacts import load_artifact
 from models.cli import main
 from models.config import load_run_config
-from models.errors import ConfigError
+from models.errors import Cancelled, ConfigError
 from models.pipeline import finetune
+from models.train import Progress
 
 pytestmark = pytest.mark.slow
 
@@ -53,6 +54,28 @@ def test_drm_without_descriptions_is_refused(shapes_root: Path, tmp_path: Path) 
     overrides = [o for o in _overrides(shapes_root, tmp_path) if "descriptions" not in o]
     with pytest.raises(ConfigError, match="data.descriptions"):
         finetune(load_run_config(None, overrides))
+
+
+def test_the_training_open_is_confined_to_data_within(shapes_root: Path, tmp_path: Path) -> None:
+    # The worker checks the dataset before training; the training step opens it again, and a
+    # class folder swapped for a link out in between must not be followed either.
+    from shutil import copytree, rmtree
+
+    from models.errors import DataError
+    from models.pipeline import prepare_data, run_key
+
+    root = copytree(shapes_root, tmp_path / "set")
+    outside = copytree(root / "train", tmp_path / "outside")
+    overrides = _overrides(root, tmp_path / "m") + [f"data.within={root}"]
+    cfg = load_run_config(None, overrides)
+    assert prepare_data(cfg)[0].classnames
+    classname = sorted(p.name for p in (root / "train").iterdir())[0]
+    rmtree(root / "train" / classname)
+    (root / "train" / classname).symlink_to(outside / classname)
+    with pytest.raises(DataError, match="outside"):
+        prepare_data(cfg)
+    # Confinement is not part of what a checkpoint must match.
+    assert run_key(cfg) == run_key(load_run_config(None, _overrides(root, tmp_path / "m")))
 
 
 def test_cli_finetune_predict_eval_merge(shapes_root: Path, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
@@ -101,3 +124,37 @@ def test_models_imports_no_framework() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_should_stop_is_asked_between_evaluation_batches(shapes_root: Path, tmp_path: Path) -> None:
+    """Issue 11 (4): evaluation ran to its end however long after a cancel; now each batch asks."""
+    asked: list[int] = []
+
+    def should_stop() -> bool:
+        asked.append(1)
+        return len(asked) >= 2  # the second batch of the zero-shot evaluation
+
+    cfg = load_run_config(None, _overrides(shapes_root, tmp_path / "m"))
+    with pytest.raises(Cancelled, match="stopped during evaluation"):
+        finetune(cfg, should_stop=should_stop)
+    assert len(asked) == 2
+    assert not (tmp_path / "m").exists()  # nothing written
+
+
+def test_should_stop_is_asked_between_wise_ft_alphas(shapes_root: Path, tmp_path: Path) -> None:
+    overrides = [*_overrides(shapes_root, tmp_path / "m"), "train.epochs=1"]
+    overrides += [f"wise.alphas=[{', '.join(str(i / 100) for i in range(101))}]"]
+    trained = {"done": False}
+
+    def callback(progress: Progress) -> None:
+        trained["done"] = progress.step == progress.total_steps
+
+    # Stop as soon as training is over: the first thing asked then is the sweep's first alpha
+    # (alpha 0 reuses the zero-shot evaluation, so 100 are left to evaluate).
+    with pytest.raises(Cancelled, match="WiSE-FT sweep stopped after 0 of 100 alphas"):
+        finetune(
+            load_run_config(None, overrides),
+            callback=callback,
+            should_stop=lambda: trained["done"],
+        )
+    assert trained["done"]

@@ -22,3 +22,14 @@ def test_user_lists_are_accepted_and_checked() -> None:
 
 def test_fill_leaves_other_braces_alone() -> None:
     assert fill("a {c} {not a slot}", "cat") == "a cat {not a slot}"
+
+
+def test_drms_released_single_templates_are_named_sets() -> None:
+    assert resolve_templates("imagenet-drm") == ("a good photo of the {c}.",)
+    assert resolve_templates("iwildcam-drm") == ("a photo of {c}.",)
+    assert resolve_templates("fmow-drm") == ("satellite photo of a {c}.",)
+    # ``single`` is CLIP's generic prompt, which none of DRM's released scripts uses.
+    assert resolve_templates("single") == ("a photo of a {c}.",)
+    assert resolve_templates("single") not in {
+        resolve_templates(f"{name}-drm") for name in ("imagenet", "iwildcam", "fmow")
+    }

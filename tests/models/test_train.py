@@ -154,6 +154,13 @@ def test_weight_decay_groups_skip_gains_biases_and_temperature(classifier: Class
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
 
 
+def test_flyp_paper_decay_reaches_every_trainable_parameter(classifier: Classifier) -> None:
+    (group,) = param_groups(classifier, 0.2, decay_on="all")
+    trainable = {id(p) for p in classifier.parameters() if p.requires_grad}
+    assert {id(p) for p in group["params"]} == trainable
+    assert id(classifier.clip.logit_scale) in trainable and group["weight_decay"] == 0.2
+
+
 @pytest.mark.parametrize("freeze", [True, False])
 def test_batch_norm_statistics_are_frozen_while_training_unless_asked(freeze: bool) -> None:
     # Re-estimating them from small fine-tuning batches wrecked the offline backbone (an

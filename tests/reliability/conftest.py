@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,6 +89,27 @@ def live_settings(workdir: Path, database_url: str, data_root: Path) -> dict[str
     }
 
 
+def fault_settings(
+    workdir: Path, database_url: str, broker_url: str, data_root: Path
+) -> dict[str, str]:
+    """The API's and workers' settings for process faults: Redis as the broker, a checkpoint
+    every 2 steps and a 4 s lease, so a killed worker's job is taken over within seconds."""
+    return {
+        "RCS_ENV": "production",
+        "RCS_DATABASE_URL": database_url,
+        "RCS_BROKER_URL": broker_url,
+        "RCS_ARTIFACTS_URL": str(workdir / "artifacts"),
+        "RCS_WORK_DIR": str(workdir / "work"),
+        "RCS_ALLOWED_DATASET_ROOTS": str(data_root),
+        "RCS_BOOTSTRAP_API_KEY": API_KEY,
+        "RCS_DEVICE": "cpu",
+        "RCS_CHECKPOINT_EVERY": "2",
+        "RCS_LEASE_S": "4",
+        "RCS_TORCH_THREADS": "1",
+        "RCS_READINESS_TIMEOUT_S": "1",
+    }
+
+
 def prepare_database(settings: dict[str, str], artifact: Path) -> str:
     """Migrate, register ``artifact`` as ``shapes/1`` and store a predict-only key; the key."""
     upgrade(settings["RCS_DATABASE_URL"])
@@ -113,7 +135,17 @@ def reliability_artifact(shapes_root: Path, tmp_path_factory: pytest.TempPathFac
 def live_api(
     tmp_path_factory: pytest.TempPathFactory, shapes_root: Path, reliability_artifact: Path
 ) -> Iterator[LiveApi]:
-    workdir = tmp_path_factory.mktemp("live-api")
+    with running_live_api(
+        tmp_path_factory.mktemp("live-api"), shapes_root, reliability_artifact
+    ) as api:
+        yield api
+
+
+@contextmanager
+def running_live_api(
+    workdir: Path, shapes_root: Path, reliability_artifact: Path, ready_timeout: float = 180.0
+) -> Iterator[LiveApi]:
+    """A live API of its own (the fixture's is shared by the session), stopped at the end."""
     postgres = postgres_or_none()
     database_url, drop = postgres or (f"sqlite:///{workdir / 'rcs.db'}", lambda: None)
     settings = live_settings(workdir, database_url, shapes_root)
@@ -122,7 +154,7 @@ def live_api(
         port = free_port()
         api = api_process(settings, port, workdir / "api.log").start()
         try:
-            wait_ready(f"http://127.0.0.1:{port}", api)
+            wait_ready(f"http://127.0.0.1:{port}", api, ready_timeout)
             kind = "postgresql" if postgres else "sqlite"
             yield LiveApi(f"http://127.0.0.1:{port}", api, settings, predict_key, kind)
         finally:

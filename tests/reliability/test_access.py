@@ -20,8 +20,13 @@ from tests.reliability.conftest import LiveApi, record
 from tests.service.support import API_KEY
 
 PUBLIC = {"/healthz", "/readyz", "/metrics", "/openapi.json"}
-# Reads need any key; everything that changes state needs the 'train' scope, but /predict.
+# Reads need any key; everything that changes state needs the 'train' scope, but /predict, and
+# the key routes, which need 'admin' (reads too).
 PREDICT_ONLY_ALLOWED = {("POST", "/predict")}
+
+
+def scope_of(path: str) -> str:
+    return "admin" if path == "/keys" or path.startswith("/keys/") else "train"
 
 
 def operations(live_api: LiveApi) -> list[tuple[str, str]]:
@@ -83,7 +88,7 @@ def test_a_predict_key_reads_and_predicts_but_changes_nothing(live_api: LiveApi)
                 assert response.status_code == 422  # let in, and the empty body refused
             else:
                 assert_refused(response, 403, key)
-                assert "'train' scope" in response.json()["error"]["message"]
+                assert f"'{scope_of(path)}' scope" in response.json()["error"]["message"]
         assert client.get("/models/shapes").status_code == 200
     record("predict_key_writes", routes=len(writes) - 1, let_in=0)
 
@@ -104,6 +109,35 @@ def test_unknown_and_revoked_keys_get_the_same_answer(live_api: LiveApi) -> None
         gone = client.get("/jobs", headers={"Authorization": f"Bearer {revoked}"})
     assert_refused(gone, 401, revoked)
     assert unknown.json() == gone.json()  # no oracle telling which keys exist
+
+
+def test_keys_are_managed_over_the_api_and_revoked_at_once(live_api: LiveApi) -> None:
+    """Issue 11 (7): keys could be neither listed nor revoked."""
+    with live_api.client(API_KEY) as admin:
+        created = admin.post("/keys", json={"name": "short-lived", "scopes": ["train"]})
+        assert created.status_code == 201, created.text
+        key, key_id = created.json()["key"], created.json()["id"]
+        with live_api.client(key) as client:
+            assert client.get("/jobs").status_code == 200
+            refused = client.get("/keys")  # a train key cannot see the keys
+            assert_refused(refused, 403, key)
+            assert "'admin' scope" in refused.json()["error"]["message"]
+            listing = admin.get("/keys").text
+            assert key not in listing and API_KEY not in listing and key_id in listing
+            started = time.monotonic()
+            assert admin.delete(f"/keys/{key_id}").status_code == 200
+            assert_refused(client.get("/jobs"), 401, key)  # the very next request
+            revoke_ms = (time.monotonic() - started) * 1000
+        bootstrap = [k for k in admin.get("/keys").json()["data"] if k["bootstrap"]]
+        active_admins = [
+            k
+            for k in admin.get("/keys", params={"include_revoked": False}).json()["data"]
+            if "admin" in k["scopes"]
+        ]
+        if len(active_admins) == 1:
+            last = admin.delete(f"/keys/{bootstrap[0]['id']}")
+            assert last.status_code == 409 and admin.get("/keys").status_code == 200
+    record("key_revocation", keys_created=1, revoked=1, refused_after_ms=round(revoke_ms))
 
 
 def test_secrets_are_not_in_the_api_log(live_api: LiveApi) -> None:

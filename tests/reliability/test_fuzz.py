@@ -7,59 +7,10 @@ and mode; the slow one many more.
 
 from __future__ import annotations
 
-from collections import Counter
-
 import pytest
-import schemathesis
-from hypothesis import HealthCheck, given, settings
-from hypothesis.errors import Unsatisfiable
-from schemathesis import GenerationMode
 
 from tests.reliability.conftest import LiveApi, record
-from tests.service.support import API_KEY
-
-
-def fuzz(live_api: LiveApi, examples: int) -> tuple[Counter[int], list[str]]:
-    schema = schemathesis.openapi.from_url(f"{live_api.base_url}/openapi.json")
-    statuses: Counter[int] = Counter()
-    server_errors: list[str] = []
-    headers = {"Authorization": f"Bearer {API_KEY}"}
-    operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) >= 20
-    for operation in operations:
-        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-
-            @given(case=operation.as_strategy(generation_mode=mode))
-            @settings(
-                max_examples=examples,
-                deadline=None,
-                database=None,
-                derandomize=True,
-                suppress_health_check=list(HealthCheck),
-            )
-            def call(case: schemathesis.Case) -> None:
-                # The key headers are parameters in the schema: generated ones would stop every
-                # request at authentication, so the valid key replaces them.
-                case.headers = {
-                    k: v
-                    for k, v in (case.headers or {}).items()
-                    if k.lower() not in ("authorization", "x-api-key")
-                }
-                if case.method == "DELETE" and "/models/shapes/" in case.formatted_path:
-                    return  # the model the other tests classify with stays
-                response = case.call(base_url=live_api.base_url, headers=headers, timeout=60)
-                statuses[response.status_code] += 1
-                if response.status_code >= 500:
-                    server_errors.append(
-                        f"{case.method} {case.formatted_path} -> {response.status_code}: "
-                        f"{response.text[:300]}"
-                    )
-
-            try:
-                call()
-            except Unsatisfiable:
-                pass  # nothing to negate (an operation without parameters or body)
-    return statuses, server_errors
+from tests.reliability.fuzzing import fuzz
 
 
 def check(live_api: LiveApi, examples: int, name: str) -> None:

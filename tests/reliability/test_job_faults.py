@@ -98,7 +98,7 @@ def new_job_on(worker: WorkerContext, root: Path) -> str:
     from tests.service.support import finetune_body
 
     with worker.sessions() as session:
-        dataset = datasets.register_path(session, worker.settings, "late", str(root))
+        dataset = datasets.register_path(session, worker.settings, "key-test", "late", str(root))
         body = FineTuneRequest.model_validate(
             finetune_body(dataset.id, hyperparameters=TINY, registered_model_name="late")
         )

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import httpx
 import pytest
 
 from service.processes import Process, api_process, free_port, wait_ready, worker_process
+from tests.reliability.clients import hammer
 from tests.reliability.conftest import (
     live_settings,
     postgres_or_none,
@@ -61,43 +61,6 @@ def processes(
         drop()
 
 
-async def hammer(
-    base_url: str, body: dict[str, object], seconds: float, max_requests: int
-) -> Counter[str]:
-    """``CLIENTS`` clients, each sending its next request when the last is answered."""
-    outcomes: Counter[str] = Counter()
-    deadline = time.monotonic() + seconds
-    headers = {"Authorization": f"Bearer {API_KEY}"}
-    limits = httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=CLIENTS)
-    async with httpx.AsyncClient(
-        base_url=base_url, headers=headers, limits=limits, timeout=60
-    ) as client:
-
-        async def one_client() -> None:
-            while time.monotonic() < deadline and outcomes.total() < max_requests:
-                try:
-                    response = await post(client, body, outcomes)
-                    outcomes[str(response.status_code)] += 1
-                except httpx.HTTPError as exc:
-                    outcomes[type(exc).__name__] += 1
-                    ERRORS.append(f"{seconds - deadline + time.monotonic():.1f}s {exc!r}")
-
-        await asyncio.gather(*(one_client() for _ in range(CLIENTS)))
-    return outcomes
-
-
-async def post(
-    client: httpx.AsyncClient, body: dict[str, object], outcomes: Counter[str]
-) -> httpx.Response:
-    """One request, sent again once if a reused keep-alive connection was closed under it (the
-    server may close an idle connection just as the client reuses it), as HTTP clients do."""
-    try:
-        return await client.post("/predict", json=body)
-    except (httpx.ReadError, httpx.RemoteProtocolError):
-        outcomes["connection_reset_retried"] += 1
-        return await client.post("/predict", json=body)
-
-
 def progress(client: httpx.Client, job_id: str) -> int:
     return int(client.get(f"/jobs/{job_id}").json()["progress"]["step"])
 
@@ -123,11 +86,11 @@ def test_sustained_predict_load_with_training_alongside(
     headers = {"Authorization": f"Bearer {API_KEY}"}
     with httpx.Client(base_url=base_url, headers=headers, timeout=60) as client:
         job_id = start_training(client, data_root)
-        warm = asyncio.run(hammer(base_url, body, 60, WARM_UP))
+        warm = asyncio.run(hammer(base_url, body, 60, WARM_UP, CLIENTS, ERRORS))
         assert warm.get("200") == warm.total(), warm
         rss_start, step_start = rss_kib(pid), progress(client, job_id)
         started = time.monotonic()
-        outcomes = asyncio.run(hammer(base_url, body, DURATION_S, MAX_REQUESTS))
+        outcomes = asyncio.run(hammer(base_url, body, DURATION_S, MAX_REQUESTS, CLIENTS, ERRORS))
         elapsed = time.monotonic() - started
         rss_end, step_end = rss_kib(pid), progress(client, job_id)
         assert client.post(f"/jobs/{job_id}/cancel").status_code == 200

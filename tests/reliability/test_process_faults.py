@@ -10,7 +10,6 @@ trust authentication ignores, so it can be looked for in the logs.
 from __future__ import annotations
 
 import secrets
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,10 +18,17 @@ from typing import Any
 import httpx
 import pytest
 
-from service.processes import api_process, free_port, wait_ready, worker_process
+from service.processes import api_process, wait_ready, worker_process
 from tests.e2e.conftest import Stack, ok, running_stack, wait_for
-from tests.reliability.conftest import postgres_or_none, prepare_database, record
+from tests.reliability.conftest import (
+    fault_settings,
+    postgres_or_none,
+    prepare_database,
+    record,
+)
 from tests.reliability.images import encode, noise
+from tests.reliability.jobs import events, finished, job, one_ready_version, submit
+from tests.reliability.redis_server import RedisServer
 from tests.service.support import API_KEY, b64, finetune_body
 
 pytestmark = pytest.mark.slow
@@ -31,49 +37,9 @@ REDIS_PASSWORD = f"redis-{secrets.token_hex(8)}"
 DB_PASSWORD = f"pg-{secrets.token_hex(8)}"
 
 
-class RedisServer:
-    """A redis-server of our own that can be stopped and started again on the same port and
-    append-only file, as a restarted production Redis would be."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder, self.port = folder, free_port()
-        self.popen: subprocess.Popen[bytes] | None = None
-        folder.mkdir(parents=True, exist_ok=True)
-
-    @property
-    def url(self) -> str:
-        return f"redis://:{REDIS_PASSWORD}@127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
-        args += ["--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.folder)]
-        args += ["--requirepass", REDIS_PASSWORD, "--maxmemory-policy", "noeviction"]
-        args += ["--logfile", str(self.folder / "redis.log")]
-        try:
-            self.popen = subprocess.Popen(args)
-        except FileNotFoundError:
-            pytest.skip("redis-server is not installed")
-        import redis
-
-        client = redis.Redis(port=self.port, password=REDIS_PASSWORD)
-        wait_for(lambda: _pings(client), 20, "redis-server to start")
-
-    def stop(self) -> None:
-        if self.popen is not None and self.popen.poll() is None:
-            self.popen.terminate()  # SIGTERM: Redis writes its append-only file and exits
-            self.popen.wait(20)
-
-
-def _pings(client: Any) -> bool:
-    try:
-        return bool(client.ping())
-    except Exception:
-        return False
-
-
 @pytest.fixture(scope="module")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server = RedisServer(tmp_path_factory.mktemp("redis"), REDIS_PASSWORD)
     server.start()
     yield server
     server.stop()
@@ -93,20 +59,7 @@ def stack(
     else:
         database_url, drop = postgres
         database_url = database_url.replace("postgres@", f"postgres:{DB_PASSWORD}@")
-    settings = {
-        "RCS_ENV": "production",
-        "RCS_DATABASE_URL": database_url,
-        "RCS_BROKER_URL": redis_server.url,
-        "RCS_ARTIFACTS_URL": str(workdir / "artifacts"),
-        "RCS_WORK_DIR": str(workdir / "work"),
-        "RCS_ALLOWED_DATASET_ROOTS": str(shapes_root),
-        "RCS_BOOTSTRAP_API_KEY": API_KEY,
-        "RCS_DEVICE": "cpu",
-        "RCS_CHECKPOINT_EVERY": "2",
-        "RCS_LEASE_S": "4",
-        "RCS_TORCH_THREADS": "1",
-        "RCS_READINESS_TIMEOUT_S": "1",
-    }
+    settings = fault_settings(workdir, database_url, redis_server.url, shapes_root)
     prepare_database(settings, reliability_artifact)
     try:
         with running_stack(settings, workdir, shapes_root) as built:
@@ -120,28 +73,6 @@ def dataset(stack: Stack) -> dict[str, Any]:
     return stack.shapes_dataset()
 
 
-def submit(client: httpx.Client, dataset: dict[str, Any], name: str, steps: int) -> str:
-    body = finetune_body(
-        dataset["id"],
-        hyperparameters={"max_steps": steps, "batch_size": 8},
-        registered_model_name=name,
-    )
-    return str(ok(client.post("/finetune", json=body))["id"])
-
-
-def job(client: httpx.Client, job_id: str) -> dict[str, Any]:
-    return dict(ok(client.get(f"/jobs/{job_id}")))
-
-
-def events(client: httpx.Client, job_id: str) -> list[dict[str, Any]]:
-    return list(ok(client.get(f"/jobs/{job_id}/events", params={"limit": 1000}))["data"])
-
-
-def finished(client: httpx.Client, job_id: str) -> dict[str, Any] | None:
-    state = job(client, job_id)
-    return state if state["status"] in ("succeeded", "failed", "cancelled") else None
-
-
 def at_step(client: httpx.Client, job_id: str, step: int) -> bool:
     state = job(client, job_id)
     return state["status"] == "running" and state["progress"]["step"] >= step
@@ -153,11 +84,6 @@ def starts(client: httpx.Client, job_id: str) -> int:
 
 def trained_steps(client: httpx.Client, job_id: str) -> list[int]:
     return [e["data"]["step"] for e in events(client, job_id) if e["type"] == "metrics"]
-
-
-def one_ready_version(client: httpx.Client, name: str, job_id: str) -> None:
-    versions = ok(client.get(f"/models/{name}/versions"))["data"]
-    assert [(v["version"], v["status"], v["job_id"]) for v in versions] == [(1, "READY", job_id)]
 
 
 def skipped_deliveries(stack: Stack) -> int:

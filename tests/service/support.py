@@ -108,7 +108,7 @@ def register_artifact(
 
     version = registry.begin_version(session, name, job_id, read_card(folder))
     source = store.put_folder(folder, registry.version_key(name, version.version))
-    registry.mark_ready(session, version, source)
+    registry.mark_ready(session, version, source, registry.artifact_digest(folder))
     session.commit()
     return version.version
 

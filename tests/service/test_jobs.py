@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,7 +12,7 @@ from fastapi.testclient import TestClient
 from service.context import AppContext
 from service.jobs import state
 from service.jobs.schemas import MAX_SEED
-from tests.service.support import FakeBroker, finetune_body
+from tests.service.support import FakeBroker, finetune_body, register_artifact
 from worker.contracts import TASK_FINETUNE, FinetunePayload
 
 
@@ -88,6 +90,25 @@ def test_stored_description_set_by_id_and_by_name(
         ({"hyperparameters": {"max_steps": 10**11}}, "hyperparameters.max_steps", "less than"),
         ({"hyperparameters": {"warmup_steps": 10**11}}, "hyperparameters.warmup_steps", "less"),
         ({"descriptions": "shapes/99999999999999999999"}, "descriptions", "bad description set"),
+        # Issue 11: absurd values that used to be accepted.
+        (
+            {"method": {"type": "drm", "objective": {"lam": 1e308}}},
+            "method.objective.lam",
+            "at most",
+        ),
+        (
+            {"wise_ft": {"alphas": [i / 10_000 for i in range(10_001)]}},
+            "wise_ft.alphas",
+            "at most 101",
+        ),
+        (
+            {"hyperparameters": {"n_epochs": 1, "batch_size": 8, "warmup_steps": 50}},
+            "hyperparameters.warmup_steps",
+            "shorter than the run (4 steps)",
+        ),
+        ({"splits": {"validation": "train"}}, "splits.validation", "must differ"),
+        ({"splits": {"ood": ["train"]}}, "splits.ood", "training split"),
+        ({"model": "hf-hub:timm/ViT-B-16-SigLIP"}, "model", "not allowed on this server"),
     ],
 )
 def test_invalid_requests_are_422_naming_the_field_and_queue_nothing(
@@ -207,3 +228,51 @@ def test_checkpoints_list(client: TestClient, ctx: AppContext, dataset: dict[str
     data = client.get(f"/jobs/{job_id}/checkpoints").json()["data"]
     assert [(c["step_number"], c["metrics"]["losses"]["loss"]) for c in data] == [(4, 1.0)]
     assert data[0]["object"] == "fine_tuning.job.checkpoint"
+
+
+@pytest.mark.parametrize(
+    ("raw", "needle"),
+    [
+        ('"lam": Infinity', "must be a finite number, got inf"),
+        ('"lam": 1e400', "must be a finite number, got inf"),
+        ('"lam": NaN', "got nan"),  # refused by the core's own check
+    ],
+)
+def test_non_finite_numbers_are_422_naming_the_field(
+    client: TestClient, dataset: dict[str, Any], broker: FakeBroker, raw: str, needle: str
+) -> None:
+    body = json.dumps(finetune_body(dataset["id"], method={"type": "drm", "objective": {}}))
+    body = body.replace('"objective": {}', '"objective": {' + raw + "}")
+    response = client.post("/finetune", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["param"] == "method.objective.lam" and needle in error["message"]
+    assert broker.sent == []
+
+
+@pytest.mark.parametrize("settings_overrides", [{"allow_hub_models": True}])
+def test_hub_models_need_the_setting_and_a_connected_server(
+    client: TestClient, dataset: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    body = finetune_body(dataset["id"], model="hf-hub:timm/ViT-B-16-SigLIP")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    offline = client.post("/finetune", json=body)
+    assert offline.status_code == 422 and offline.json()["error"]["param"] == "model"
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    # Allowed: nothing is downloaded when the job is created (the worker fetches the weights).
+    assert client.post("/finetune", json=body).status_code == 200
+
+
+def test_a_version_shows_its_hyperparameters_under_the_jobs_names(
+    client: TestClient, ctx: AppContext, dataset: dict[str, Any], artifact_folder: Path
+) -> None:
+    """Issue 11 (15): the card said epochs and lr where the job says n_epochs and learning_rate.
+    Cards store the core's config, so every card, including those written before, reads so."""
+    with ctx.sessions() as session:
+        register_artifact(session, ctx.store, "shapes", artifact_folder, "ftjob-x")
+    card = client.get("/models/shapes/versions/1").json()["hyperparameters"]
+    job = client.post("/finetune", json=finetune_body(dataset["id"])).json()["hyperparameters"]
+    assert set(job) <= set(card)
+    assert not {"epochs", "lr"} & set(card)
+    assert card["n_epochs"] == 1 and card["learning_rate"] == 1e-5  # the core's defaults
+    assert card["grad_clip"] == 1.0  # core-only settings keep their names

@@ -40,7 +40,7 @@ def test_a_starting_worker_sends_orphans_again_when_their_lease_ends(
     upgrade(settings.database_url)
     sessions = make_sessionmaker(make_engine(settings.database_url))
     with sessions() as session:
-        dataset = datasets.register_path(session, settings, "shapes", str(shapes_root))
+        dataset = datasets.register_path(session, settings, "key-test", "shapes", str(shapes_root))
         rows = []
         for _ in range(4):
             body = FineTuneRequest.model_validate(finetune_body(dataset.id))

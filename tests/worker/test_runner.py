@@ -42,7 +42,9 @@ def ctx(tmp_path: Path, shapes_root: Path) -> WorkerContext:
 
 def new_job(ctx: WorkerContext, shapes_root: Path, **overrides: Any) -> str:
     with ctx.sessions() as session:
-        dataset = datasets.register_path(session, ctx.settings, "shapes", str(shapes_root))
+        dataset = datasets.register_path(
+            session, ctx.settings, "key-test", "shapes", str(shapes_root)
+        )
         body = FineTuneRequest.model_validate(finetune_body(dataset.id, **overrides))
         job, _ = jobs.create(session, ctx.settings, body, lambda _: None, "test", None)
         return job.id
@@ -124,6 +126,38 @@ def test_cancel_stops_training_between_steps(ctx: WorkerContext, shapes_root: Pa
     assert versions(ctx) == []
 
 
+def test_cancel_during_the_wise_ft_sweep_stops_between_alphas(
+    ctx: WorkerContext, shapes_root: Path
+) -> None:
+    """Issue 11 (4): a cancel after training used to wait for all 101 alphas to be evaluated."""
+    alphas = [i / 100 for i in range(101)]
+    job_id = new_job(
+        ctx,
+        shapes_root,
+        hyperparameters={"max_steps": 4, "batch_size": 8},
+        wise_ft={"alphas": alphas},
+    )
+    cancelled_at: list[float] = []
+
+    def cancel() -> None:
+        with ctx.sessions() as session:
+            state.cancel(session, job_id)
+        cancelled_at.append(time.monotonic())
+
+    watcher = when(lambda: job_row(ctx, job_id).progress_step >= 4, cancel)
+    outcome = run_job(ctx, job_id)
+    returned_at = time.monotonic()
+    watcher.join()
+    assert outcome.status == "cancelled"
+    # Stopped in the sweep (between alphas or between an alpha's evaluation batches), not after
+    # it, at registration.
+    assert "sweep stopped" in outcome.detail or "during evaluation" in outcome.detail, outcome
+    assert job_row(ctx, job_id).status == "cancelled" and versions(ctx) == []
+    stop_s = returned_at - cancelled_at[0]
+    assert stop_s < 5, stop_s
+    print(f"cancel during the sweep: stopped in {stop_s:.2f} s ({outcome.detail})")
+
+
 def test_a_stopping_worker_checkpoints_and_the_next_one_resumes(
     ctx: WorkerContext, shapes_root: Path
 ) -> None:
@@ -142,6 +176,18 @@ def test_a_stopping_worker_checkpoints_and_the_next_one_resumes(
     assert metric_steps(ctx, job_id) == list(range(1, 13))
     assert job_row(ctx, job_id).attempts == 2
     assert len(versions(ctx)) == 1
+
+
+def test_a_stopping_worker_does_not_claim_a_job(ctx: WorkerContext, shapes_root: Path) -> None:
+    """Issue 11 (13): a message fetched after SIGTERM (the job just released, or a duplicate)
+    was claimed and trained for a step before the worker stopped."""
+    job_id = new_job(ctx, shapes_root, hyperparameters={"max_steps": 12, "batch_size": 8})
+    ctx.stopping.set()
+    outcome = run_job(ctx, job_id)
+    assert outcome.status == "released" and "not started" in outcome.detail
+    job = job_row(ctx, job_id)
+    assert job.status == "queued" and job.attempts == 0 and job.lease_owner is None
+    assert metric_steps(ctx, job_id) == []
 
 
 def test_a_job_whose_worker_died_is_taken_over_after_its_lease(
@@ -168,7 +214,7 @@ def test_a_changed_dataset_fails_the_job(
     root = write_shapes_dataset(shapes_root / "copy", per_class=4, size=16)
     try:
         with ctx.sessions() as session:
-            dataset = datasets.register_path(session, ctx.settings, "copy", str(root))
+            dataset = datasets.register_path(session, ctx.settings, "key-test", "copy", str(root))
             body = FineTuneRequest.model_validate(finetune_body(dataset.id))
             job, _ = jobs.create(session, ctx.settings, body, lambda _: None, "t", None)
         (root / "train" / "circle" / "0000.png").unlink()

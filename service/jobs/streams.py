@@ -1,0 +1,168 @@
+"""Server-sent events of a job's events, within limits that keep streams from starving the API.
+
+A stream holds no database connection while it waits: each poll borrows one in a short session
+and gives it back before the stream sleeps, and at most ``POLL_CONCURRENCY`` polls run at once,
+fewer than the pool's steady connections, so however many streams are open, plain requests
+still find a connection. Open streams are counted per API key and in all; past either cap a new
+stream is refused with 429 and ``Retry-After``.
+
+Authentication stays with the route: a browser's ``EventSource`` cannot send an
+``Authorization`` header, so a dashboard will need another credential there (a short-lived
+token in the query, say), and only the route's dependency changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from service.errors import TooManyRequests
+
+log = logging.getLogger(__name__)
+
+# The default pool keeps 5 connections (plus 10 overflow); 4 leaves plain requests at least one
+# steady connection and all the overflow even when every stream polls at once.
+POLL_CONCURRENCY = 4
+# An idle stream polls less often (doubling up to this), so 100 quiet streams cost little.
+MAX_POLL_S = 2.0
+HEARTBEAT_S = 15.0
+# A refused stream may retry when another ends; nothing tells when that is, so a few seconds.
+RETRY_AFTER_S = 5
+DATABASE_ERRORS = (OperationalError, InterfaceError, PoolTimeout)
+
+
+class TooManyStreams(TooManyRequests):
+    code = "too_many_streams"
+
+
+class Event(Protocol):
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def type(self) -> str: ...
+
+    def model_dump_json(self) -> str: ...
+
+
+# One poll: the events after a cursor and the job's status, read in a short session.
+Poll = Callable[[int], tuple[Sequence[Event], str]]
+
+
+@dataclass
+class StreamSlots:
+    """Open event streams, per API key and in all.
+
+    The route admits a stream on a worker thread and the event loop releases it, hence the lock.
+    """
+
+    open: Counter[str] = field(default_factory=Counter)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    polls: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(POLL_CONCURRENCY))
+
+    @property
+    def total(self) -> int:
+        with self.lock:
+            return self.open.total()
+
+    def acquire(self, key: str, per_key: int, total: int) -> None:
+        with self.lock:
+            if self.open.total() >= total:
+                raise TooManyStreams(
+                    f"{total} event streams are open on this server, its limit; retry later",
+                    "stream",
+                    RETRY_AFTER_S,
+                )
+            if self.open[key] >= per_key:
+                raise TooManyStreams(
+                    f"this API key has {per_key} event streams open, its limit; close one "
+                    "or retry later",
+                    "stream",
+                    RETRY_AFTER_S,
+                )
+            self.open[key] += 1
+
+    def release(self, key: str) -> None:
+        with self.lock:
+            self.open[key] -= 1
+            if self.open[key] <= 0:
+                del self.open[key]
+
+
+class EventStreamResponse(StreamingResponse):
+    """A ``text/event-stream`` response that runs ``on_close`` however it ends: the job
+    finished, the client went away, or the connection broke before the first byte."""
+
+    def __init__(self, content: AsyncIterator[str], on_close: Callable[[], None]) -> None:
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        super().__init__(content, media_type="text/event-stream", headers=headers)
+        self.on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.on_close()
+
+
+def frame(event: Event) -> str:
+    # The id line lets a browser's EventSource resume with Last-Event-ID after a reconnect.
+    return f"id: {event.id}\nevent: {event.type}\ndata: {event.model_dump_json()}\n\n"
+
+
+def cursor_of(event: Event) -> int:
+    return int(event.id.removeprefix("ftevent-"))
+
+
+async def event_stream(
+    poll: Poll, cursor: int, terminal: Sequence[str], slots: StreamSlots, poll_s: float
+) -> AsyncIterator[str]:
+    """Events after ``cursor`` as they come, then an ``end`` event once the job is terminal."""
+    delay, idle = poll_s, 0.0
+    while True:
+        try:
+            async with slots.polls:
+                events, status = await run_in_threadpool(poll, cursor)
+        except DATABASE_ERRORS as exc:
+            # The client reconnects (an EventSource does by itself) and resumes where it was.
+            log.warning("event stream stopped, database unavailable: %s", type(exc).__name__)
+            yield _error_frame()
+            return
+        for event in events:
+            cursor = cursor_of(event)
+            yield frame(event)
+        if not events and status in terminal:
+            yield f"event: end\ndata: {json.dumps({'status': status})}\n\n"
+            return
+        if events:
+            delay, idle = poll_s, 0.0
+        else:
+            idle += delay
+        if idle >= HEARTBEAT_S:  # a comment line keeps proxies from closing the stream
+            idle = 0.0
+            yield ": keep-alive\n\n"
+        await asyncio.sleep(delay)
+        if not events:
+            delay = min(delay * 2, max(poll_s, MAX_POLL_S))
+
+
+def _error_frame() -> str:
+    error = {
+        "code": "database_unavailable",
+        "message": "the database is unavailable or busy; reconnect shortly",
+        "param": None,
+        "type": "server_error",
+    }
+    return f"event: error\ndata: {json.dumps({'error': error})}\n\n"

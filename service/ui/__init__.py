@@ -1,0 +1,1 @@
+"""The web dashboard (static ES modules) served under /ui."""

@@ -31,7 +31,9 @@ SELECTION_RULES = ("tolerance", "best_id_val", "fixed")
 SELECTION_METRICS = ("top1", "macro_f1", "worst_group_acc")
 DEFAULT_ALPHAS = tuple(round(0.1 * i, 1) for i in range(11))
 
-# Named bundles of settings, expanded before a config is built; a key the user sets wins.
+# Named bundles of settings, expanded before a config is built. A preset fixes the keys it names
+# (it wins over any value given for them): API payloads arrive with every key filled in by its
+# default, so "a key the user set" cannot be told from one nobody set.
 # flyp-paper: FLYP as released (its loss without labels keeps same-class pairs as negatives,
 # no gradient clipping, AdamW decay on every parameter).
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
@@ -245,10 +247,10 @@ def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
 
 
 def expand_preset(data: Mapping[str, Any]) -> Mapping[str, Any]:
-    """Fill in the keys ``objective.preset`` names that the user did not set.
+    """Set the keys ``objective.preset`` names to the preset's values.
 
-    Keys the user set win, so a resolved config (every key present) reads back unchanged.
-    An unknown name is left for ObjectiveConfig to refuse by key.
+    A resolved config (preset and its values) reads back unchanged. An unknown name is left for
+    ObjectiveConfig to refuse by key.
     """
     objective = data.get("objective")
     name = objective.get("preset") if isinstance(objective, Mapping) else None
@@ -258,7 +260,7 @@ def expand_preset(data: Mapping[str, Any]) -> Mapping[str, Any]:
     for section, values in PRESETS[name].items():
         given = result.get(section) or {}
         if isinstance(given, Mapping):
-            result[section] = {**values, **given}
+            result[section] = {**given, **values}
     return result
 
 

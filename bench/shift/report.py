@@ -81,7 +81,8 @@ def run_line(run: Mapping[str, Any]) -> str:
 
 
 def merge(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """One results document from several (e.g. one process per task): runs concatenated."""
+    """One results document from several (e.g. one process per task, or per group of methods):
+    runs concatenated, a run present in several (same task, method and seed) kept once."""
     if not parts:
         raise ValueError("nothing to merge")
     first = parts[0]
@@ -91,10 +92,16 @@ def merge(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     tasks: dict[str, Any] = {}
     for p in parts:
         tasks.update(p["plan"]["tasks"])
+    # Several invocations may hold the same run (zero-shot is evaluated by each): keep the first.
+    runs, seen = [], set()
+    for r in (r for p in parts for r in p["runs"]):
+        if (r["task"], r["method"], r["seed"]) not in seen:
+            seen.add((r["task"], r["method"], r["seed"]))
+            runs.append(r)
     return {
         **first,
         "plan": {**first["plan"], "tasks": tasks},
-        "runs": [r for p in parts for r in p["runs"]],
+        "runs": runs,
         # Processes run side by side: the benchmark took as long as the slowest.
         "wall_s": max(p["wall_s"] for p in parts),
         "parts": len(parts),

@@ -384,6 +384,10 @@ def test_report_aggregates_seeds_and_draws_the_plot(tmp_path: Path) -> None:
     merged = report.merge([results, {**other, "wall_s": 90.0}])
     assert list(merged["plan"]["tasks"]) == ["t", "u"] and len(merged["runs"]) == 10
     assert merged["wall_s"] == 90.0 and "### u" in report.markdown(merged)
+    # Two invocations for one task (methods split between processes) both evaluate zero-shot.
+    twice = report.merge([results, {**results, "runs": [runs[0], _run("ce", 0, 0.7, 0.3, 1.0)]}])
+    assert [r["method"] for r in twice["runs"]].count("zeroshot") == 1
+    assert len(twice["runs"]) == len(runs) + 1
     with pytest.raises(ValueError, match="different backbones"):
         report.merge([results, {**other, "plan": {**other["plan"], "backbone": "c"}}])
 

@@ -4,6 +4,10 @@ run it. Its sizes come from the environment, the issue's numbers by default; sma
 a smoke run in a few minutes:
 
     CHAOS_KILLS=3 CHAOS_REDIS_RESTARTS=1 CHAOS_FUZZ_REQUESTS=300 CHAOS_LOAD_SECONDS=30 make chaos
+
+Also: ``CHAOS_CLIENTS`` (64), ``CHAOS_STEPS`` (steps per training job, 40), ``CHAOS_SEED`` (to
+repeat a run's random choices; recorded with its figures), ``CHAOS_DEADLINE_S`` (the fault
+part's limit) and ``CHAOS_PROGRESS`` (a log of what the run has done so far).
 """
 
 from __future__ import annotations

@@ -36,8 +36,6 @@ class Kill:
     pid: int
     job_id: str | None  # None: the worker was between jobs (claimed none, or just finished)
     checkpoint: int  # the job's latest checkpoint on disk once the worker was dead; 0: none
-    step: int  # the job's progress at the kill (its last lease renewal)
-    phase: str
 
 
 def owner_pid(owner: str) -> int:
@@ -116,6 +114,19 @@ def _kill_problems(
             f"step {kill.checkpoint} (every {checkpoint_every})"
         )
     return problems
+
+
+def kill_phase(kill: Kill, attempts: Sequence[Attempt], total: int, trains: bool) -> str:
+    """Where the killed attempt was, from its events: the first and the last training step
+    always have one, so "trained no step yet" and "past the last step" are exact."""
+    attempt = next((a for a in attempts if a.pid == kill.pid), None)
+    if kill.job_id is None or attempt is None:
+        return "between_jobs"  # idle, or claiming a job before its start event
+    if not trains:
+        return "zeroshot"
+    if not attempt.steps:
+        return "before_training"  # loading, zero-shot evaluation, or resuming
+    return "after_training" if attempt.steps[-1] >= total else "training"
 
 
 def steps_redone(attempts: Sequence[Attempt], kills: Sequence[Kill], job_id: str) -> int:

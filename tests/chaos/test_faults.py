@@ -5,7 +5,9 @@ over the run, while a reader keeps reading and classifying.
 
 At the end every job must have succeeded exactly once with one READY version that serves, no
 step may have been trained twice (tests/chaos/invariants.py says exactly what is checked), and
-the reader must have seen no 5xx. One deadline bounds the whole part.
+the reader must have seen no 5xx. One deadline bounds the whole part (``CHAOS_DEADLINE_S``):
+faults stop when only ``DRAIN_S`` of it is left, the jobs are still checked and the figures
+recorded, and then the test fails naming how many faults it could inject.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from tests.chaos.invariants import (
     Attempt,
     Kill,
     attempts_of,
+    kill_phase,
     once_problems,
     owner_pid,
     step_problems,
@@ -51,7 +54,7 @@ ACTIVE_JOBS = 3  # jobs kept queued or running, so both workers always have one 
 # Faults stop when less than this is left of the deadline: time for the last jobs to finish on
 # a loaded machine, where a restarted worker can take minutes to start.
 DRAIN_S = 600.0
-MID_TRAINING = 0.7  # the share of kills aimed at a random training step
+MID_TRAINING = 0.7  # the share of kills aimed at a random point of training
 MID_TRAINING_WAIT_S = 120.0
 
 
@@ -186,12 +189,14 @@ class Reader(threading.Thread):
         self.join(60)
 
 
-def _past(state: dict[str, Any], step: int | None, kinds: dict[str, str]) -> bool:
-    if step is None:
+def _advanced(
+    state: dict[str, Any], advance: int | None, seen: dict[str, int], kinds: dict[str, str]
+) -> bool:
+    if advance is None:
         return True
-    total = state["progress"]["total_steps"] or 0
-    trains = kinds[state["id"]] != "zeroshot"
-    return trains and step <= state["progress"]["step"] < total
+    step, total = state["progress"]["step"], state["progress"]["total_steps"] or 0
+    first = seen.setdefault(state["id"], step)
+    return kinds[state["id"]] != "zeroshot" and first + advance <= step < total
 
 
 def schedule(kills: int, restarts: int) -> list[str]:
@@ -239,13 +244,13 @@ class ChaosRun:
             self.submit()
         return states
 
-    def busy_workers(self, at_step: int | None) -> list[tuple[int, str]]:
+    def busy_workers(self, advance: int | None, seen: dict[str, int]) -> list[tuple[int, str]]:
         """(worker index, job id) for each live worker running one of our jobs now; with
-        ``at_step``, only training jobs between that step and their last."""
+        ``advance``, only training jobs that trained that many steps since first ``seen``."""
         pids = self.cluster.live_pids()
         busy = []
         for state in self.top_up():
-            if state["status"] != "running" or not _past(state, at_step, self.jobs):
+            if state["status"] != "running" or not _advanced(state, advance, seen, self.jobs):
                 continue
             pid = self.last_owner(state["id"])
             if pid in pids:
@@ -253,15 +258,17 @@ class ChaosRun:
         return busy
 
     def target(self) -> tuple[int, str] | None:
-        """A worker to kill and its job: most often one training past a random step, so kills
-        land all along training; otherwise (or when no job gets there in time) any busy one,
-        in setup, zero-shot evaluation, WiSE-FT or registration."""
-        step = None
+        """A worker to kill and its job: most often one that trained a random number of steps
+        more, so kills land all along training and jobs still get on; otherwise (or when no
+        job gets there in time) any busy one: in setup, zero-shot evaluation, WiSE-FT or
+        registration."""
+        advance = None
         if self.rng.random() < MID_TRAINING:
-            step = self.rng.randint(2, self.chaos.steps - 1)
+            advance = self.rng.randint(1, max(1, self.chaos.steps // 4))
         give_up = time.monotonic() + MID_TRAINING_WAIT_S
+        seen: dict[str, int] = {}  # job id -> its step when first looked at
         while True:
-            busy = self.busy_workers(step if time.monotonic() < give_up else None)
+            busy = self.busy_workers(advance if time.monotonic() < give_up else None, seen)
             if busy:
                 return self.rng.choice(busy)
             if self.deadline.left() < DRAIN_S:
@@ -291,15 +298,8 @@ class ChaosRun:
         return None
 
     def describe(self, index: int, pid: int, job_id: str | None) -> Kill:
-        if job_id is None:
-            return Kill(index, pid, None, 0, 0, "between_jobs")
-        checkpoint = self.cluster.checkpoint_on_disk(job_id)
-        progress = job(self.client, job_id)["progress"]
-        step, total = progress["step"], progress["total_steps"] or 0
-        phase = "training" if 0 < step < total else "setup" if step == 0 else "after_training"
-        if self.jobs[job_id] == "zeroshot":
-            phase = "zeroshot"
-        return Kill(index, pid, job_id, checkpoint, step, phase)
+        checkpoint = self.cluster.checkpoint_on_disk(job_id) if job_id is not None else 0
+        return Kill(index, pid, job_id, checkpoint)
 
     def restart_redis(self) -> None:
         self.redis.stop()
@@ -349,18 +349,24 @@ def test_kills_and_redis_restarts_lose_no_job_and_train_no_step_twice(
         try:
             run.inject_faults()
             run.wait_until_all_finished()
+        except AssertionError:  # past the deadline: what ran is still worth knowing
+            reader.stop()
+            partial = figures(run, {}, {}, [], [])
+            record("chaos_faults", complete=False, **partial, **reads(reader))
+            raise
         finally:
             reader.stop()
+        states = {j: job(client, j) for j in run.jobs}
         histories = {j: events(client, j) for j in run.jobs}
         attempts = {j: attempts_of(h) for j, h in histories.items()}
-        problems = job_problems(run, histories, attempts) + version_problems(run, client)
+        versions = all_versions(client)
+        problems = job_problems(run, states, histories, attempts)
+        problems += version_problems(run, client, versions)
     record(
         "chaos_faults",
-        **figures(run, attempts),
-        reads=reader.statuses.total(),
-        read_statuses=dict(reader.statuses),
-        server_errors=len(reader.errors),
-        problems=len(problems),
+        complete=True,
+        **figures(run, attempts, states, versions, problems),
+        **reads(reader),
         seconds=round(time.monotonic() - started),
     )
     assert reader.errors == [], reader.errors[:20]
@@ -373,12 +379,15 @@ def test_kills_and_redis_restarts_lose_no_job_and_train_no_step_twice(
 
 
 def job_problems(
-    run: ChaosRun, histories: dict[str, list[dict[str, Any]]], attempts: dict[str, list[Attempt]]
+    run: ChaosRun,
+    states: dict[str, dict[str, Any]],
+    histories: dict[str, list[dict[str, Any]]],
+    attempts: dict[str, list[Attempt]],
 ) -> list[str]:
     every = int(run.cluster.settings["RCS_CHECKPOINT_EVERY"])
     problems = []
     for job_id, kind in run.jobs.items():
-        state = job(run.client, job_id)
+        state = states[job_id]
         total = state["progress"]["total_steps"] or 0
         problems += once_problems(job_id, run.names[job_id], state, histories[job_id])
         trains = kind != "zeroshot"
@@ -386,7 +395,9 @@ def job_problems(
     return problems
 
 
-def version_problems(run: ChaosRun, client: httpx.Client) -> list[str]:
+def version_problems(
+    run: ChaosRun, client: httpx.Client, versions: list[dict[str, Any]]
+) -> list[str]:
     """One READY version per job, none left PENDING or FAILED, each one serving."""
     problems = []
     for job_id, name in run.names.items():
@@ -394,7 +405,6 @@ def version_problems(run: ChaosRun, client: httpx.Client) -> list[str]:
             one_ready_version(client, name, job_id)
         except AssertionError as exc:
             problems.append(f"{job_id}: versions of {name}: {exc}")
-    versions = all_versions(client)
     by_job = Counter(v["job_id"] for v in versions)
     problems += [f"{j}: {n} versions" for j, n in by_job.items() if n != 1]
     problems += [
@@ -420,23 +430,50 @@ def all_versions(client: httpx.Client) -> list[dict[str, Any]]:
     return [v for n in names for v in ok(client.get(f"/models/{n}/versions"))["data"]]
 
 
-def figures(run: ChaosRun, attempts: dict[str, list[Attempt]]) -> dict[str, Any]:
+def phase(
+    run: ChaosRun, kill: Kill, attempts: dict[str, list[Attempt]], states: dict[str, Any]
+) -> str:
+    if kill.job_id is None or kill.job_id not in states:
+        return "between_jobs" if kill.job_id is None else "unknown"
+    total = states[kill.job_id]["progress"]["total_steps"] or 0
+    trains = run.jobs[kill.job_id] != "zeroshot"
+    return kill_phase(kill, attempts[kill.job_id], total, trains)
+
+
+def reads(reader: Reader) -> dict[str, Any]:
+    return {
+        "reads": reader.statuses.total(),
+        "read_statuses": dict(reader.statuses),
+        "server_errors": len(reader.errors),
+    }
+
+
+def figures(
+    run: ChaosRun,
+    attempts: dict[str, list[Attempt]],
+    states: dict[str, dict[str, Any]],
+    versions: list[dict[str, Any]],
+    problems: list[str],
+) -> dict[str, Any]:
+    """What the run did and what it found (from the API's answers, not from the assertions)."""
     resumed = sum(a.steps[0] > 1 for history in attempts.values() for a in history if a.steps)
+    ours = Counter(v["job_id"] for v in versions if v["job_id"] in run.jobs)
     return {
         "workers": 2,
         "jobs": len(run.jobs),
         "jobs_by_kind": dict(Counter(run.jobs.values())),
         "steps_per_job": run.chaos.steps,
         "kills": len(run.kills),
-        "kills_by_phase": dict(Counter(k.phase for k in run.kills)),
+        "kills_by_phase": dict(Counter(phase(run, k, attempts, states) for k in run.kills)),
         "redis_restarts": len(run.redis_down_s),
         "redis_down_s": round(sum(run.redis_down_s), 1),
         "attempts": sum(len(history) for history in attempts.values()),
         "attempts_resumed_from_checkpoint": resumed,
         "steps_redone_after_kills": sum(steps_redone(a, run.kills, j) for j, a in attempts.items()),
-        "succeeded": len(run.jobs),
-        "versions": len(run.jobs),
-        "duplicate_versions": 0,
-        "steps_trained_twice": 0,
+        "succeeded": sum(s["status"] == "succeeded" for s in states.values()),
+        "ready_versions": sum(v["status"] == "READY" for v in versions if v["job_id"] in ours),
+        "jobs_with_other_than_one_version": sum(ours[j] != 1 for j in run.jobs) if states else None,
+        "steps_trained_twice_findings": sum("trained twice" in p for p in problems),
+        "problems": len(problems),
         "seed": run.chaos.seed,
     }

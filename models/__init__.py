@@ -40,7 +40,8 @@ from models.errors import (
 from models.evaluation import evaluate_split, split_evaluator
 from models.heads import Classifier, blend
 from models.metrics import evaluate_probs
-from models.objectives import OBJECTIVES, CorePrior, build_objective, core_probabilities
+from models.objective_registry import OBJECTIVES
+from models.objectives import CorePrior, build_objective, core_probabilities
 from models.pipeline import RunResult, finetune
 from models.templates import TEMPLATE_SETS, resolve_templates
 from models.train import Progress, TrainResult, train

@@ -29,6 +29,7 @@ from torch import Tensor
 from models.backbone import OPEN_CLIP_CONFIG, build_from_open_clip_config, write_open_clip_config
 from models.errors import ArtifactError
 from models.heads import Classifier
+from models.json_values import json_safe
 
 FORMAT = "robust-clip-artifact/1"
 CARD = "artifact.json"
@@ -122,19 +123,15 @@ def _write_files(
     full = {**classifier_card(classifier), **card}
     full["files"] = {name: _sha256(folder / name) for name in files}
     with open(folder / CARD, "w", encoding="utf-8") as fh:
-        json.dump(full, fh, indent=2, sort_keys=False, default=_json_default)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, Tensor):
-        return value.tolist()
-    if isinstance(value, tuple | set):
-        return list(value)
-    raise TypeError(f"cannot write {type(value).__name__} to an artifact card")
+        json.dump(json_safe(full), fh, indent=2, sort_keys=False)
 
 
 def swap_into_place(tmp: Path, target: Path) -> None:
-    """Rename ``tmp`` to ``target``, replacing an existing folder with the smallest window."""
+    """Rename ``tmp`` to ``target``, replacing an existing folder with the smallest window.
+
+    Artifacts and the service's artifact store swap folders with it.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
     if not target.exists():
         os.replace(tmp, target)
         return

@@ -193,17 +193,33 @@ def _model_config(name: str) -> dict[str, Any]:
     return copy.deepcopy(cfg)
 
 
+class _ThisThreadBelowError(logging.Filter):
+    """Drops records under ERROR that the thread which made this filter logs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.thread = threading.get_ident()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or record.thread != self.thread
+
+
 @contextlib.contextmanager
 def _quiet_open_clip() -> Iterator[None]:
     """open_clip warns on the root logger for every model built without its own weights, which
-    is every artifact we load (we load the weights ourselves); keep that out of user output."""
-    logger = logging.getLogger()
-    level = logger.level
-    logger.setLevel(max(level, logging.ERROR))
+    is every artifact we load (we load the weights ourselves); keep that out of user output.
+
+    A filter on the root logger, not its level: it sees only records logged on the root logger
+    itself (open_clip's ``logging.warning``), only from this thread, and only in this block,
+    so another thread's logs and every named logger are untouched, and the level never moves.
+    """
+    root = logging.getLogger()
+    quiet = _ThisThreadBelowError()
+    root.addFilter(quiet)
     try:
         yield
     finally:
-        logger.setLevel(level)
+        root.removeFilter(quiet)
 
 
 def _create_model(name: str, pretrained: str | None) -> ClipModel:
@@ -238,8 +254,9 @@ _RANDOM_INITS = (
 
 
 _init_switch = threading.local()
-_init_switch_lock = threading.Lock()
-_init_switch_installed = False
+_init_patch_lock = threading.Lock()
+_init_patch_users = 0
+_init_originals: dict[str, Callable[..., torch.Tensor]] = {}
 
 
 def _switchable(original: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
@@ -253,24 +270,45 @@ def _switchable(original: Callable[..., torch.Tensor]) -> Callable[..., torch.Te
 
 
 @contextlib.contextmanager
+def _switchable_init() -> Iterator[None]:
+    """torch.nn.init's random fills replaced by switchable ones while any thread is inside.
+
+    Patching a torch module is process-wide, so it is kept narrow: a replacement calls the
+    original unless the calling thread switched it off (other threads' models initialise as
+    always), and the originals come back when the last user leaves (counted under a lock, so
+    overlapping threads never restore under each other).
+    """
+    global _init_patch_users
+    with _init_patch_lock:
+        if _init_patch_users == 0:
+            _init_originals.update({name: getattr(nn.init, name) for name in _RANDOM_INITS})
+            for name, original in _init_originals.items():
+                setattr(nn.init, name, _switchable(original))
+        _init_patch_users += 1
+    try:
+        yield
+    finally:
+        with _init_patch_lock:
+            _init_patch_users -= 1
+            if _init_patch_users == 0:
+                for name, original in _init_originals.items():
+                    setattr(nn.init, name, original)
+
+
+@contextlib.contextmanager
 def skipped_random_init() -> Iterator[None]:
     """Build modules in this thread without torch.nn.init's random fills (their tensors keep
     whatever memory held), for a model whose every parameter and persistent buffer a strict
     ``load_state_dict`` overwrites next. Computed buffers (attention masks) are unaffected, and
     so are models built meanwhile by other threads (the switch is per thread).
     """
-    global _init_switch_installed
-    with _init_switch_lock:
-        if not _init_switch_installed:
-            for name in _RANDOM_INITS:
-                setattr(nn.init, name, _switchable(getattr(nn.init, name)))
-            _init_switch_installed = True
     previous = getattr(_init_switch, "skip", False)
-    _init_switch.skip = True
-    try:
-        yield
-    finally:
-        _init_switch.skip = previous
+    with _switchable_init():
+        _init_switch.skip = True
+        try:
+            yield
+        finally:
+            _init_switch.skip = previous
 
 
 def build_from_open_clip_config(
@@ -295,10 +333,6 @@ def build_from_open_clip_config(
 def write_open_clip_config(backbone: Backbone, folder: str | Path) -> None:
     with open(Path(folder) / OPEN_CLIP_CONFIG, "w", encoding="utf-8") as fh:
         json.dump(backbone.open_clip_config(), fh, indent=2)
-
-
-def trainable_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def trim_padding(tokens: torch.Tensor, pad_id: int = 0) -> torch.Tensor:

@@ -16,18 +16,17 @@ from typing import Any
 
 import torch
 import yaml
-from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from models.artifacts import FINETUNED, load_artifact, load_weights, read_card, save_artifact
 from models.backbone import list_architectures
 from models.config import RunConfig, from_dict, load_run_config, to_dict
-from models.data import open_dataset
-from models.errors import Cancelled, DataError, ModelsError
+from models.data import open_dataset, read_image
+from models.errors import Cancelled, ModelsError
 from models.evaluation import split_evaluator, summary
 from models.heads import HEAD_NAMES
-from models.objectives import OBJECTIVES
-from models.offline_backbone import (
+from models.objective_registry import OBJECTIVES
+from models.offline.backbone import (
     CARD,
     DEFAULT_FOLDER,
     OfflineBuildConfig,
@@ -35,8 +34,8 @@ from models.offline_backbone import (
     format_table,
     is_built,
 )
+from models.offline.synthetic import write_shapes_dataset
 from models.pipeline import build_classifier, cpu_state, finetune, load_state
-from models.synthetic import write_shapes_dataset
 from models.templates import TEMPLATE_SETS
 from models.train import Progress
 from models.wiseft import merge
@@ -197,7 +196,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     artifact = load_artifact(args.artifact)
     classifier = artifact.classifier
     transform = classifier.backbone.transform()
-    images = torch.stack([transform(_open_image(p)) for p in args.images])
+    images = torch.stack([transform(read_image(p)) for p in args.images])
     with torch.no_grad():
         probs = classifier(images.to(classifier.device), head=args.head).cpu()
     k = max(1, min(args.top_k, len(classifier.classnames)))
@@ -209,14 +208,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
         )
         print(f"{path}: {labels}")
     return 0
-
-
-def _open_image(path: str) -> Image.Image:
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (UnidentifiedImageError, OSError) as exc:
-        raise DataError(f"cannot read image: {exc}", file=path) from exc
 
 
 def cmd_synthetic(args: argparse.Namespace) -> int:
@@ -242,8 +233,8 @@ def cmd_build_offline_backbone(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     print("objectives:")
-    for name, text in OBJECTIVES.items():
-        print(f"  {name:9s} {text}")
+    for name, spec in OBJECTIVES.items():
+        print(f"  {name:9s} {spec.description}")
     print("template sets: " + ", ".join(f"{k} ({len(v)})" for k, v in TEMPLATE_SETS.items()))
     print("architectures: " + ", ".join(list_architectures()))
     return 0

@@ -7,6 +7,7 @@ and every error names the dotted key it is about.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -17,9 +18,10 @@ from typing import Any, TypeVar
 import yaml
 
 from models.errors import ConfigError
+from models.json_values import json_safe
+from models.objective_registry import objective_names
 from models.seeding import MAX_SEED
 
-OBJECTIVES = ("zeroshot", "ce", "flyp", "drm")
 WRM_READINGS = ("weight", "soft")
 PC_MODES = ("cached", "per_step")
 # prob: min-max over classes of the frozen model's concept-head probabilities (the paper, as a
@@ -107,7 +109,7 @@ class ObjectiveConfig:
     preset: str | None = None
 
     def __post_init__(self) -> None:
-        _check_choice(self.name, OBJECTIVES, "objective.name")
+        _check_choice(self.name, objective_names(), "objective.name")
         _check_choice(self.wrm, WRM_READINGS, "objective.wrm")
         _check_choice(self.pc_mode, PC_MODES, "objective.pc_mode")
         _check_choice(self.pc_norm, PC_NORMS, "objective.pc_norm")
@@ -321,20 +323,13 @@ def _coerce_scalar(tp: Any, value: Any, key: str) -> Any:
 
 def to_dict(config: Any) -> dict[str, Any]:
     """Plain JSON/YAML-ready dict (tuples become lists)."""
-    return _plain(dataclasses.asdict(config))
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
+    return json_safe(dataclasses.asdict(config))
 
 
 def with_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """Apply ``key.sub=value`` overrides (values parsed as YAML) to a nested dict copy."""
-    result: dict[str, Any] = _plain(dict(data))
+    # A deep copy: the overrides below must not reach into the caller's nested dicts.
+    result: dict[str, Any] = copy.deepcopy(dict(data))
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value")

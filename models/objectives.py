@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from models.backbone import encode_text
 from models.config import PC_NORMS, ObjectiveConfig
 from models.heads import Classifier
+from models.objective_registry import OBJECTIVES, register_objective
 from models.seeding import derive_seed
 
 PC_EPS = 1e-8
@@ -311,24 +312,46 @@ class ZeroShot:
         raise RuntimeError("the zeroshot objective does not train")
 
 
-OBJECTIVES: dict[str, str] = {
-    "zeroshot": "no training: evaluate the zero-shot heads",
-    "ce": "cross-entropy over all classes with a learned head initialised from zero-shot",
-    "flyp": "contrastive fine-tuning with the default template prompts (FLYP)",
-    "drm": "dual risk minimization: FLYP + lambda * core-description worst-case risk",
-}
+@register_objective("zeroshot", "no training: evaluate the zero-shot heads")
+def _zeroshot(
+    classifier: Classifier, cfg: ObjectiveConfig, seed: int, prior: CorePrior | None
+) -> Objective:
+    return ZeroShot()
+
+
+@register_objective(
+    "ce", "cross-entropy over all classes with a learned head initialised from zero-shot"
+)
+def _cross_entropy(
+    classifier: Classifier, cfg: ObjectiveConfig, seed: int, prior: CorePrior | None
+) -> Objective:
+    return CrossEntropy(classifier)
+
+
+@register_objective("flyp", "contrastive fine-tuning with the default template prompts (FLYP)")
+def _flyp(
+    classifier: Classifier, cfg: ObjectiveConfig, seed: int, prior: CorePrior | None
+) -> Objective:
+    return Flyp(classifier, cfg, seed)
+
+
+@register_objective(
+    "drm", "dual risk minimization: FLYP + lambda * core-description worst-case risk"
+)
+def _drm(
+    classifier: Classifier, cfg: ObjectiveConfig, seed: int, prior: CorePrior | None
+) -> Objective:
+    if prior is None:
+        raise ValueError("the drm objective needs a CorePrior")
+    return Drm(classifier, cfg, seed, prior)
 
 
 def build_objective(
     cfg: ObjectiveConfig, classifier: Classifier, seed: int, prior: CorePrior | None = None
 ) -> Objective:
-    """The objective ``cfg.name`` names. DRM needs the core prior (see ``CorePrior``)."""
-    if cfg.name == "ce":
-        return CrossEntropy(classifier)
-    if cfg.name == "flyp":
-        return Flyp(classifier, cfg, seed)
-    if cfg.name == "drm":
-        if prior is None:
-            raise ValueError("the drm objective needs a CorePrior")
-        return Drm(classifier, cfg, seed, prior)
-    return ZeroShot()
+    """The objective ``cfg.name`` names. DRM needs the core prior (see ``CorePrior``).
+
+    The config checked the name against the registry when it was built.
+    """
+    objective: Objective = OBJECTIVES[cfg.name].build(classifier, cfg, seed, prior)
+    return objective

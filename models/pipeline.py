@@ -7,8 +7,6 @@ environment; the caller passes the config, a device and where to keep checkpoint
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 import platform
 import time
@@ -37,6 +35,7 @@ from models.data import (
 from models.errors import ConfigError
 from models.evaluation import split_evaluator, summary
 from models.heads import Classifier
+from models.json_values import stable_hash
 from models.objectives import CorePrior, build_objective
 from models.templates import resolve_templates
 from models.train import Callback, TrainResult, train
@@ -59,7 +58,7 @@ def run_key(cfg: RunConfig) -> str:
     # Confinement changes which files may be read, not what is trained: jobs checkpointed
     # before it was set still resume.
     relevant["data"].pop("within", None)
-    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+    return stable_hash(relevant)[:16]
 
 
 def versions() -> dict[str, str]:

@@ -12,4 +12,4 @@ KEEP=()
 if [ -t 0 ] && [ -t 1 ] && [ -z "${RCS_DEMO_EXIT:-}" ]; then
     KEEP=(--keep-serving)
 fi
-exec "$PY" -m service.demo "${KEEP[@]}" "$@"
+exec "$PY" -m tools.demo "${KEEP[@]}" "$@"

@@ -37,7 +37,6 @@ class AppContext:
     default_model_error: str | None = None
     # Open server-sent event streams, per API key and in all (capped by the settings).
     streams: StreamSlots = field(default_factory=StreamSlots)
-    extra: dict[str, object] = field(default_factory=dict)
 
 
 async def get_ctx(request: Request) -> AppContext:

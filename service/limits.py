@@ -6,10 +6,11 @@ arrives and cut off when it passes the limit.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.errors import error_body
 
 
 class BodyTooLarge(Exception):
@@ -31,7 +32,7 @@ class BodySizeLimit:
             return
         declared = _content_length(scope)
         if declared is not None and declared > limit:
-            await _reject(send, limit)
+            await _reject(scope, receive, send, limit)
             return
         received = 0
         started = False
@@ -55,7 +56,7 @@ class BodySizeLimit:
             await self.app(scope, counting_receive, tracking_send)
         except BodyTooLarge:
             if not started:
-                await _reject(send, limit)
+                await _reject(scope, receive, send, limit)
 
 
 def _content_length(scope: Scope) -> int | None:
@@ -68,17 +69,6 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
-async def _reject(send: Send, limit: int) -> None:
-    body = json.dumps(
-        {
-            "error": {
-                "code": "payload_too_large",
-                "message": f"request body over the limit of {limit} bytes",
-                "param": None,
-                "type": "invalid_request_error",
-            }
-        }
-    ).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": 413, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+async def _reject(scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+    message = f"request body over the limit of {limit} bytes"
+    await error_body(413, "payload_too_large", message, None)(scope, receive, send)

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
-from worker.contracts import TRAINING_QUEUE
+from service.queue import TRAINING_QUEUE
 
 PLACEHOLDERS = frozenset({"", "changeme", "change-me", "changethis", "secret", "password", "xxx"})
 DEFAULT_ROOT = Path("runs/service")

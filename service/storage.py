@@ -8,7 +8,6 @@ is written last, and the registry marks a version READY only after ``put_folder`
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import uuid
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-CARD = "artifact.json"
+from models.artifacts import CARD, swap_into_place
 
 
 class ArtifactStore:
@@ -57,7 +56,7 @@ class ArtifactStore:
         if not _has_card(cached, digest):
             tmp = cached.parent / f".{cached.name}.tmp-{uuid.uuid4().hex[:8]}"
             self.fs.get(f"{self.root}/{key}/", str(tmp), recursive=True)
-            _replace_folder(tmp, cached)
+            swap_into_place(tmp, cached)
         return cached
 
     def delete(self, key: str) -> None:
@@ -83,17 +82,6 @@ def _local_atomic_copy(source: Path, target: Path) -> None:
     tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
         shutil.copytree(source, tmp)
-        _replace_folder(tmp, target)
+        swap_into_place(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _replace_folder(tmp: Path, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if target.exists():
-        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, target)

@@ -11,7 +11,7 @@ import torch
 from models.backbone import create_backbone
 from models.config import BackboneConfig
 from models.heads import Classifier
-from models.synthetic import CLASSES, DESCRIPTIONS, write_shapes_dataset
+from models.offline.synthetic import CLASSES, DESCRIPTIONS, write_shapes_dataset
 
 logging.getLogger("root").setLevel(logging.ERROR)
 

@@ -1,5 +1,5 @@
 """The Celery worker: thin tasks that run ``models.pipeline.finetune`` for jobs in the database.
 
-The service imports only ``worker.contracts`` (task names, queue, payload schema, broker
-options); the task modules are the worker's own.
+The worker imports the service's domain layer (settings, database, storage, job states) and
+its queue contract (``service.queue``); the service imports nothing from here.
 """

@@ -21,9 +21,10 @@ from sqlalchemy.orm import Session
 
 from service.db.engine import make_engine, make_sessionmaker
 from service.db.tables import Job
+from service.queue import TASK_FINETUNE, FinetunePayload, celery_config
 from service.settings import Settings
+from service.status import ACTIVE, JobStatus
 from service.storage import ArtifactStore
-from worker.contracts import TASK_FINETUNE, FinetunePayload, celery_config
 from worker.runner import WorkerContext, run_job
 
 log = logging.getLogger(__name__)
@@ -50,12 +51,12 @@ def orphan_deliveries(session: Session, now: float) -> list[tuple[str, float]]:
     renews the lease and that delivery finds the job busy and looks again later.
     """
     rows = session.execute(
-        select(Job.id, Job.status, Job.lease_until).where(Job.status.in_(("queued", "running")))
+        select(Job.id, Job.status, Job.lease_until).where(Job.status.in_(ACTIVE))
     )
     deliveries = []
     for job_id, status, lease_until in rows:
         wait = 0.0
-        if status == "running" and lease_until is not None and lease_until > now:
+        if status == JobStatus.RUNNING and lease_until is not None and lease_until > now:
             wait = math.ceil(lease_until - now) + 1.0
         deliveries.append((job_id, wait))
     return deliveries

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import os
 import shutil
 import socket
@@ -27,6 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from models.config import RunConfig, from_dict
 from models.data import dataset_root, open_dataset
 from models.errors import Cancelled, ModelsError
+from models.json_values import json_safe
 from models.pipeline import RunResult, finetune
 from models.train import KEEP_CHECKPOINTS, Progress
 from service.db.tables import Dataset, Job, JobCheckpoint, ModelVersion
@@ -34,6 +34,7 @@ from service.errors import redact
 from service.jobs import state
 from service.registry import service as registry
 from service.settings import Settings
+from service.status import TERMINAL, JobStatus, VersionStatus
 from service.storage import ArtifactStore
 
 log = logging.getLogger(__name__)
@@ -110,7 +111,9 @@ class JobObserver:
             data = {k: v for k, v in dataclasses.asdict(progress).items() if v is not None}
             loss = progress.losses.get("loss", float("nan"))
             message = f"Step {progress.step}/{progress.total_steps}: loss={loss:.4f}"
-            state.add_event(session, self.job_id, message, type="metrics", data=_plain(data))
+            # JSON columns refuse NaN (finite) and odd values are kept as their text (str).
+            safe = json_safe(data, finite=True, fallback=str)
+            state.add_event(session, self.job_id, message, type="metrics", data=safe)
         # The loop saves its periodic checkpoint right after this callback returns.
         if self.checkpoint_every and progress.step % self.checkpoint_every == 0:
             state.add_checkpoint(session, self.job_id, progress.step, {"losses": progress.losses})
@@ -119,19 +122,6 @@ class JobObserver:
             on_disk = saved_steps(job_dir(self.ctx, self.job_id) / "checkpoints")
             kept = sorted({*on_disk, progress.step})[-KEEP_CHECKPOINTS:]
             forget_checkpoints(session, self.job_id, keep=set(kept))
-
-
-def _plain(value: Any) -> Any:
-    """JSON-safe copy for JSON columns: tuples become lists, non-finite floats None."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if value is None or isinstance(value, str | int | float | bool):
-        return value
-    return str(value)
 
 
 def job_dir(ctx: WorkerContext, job_id: str) -> Path:
@@ -181,7 +171,7 @@ def run_job(ctx: WorkerContext, job_id: str) -> Outcome:
         job = session.get(Job, job_id)
         if job is None:
             return Outcome("skipped", f"no job {job_id}")
-        if job.status in state.TERMINAL:
+        if job.status in TERMINAL:
             # A second delivery of a finished job: never train or register twice. A job
             # cancelled while back in the queue may have left checkpoints: nothing resumes them.
             _remove_checkpoints(ctx, job_id)
@@ -192,7 +182,7 @@ def run_job(ctx: WorkerContext, job_id: str) -> Outcome:
             return Outcome("released", "worker stopping; not started")
         if not state.claim(session, job_id, ctx.owner, ctx.settings.lease_s):
             session.refresh(job)
-            if job.status in state.TERMINAL:
+            if job.status in TERMINAL:
                 return Outcome("skipped", f"already {job.status}")
             wait = max(1.0, (job.lease_until or 0) - time.time() + 1)
             return Outcome("busy", f"held by {job.lease_owner}", retry_in_s=wait)
@@ -256,7 +246,7 @@ def _prepare(ctx: WorkerContext, job_id: str) -> tuple[RunConfig, JobObserver]:
         backbone = cfg.backbone
         if job.base_version_id is not None:
             base = session.get(ModelVersion, job.base_version_id)
-            if base is None or base.status != registry.READY:
+            if base is None or base.status != VersionStatus.READY:
                 raise ModelsError(f"base model {job.model} is no longer available")
             key = registry.version_key(base.name, base.version)
             local = ctx.store.local_path(key, base.digest)
@@ -288,7 +278,9 @@ def _check_fingerprint(dataset: Dataset) -> None:
 
 def register(ctx: WorkerContext, job_id: str, result: RunResult) -> Outcome:
     """PENDING version -> artifact copied to storage -> READY and job succeeded, together."""
-    card = _plain({k: v for k, v in result.card.items() if k != "files"})
+    card = json_safe(
+        {k: v for k, v in result.card.items() if k != "files"}, finite=True, fallback=str
+    )
     with ctx.sessions() as session:
         job = session.get(Job, job_id)
         assert job is not None
@@ -310,7 +302,9 @@ def register(ctx: WorkerContext, job_id: str, result: RunResult) -> Outcome:
             "wise_ft": card.get("wise") or {},
             "progress_step": steps,
         }
-        if not state.finish(session, job_id, ctx.owner, "succeeded", values=values, commit=False):
+        if not state.finish(
+            session, job_id, ctx.owner, JobStatus.SUCCEEDED, values=values, commit=False
+        ):
             # Cancelled (or taken over) while registering: the version must not go READY.
             session.rollback()
             registry.mark_failed(session, version, "the job stopped before registration finished")
@@ -345,7 +339,7 @@ def _failed(ctx: WorkerContext, job_id: str, code: str, message: str) -> Outcome
             session,
             job_id,
             ctx.owner,
-            "failed",
+            JobStatus.FAILED,
             error={"code": code, "message": message},
             commit=False,
         ):

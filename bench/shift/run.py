@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import fcntl
-import hashlib
 import json
 import logging
 import platform
@@ -41,6 +40,7 @@ from bench.shift.tasks import FORMAT as TASK_FORMAT
 from bench.shift.tasks import FULL, QUICK, TASKS, Sizes, Task, build_task
 from models.backbone import OFFLINE_BACKBONE
 from models.config import RunConfig, from_dict
+from models.json_values import stable_hash
 from models.pipeline import finetune, versions
 
 # The fine-tuning methods and the objective settings that define them.
@@ -252,7 +252,7 @@ def run_key(plan: Plan, task: str, method: str, seed: int, hp: Mapping[str, Any]
         "task_format": TASK_FORMAT,
         "run_format": RUN_FORMAT,
     }
-    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
+    return stable_hash(what)[:16]
 
 
 def read_journal(path: Path) -> list[dict[str, Any]]:
@@ -488,7 +488,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_report(report.merge([json.loads(p.read_text()) for p in args.report]), plan.out)
         return 0
     if plan.arch == OFFLINE_BACKBONE:
-        from models.offline_backbone import ensure_offline_backbone
+        from models.offline.backbone import ensure_offline_backbone
 
         ensure_offline_backbone()  # built once (about 5 minutes on 2 cores), then cached
     plan.out.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """The three distribution-shift tasks, written as ordinary datasets (a manifest and PNG files).
 
 Every task is built from the *benchmark* range of its real image sources
-(``models.offline_data``), never from the images the offline backbone was aligned on, and is a
+(``models.offline.data``), never from the images the offline backbone was aligned on, and is a
 plain ``manifest.csv`` (``path,label,split,group``) with a ``descriptions.json`` beside it, so
 the fine-tuning runs read it exactly as they would read a user's dataset.
 
@@ -16,13 +16,12 @@ the fine-tuning runs read it exactly as they would read a user's dataset.
   corruptions cycling over the images (group: the corruption's name).
 
 The class descriptions are ours and describe shape and parts only, never colour or background
-(``models.offline_data.DESCRIPTIONS``).
+(``models.offline.data.DESCRIPTIONS``).
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import shutil
 from collections.abc import Callable, Iterator, Sequence
@@ -33,8 +32,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from models.offline_corpus import PALETTE
-from models.offline_data import ImageSet, descriptions_for, load_source, within_class_rank
+from models.json_values import stable_hash
+from models.offline.corpus import PALETTE
+from models.offline.data import ImageSet, descriptions_for, load_source, within_class_rank
 
 FORMAT = "robust-clip-shift-task/2"
 SPURIOUS_COLOURS = (
@@ -285,7 +285,7 @@ BUILDERS: dict[str, Callable[[Sizes, np.random.Generator], Iterator[Row]]] = {
 def build_task(task: Task, sizes: Sizes, root: Path, seed: int = 0) -> Path:
     """Write ``task`` under ``root`` (reused when an identical build is there); its manifest."""
     stamp = {"format": FORMAT, "task": asdict(task), "sizes": asdict(sizes), "seed": seed}
-    key = hashlib.sha256(json.dumps(stamp, sort_keys=True).encode()).hexdigest()[:12]
+    key = stable_hash(stamp)[:12]
     folder = root / f"{task.name}-{key}"
     manifest = folder / "manifest.csv"
     if (folder / "task.json").exists():

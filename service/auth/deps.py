@@ -1,49 +1,88 @@
-"""Route dependencies: ``Authorization: Bearer <key>`` (or ``X-API-Key``) with a scope."""
+"""Route dependencies: ``Authorization: Bearer <key>`` (or ``X-API-Key``) with a scope.
+
+The key is read through ``fastapi.security``, so the OpenAPI schema declares both schemes, every
+protected operation references them, and ``/docs``' Authorize button sends the key.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Annotated
 
-from fastapi import Depends, Header
+from fastapi import Depends, Request
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
 from service.auth.service import ADMIN, SCOPES, Principal, authenticate
+from service.context import AppContext
 from service.deps import Ctx
 from service.errors import Forbidden, Unauthorized
 
 LOCAL = Principal("local", frozenset(SCOPES))
 
+# auto_error=False: a missing key gets our 401 body, not FastAPI's.
+BEARER = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer <key>`")
+API_KEY = APIKeyHeader(name="X-API-Key", auto_error=False, description="An API key")
+Bearer = Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]
+HeaderKey = Annotated[str | None, Depends(API_KEY)]
 
-def _key_from_headers(authorization: str | None, x_api_key: str | None) -> str | None:
-    if x_api_key:
-        return x_api_key.strip()
-    if authorization and authorization.lower().startswith("bearer "):
-        return authorization[7:].strip()
-    return None
+# Each key-check dependency and the scopes it admits: how the error handlers find a route's key
+# check, to run it before the body is judged (``check_key_first``).
+KEY_CHECKS: dict[Callable[..., Principal], tuple[str, ...]] = {}
+
+
+def presented_key(
+    bearer: HTTPAuthorizationCredentials | None, header_key: str | None
+) -> str | None:
+    if header_key:
+        return header_key.strip()
+    return bearer.credentials.strip() if bearer else None
+
+
+def authorize(ctx: AppContext, key: str | None, scopes: Iterable[str]) -> Principal:
+    """The key's principal if it holds any of ``scopes`` (any valid key when empty)."""
+    if ctx.settings.auth_disabled:
+        return LOCAL
+    if not key:
+        raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
+    with ctx.sessions() as session:
+        principal = authenticate(session, key)
+    if principal is None:
+        raise Unauthorized("invalid or revoked API key")
+    wanted = tuple(scopes)
+    if wanted and not principal.scopes.intersection(wanted):
+        raise Forbidden(f"this API key lacks the '{' or '.join(wanted)}' scope")
+    return principal
 
 
 def require(*scopes: str) -> Callable[..., Principal]:
     """A dependency that admits keys holding any of ``scopes`` (any valid key when empty)."""
 
-    def dependency(
-        ctx: Ctx,
-        authorization: Annotated[str | None, Header()] = None,
-        x_api_key: Annotated[str | None, Header()] = None,
-    ) -> Principal:
-        if ctx.settings.auth_disabled:
-            return LOCAL
-        key = _key_from_headers(authorization, x_api_key)
-        if not key:
-            raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
-        with ctx.sessions() as session:
-            principal = authenticate(session, key)
-        if principal is None:
-            raise Unauthorized("invalid or revoked API key")
-        if scopes and not principal.scopes.intersection(scopes):
-            raise Forbidden(f"this API key lacks the '{' or '.join(scopes)}' scope")
-        return principal
+    def dependency(ctx: Ctx, bearer: Bearer, header_key: HeaderKey) -> Principal:
+        return authorize(ctx, presented_key(bearer, header_key), scopes)
 
+    KEY_CHECKS[dependency] = scopes
     return dependency
+
+
+def _scopes_of(call: object) -> tuple[str, ...] | None:
+    # By identity: a route's other dependencies need not be hashable.
+    return next((scopes for check, scopes in KEY_CHECKS.items() if check is call), None)
+
+
+async def check_key_first(request: Request) -> None:
+    """Run the route's API-key check, if it has one; raises its 401/403.
+
+    FastAPI parses a JSON body before it runs the route's dependencies, so without this a
+    request without a key and with a malformed body would learn about its body (422) before
+    being told it needs a key (401); every other validation error already comes after the key.
+    """
+    dependant = getattr(request.scope.get("route"), "dependant", None)
+    for dependency in getattr(dependant, "dependencies", ()):
+        scopes = _scopes_of(dependency.call)
+        if scopes is not None:
+            key = presented_key(await BEARER(request), await API_KEY(request))
+            await run_in_threadpool(authorize, request.app.state.ctx, key, scopes)
 
 
 AnyKey = Annotated[Principal, Depends(require())]

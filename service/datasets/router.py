@@ -1,15 +1,13 @@
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from service.auth.deps import AnyKey, TrainKey
 from service.datasets import service
 from service.datasets.schemas import MAX_NAME, DatasetFromPath, DatasetObject
-from service.deps import Ctx, Db
+from service.deps import Ctx, Db, Page
 from service.errors import InvalidRequest
 from service.multipart import read_form
 from service.schemas import ERROR_RESPONSES, ListResponse
@@ -21,7 +19,7 @@ router = APIRouter(prefix="/datasets", tags=["datasets"], responses=ERROR_RESPON
 def register_from_path(body: DatasetFromPath, ctx: Ctx, db: Db, key: TrainKey) -> DatasetObject:
     """Register a dataset folder (or .csv/.jsonl manifest) under an allowed server root."""
     row = service.register_path(db, ctx.settings, key.key_id, body.name, body.path)
-    return DatasetObject.of(row)
+    return DatasetObject.model_validate(row)
 
 
 @router.post(
@@ -67,23 +65,18 @@ async def register_upload(request: Request, ctx: Ctx, db: Db, key: TrainKey) -> 
         )
     finally:
         await form.close()
-    return DatasetObject.of(row)
+    return DatasetObject.model_validate(row)
 
 
 @router.get("", response_model=ListResponse[DatasetObject])
-def list_datasets(
-    db: Db,
-    _: AnyKey,
-    after: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
-) -> ListResponse[DatasetObject]:
-    rows, more = service.list_all(db, after, limit)
-    return ListResponse(data=[DatasetObject.of(r) for r in rows], has_more=more)
+def list_datasets(db: Db, _: AnyKey, page: Page) -> ListResponse[DatasetObject]:
+    rows, more = service.list_all(db, page.after, page.limit)
+    return ListResponse(data=[DatasetObject.model_validate(r) for r in rows], has_more=more)
 
 
 @router.get("/{dataset_id}", response_model=DatasetObject)
 def get_dataset(dataset_id: str, db: Db, _: AnyKey) -> DatasetObject:
-    return DatasetObject.of(service.get(db, dataset_id))
+    return DatasetObject.model_validate(service.get(db, dataset_id))
 
 
 @router.delete("/{dataset_id}", status_code=204)

@@ -4,8 +4,6 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.db.tables import Dataset
-
 MAX_NAME = 200  # the column's length
 
 
@@ -17,26 +15,16 @@ class DatasetFromPath(BaseModel):
 
 
 class DatasetObject(BaseModel):
+    # Read from a Dataset row; its ``counts`` column is the API's ``splits``.
+    model_config = ConfigDict(from_attributes=True, validate_by_name=True)
+
     id: str
     object: Literal["dataset"] = "dataset"
     name: str
     source: str
     classes: list[str]
     # split -> class -> number of images
-    splits: dict[str, dict[str, int]]
+    splits: dict[str, dict[str, int]] = Field(validation_alias="counts")
     num_images: int
     fingerprint: str
     created_at: int
-
-    @classmethod
-    def of(cls, row: Dataset) -> DatasetObject:
-        return cls(
-            id=row.id,
-            name=row.name,
-            source=row.source,
-            classes=list(row.classes),
-            splits=dict(row.counts),
-            num_images=row.num_images,
-            fingerprint=row.fingerprint,
-            created_at=row.created_at,
-        )

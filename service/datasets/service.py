@@ -7,7 +7,6 @@ import shutil
 import threading
 from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,14 +15,20 @@ from typing import BinaryIO
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from models.data import DatasetSplits, dataset_root, image_problem, open_dataset
+from models.data import (
+    DatasetSplits,
+    dataset_root,
+    empty_classes,
+    image_problems,
+    open_dataset,
+)
 from models.errors import DataError
 from service.datasets import archives
-from service.db.queries import page
+from service.db.queries import page, required
 from service.db.tables import Dataset, Job, new_id, now
-from service.errors import Conflict, InvalidRequest, NotFound, TooManyRequests
-from service.jobs.state import ACTIVE
+from service.errors import Conflict, InvalidRequest, TooManyRequests
 from service.settings import Settings
+from service.status import ACTIVE
 
 MAX_REPORTED_PROBLEMS = 20
 
@@ -62,7 +67,7 @@ def inspect(path: Path, param: str, within: Path) -> DatasetSplits:
     if "train" not in ds.splits:
         found = ", ".join(repr(name) for name in ds.splits) or "none"
         raise InvalidRequest(f"the dataset has no 'train' split (found: {found})", param)
-    empty = [c for c, n in ds.counts()["train"].items() if n == 0]
+    empty = empty_classes(ds, "train")
     if empty:
         raise InvalidRequest(f"classes without training images: {empty}", param)
     problems = unreadable(ds)
@@ -75,11 +80,9 @@ def inspect(path: Path, param: str, within: Path) -> DatasetSplits:
 
 
 def unreadable(ds: DatasetSplits) -> list[str]:
-    paths = sorted({s.path for samples in ds.splits.values() for s in samples})
     # Two threads: PIL decodes without the GIL, and the API must stay responsive meanwhile.
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        found = pool.map(image_problem, paths)
-        return [f"{p}: {problem}" for p, problem in zip(paths, found, strict=True) if problem]
+    found = image_problems(ds, list(ds.splits), workers=2)
+    return sorted(f"{sample.path}: {problem}" for sample, problem in found)
 
 
 @dataclass(frozen=True)
@@ -231,11 +234,8 @@ def upload_folder(settings: Settings, row: Dataset) -> Path | None:
 
 def get(session: Session, dataset_id: str, param: str | None = None) -> Dataset:
     row = session.get(Dataset, dataset_id)
-    if row is None or row.deleted_at is not None:
-        if param is not None:
-            raise InvalidRequest(f"no dataset {dataset_id!r}", param)
-        raise NotFound(f"no dataset {dataset_id!r}")
-    return row
+    visible = row if row is not None and row.deleted_at is None else None
+    return required(visible, f"no dataset {dataset_id!r}", param)
 
 
 def list_all(session: Session, after: str | None, limit: int) -> tuple[list[Dataset], bool]:

@@ -1,4 +1,5 @@
-"""Query helpers every domain uses: a page of a list, an insert that retries a unique clash."""
+"""Query helpers every domain uses: a row that must exist, a page of a list, an insert that
+retries a unique clash."""
 
 from __future__ import annotations
 
@@ -9,7 +10,22 @@ from sqlalchemy import Select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from service.errors import InvalidRequest, NotFound, ServiceError
+
 T = TypeVar("T")
+
+
+def missing(message: str, param: str | None = None) -> ServiceError:
+    """What to raise for an absent row: 404 when the path names it, 422 when a request field
+    (``param``) does, since then the request, not the URL, is what is wrong."""
+    return InvalidRequest(message, param) if param is not None else NotFound(message)
+
+
+def required(row: T | None, message: str, param: str | None = None) -> T:
+    """``row``, or the ``missing`` error when it is None."""
+    if row is None:
+        raise missing(message, param)
+    return row
 
 
 def page(session: Session, query: Select[Any], limit: int) -> tuple[list[Any], bool]:

@@ -1,11 +1,9 @@
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Query
+from fastapi import APIRouter
 
 from service.auth.deps import AnyKey, TrainKey
-from service.deps import Db
+from service.deps import Db, Page
 from service.descriptions import service
 from service.descriptions.schemas import DescriptionSetCreate, DescriptionSetObject, normalise
 from service.schemas import ERROR_RESPONSES, ListResponse
@@ -21,13 +19,9 @@ def create_set(body: DescriptionSetCreate, db: Db, _: TrainKey) -> DescriptionSe
 
 @router.get("", response_model=ListResponse[DescriptionSetObject])
 def list_sets(
-    db: Db,
-    _: AnyKey,
-    name: str | None = None,
-    after: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    db: Db, _: AnyKey, page: Page, name: str | None = None
 ) -> ListResponse[DescriptionSetObject]:
-    rows, more = service.list_all(db, name, after, limit)
+    rows, more = service.list_all(db, name, page.after, page.limit)
     return ListResponse(data=[DescriptionSetObject.of(r) for r in rows], has_more=more)
 
 

@@ -52,6 +52,7 @@ class DescriptionSetObject(BaseModel):
 
     @classmethod
     def of(cls, row: DescriptionSet) -> DescriptionSetObject:
+        # ``classes`` is not a column: it is the descriptions' keys, in their stored order.
         return cls(
             id=row.id,
             name=row.name,

@@ -7,9 +7,9 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from service.db.queries import insert_with_retry, page
+from service.db.queries import insert_with_retry, page, required
 from service.db.tables import DescriptionSet, new_id
-from service.errors import Conflict, InvalidRequest, NotFound
+from service.errors import Conflict, InvalidRequest
 from service.schemas import MAX_INT
 
 
@@ -31,10 +31,7 @@ def create(session: Session, name: str, descriptions: dict[str, list[str]]) -> D
 
 
 def get(session: Session, set_id: str) -> DescriptionSet:
-    row = session.get(DescriptionSet, set_id)
-    if row is None:
-        raise NotFound(f"no description set {set_id!r}")
-    return row
+    return required(session.get(DescriptionSet, set_id), f"no description set {set_id!r}")
 
 
 def resolve(session: Session, ref: str, param: str) -> DescriptionSet:
@@ -49,9 +46,7 @@ def resolve(session: Session, ref: str, param: str) -> DescriptionSet:
                 raise InvalidRequest(f"bad description set reference {ref!r}", param)
             query = query.where(DescriptionSet.version == int(version))
         row = session.scalar(query.order_by(DescriptionSet.version.desc()).limit(1))
-    if row is None:
-        raise InvalidRequest(f"no description set {ref!r}", param)
-    return row
+    return required(row, f"no description set {ref!r}", param)
 
 
 def list_all(

@@ -9,17 +9,17 @@ from fastapi.responses import StreamingResponse
 from service.auth.deps import AnyKey, TrainKey
 from service.context import AppContext
 from service.db.tables import now
-from service.deps import Ctx, Db
-from service.jobs import service, state, streams
+from service.deps import Ctx, Db, Page
+from service.jobs import service, streams
 from service.jobs.schemas import (
     CheckpointObject,
     EventObject,
     FineTuneRequest,
     JobObject,
-    Status,
 )
+from service.queue import TASK_FINETUNE, FinetunePayload
 from service.schemas import ERROR_RESPONSES, ListResponse
-from worker.contracts import TASK_FINETUNE, FinetunePayload
+from service.status import TERMINAL, JobStatus
 
 router = APIRouter(tags=["jobs"], responses=ERROR_RESPONSES)
 # How often a stream looks for new events while they come (less often once it goes quiet).
@@ -62,13 +62,9 @@ def create_job(
 
 @router.get("/jobs", response_model=ListResponse[JobObject])
 def list_jobs(
-    db: Db,
-    _: AnyKey,
-    after: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    status: Status | None = None,
+    db: Db, _: AnyKey, page: Page, status: JobStatus | None = None
 ) -> ListResponse[JobObject]:
-    rows, more = service.list_jobs(db, after, limit, status)
+    rows, more = service.list_jobs(db, page.after, page.limit, status)
     t = now()
     return ListResponse(data=[JobObject.of(r, t) for r in rows], has_more=more)
 
@@ -129,7 +125,7 @@ def _open_stream(
         ctx.metrics.event_streams.set(slots.total)
 
     poll = partial(_poll, ctx, job_id)
-    events = streams.event_stream(poll, cursor, state.TERMINAL, slots, STREAM_POLL_S)
+    events = streams.event_stream(poll, cursor, TERMINAL, slots, STREAM_POLL_S)
     return streams.EventStreamResponse(events, on_close=close)
 
 
@@ -147,7 +143,7 @@ def _poll(ctx: AppContext, job_id: str, cursor: int) -> tuple[list[EventObject],
 def list_checkpoints(job_id: str, db: Db, _: AnyKey) -> ListResponse[CheckpointObject]:
     """The checkpoints that can still be used: an unfinished job's last few (it resumes from
     them) and a succeeded job's final one, registered as ``fine_tuned_model_checkpoint``."""
-    over = service.get(db, job_id).status in state.TERMINAL
+    over = service.get(db, job_id).status in TERMINAL
     rows = [
         r
         for r in service.checkpoints(db, job_id)

@@ -8,6 +8,7 @@ from models.config import HeadConfig, ObjectiveConfig, WiseConfig
 from service.db.tables import Job, JobCheckpoint, JobEvent
 from service.descriptions.schemas import Descriptions, normalise
 from service.schemas import NAME_PATTERN
+from service.status import JobStatus
 from service.validation import strict
 
 Auto = Literal["auto"]
@@ -20,7 +21,6 @@ StrictWise = strict(WiseConfig)
 MAX_SEED = 2**31 - 1
 # Steps are stored in 32-bit integer columns (PostgreSQL INTEGER).
 MAX_STEPS = 10_000_000
-Status = Literal["validating_files", "queued", "running", "succeeded", "failed", "cancelled"]
 
 
 # The job's hyperparameter names (OpenAI's, what users see) and the core TrainConfig field each
@@ -141,7 +141,7 @@ class JobObject(BaseModel):
     created_at: int
     finished_at: int | None
     model: str
-    status: Status
+    status: JobStatus
     hyperparameters: dict[str, Any]
     method: dict[str, Any]
     seed: int
@@ -157,21 +157,24 @@ class JobObject(BaseModel):
 
     @classmethod
     def of(cls, row: Job, now: int) -> JobObject:
+        # Explicit, not from_attributes: progress and the ETA are computed from ``now``, and
+        # several fields are named differently from their columns (dataset, metadata).
         eta = None
-        if row.estimated_finish is not None and row.status == "running":
+        running = row.status == JobStatus.RUNNING
+        if row.estimated_finish is not None and running:
             eta = max(0, row.estimated_finish - now)
         return cls(
             id=row.id,
             created_at=row.created_at,
             finished_at=row.finished_at,
             model=row.model,
-            status=row.status,  # type: ignore[arg-type]
+            status=JobStatus(row.status),
             hyperparameters=dict(row.hyperparameters),
             method=dict(row.method),
             seed=row.seed,
             error=JobError(**row.error) if row.error else None,
             fine_tuned_model=row.fine_tuned_model,
-            estimated_finish=row.estimated_finish if row.status == "running" else None,
+            estimated_finish=row.estimated_finish if running else None,
             metadata=dict(row.metadata_),
             dataset=row.dataset_id,
             descriptions=row.description_set_id or ("inline" if row.descriptions else None),
@@ -194,6 +197,7 @@ class EventObject(BaseModel):
 
     @classmethod
     def of(cls, row: JobEvent) -> EventObject:
+        # The id is the stream cursor made from ``seq``; no column holds it.
         return cls(
             id=f"ftevent-{row.seq}",
             created_at=row.created_at,
@@ -216,6 +220,7 @@ class CheckpointObject(BaseModel):
 
     @classmethod
     def of(cls, row: JobCheckpoint) -> CheckpointObject:
+        # OpenAI's names for the columns, and an id made from ``seq``.
         return cls(
             id=f"ftckpt-{row.seq}",
             created_at=row.created_at,

@@ -6,8 +6,6 @@ field, and nothing is queued); it is committed, and only then is the task sent b
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 import secrets
@@ -23,12 +21,13 @@ from models.backbone import list_architectures, list_pretrained
 from models.config import RunConfig, from_dict, to_dict
 from models.data import check_descriptions
 from models.errors import ConfigError, DataError
+from models.json_values import stable_hash
 from models.templates import resolve_templates
 from service.datasets import service as datasets
-from service.db.queries import page
+from service.db.queries import page, required
 from service.db.tables import Dataset, Job, JobCheckpoint, JobEvent, new_id
 from service.descriptions import service as description_sets
-from service.errors import Conflict, InvalidRequest, NotFound, Unavailable
+from service.errors import Conflict, InvalidRequest, Unavailable
 from service.jobs import state
 from service.jobs.schemas import (
     MAX_SEED,
@@ -40,6 +39,7 @@ from service.jobs.schemas import (
 from service.registry import service as registry
 from service.schemas import MAX_INT
 from service.settings import Settings
+from service.status import TERMINAL, JobStatus
 
 # Where a core config key came from in the request, for 422s that name the request's field.
 PARAM_OF_KEY = {
@@ -68,8 +68,7 @@ class Base:
 
 
 def request_hash(body: FineTuneRequest) -> str:
-    canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return stable_hash(body.model_dump(mode="json"))
 
 
 def find_idempotent(session: Session, scope: str, key: str) -> Job | None:
@@ -134,7 +133,7 @@ def build(session: Session, settings: Settings, body: FineTuneRequest) -> Job:
     run = run_config(settings, body, dataset, splits, base, hyper, seed)
     return Job(
         id=new_id("ftjob"),
-        status="queued",
+        status=JobStatus.QUEUED,
         model=base.model,
         method={"type": body.method.type, "objective": to_dict(run.objective)},
         hyperparameters=hyper,
@@ -356,14 +355,11 @@ def run_config(
 
 
 def get(session: Session, job_id: str) -> Job:
-    job = session.get(Job, job_id)
-    if job is None:
-        raise NotFound(f"no fine-tuning job {job_id!r}")
-    return job
+    return required(session.get(Job, job_id), f"no fine-tuning job {job_id!r}")
 
 
 def list_jobs(
-    session: Session, after: str | None, limit: int, status: str | None
+    session: Session, after: str | None, limit: int, status: JobStatus | None
 ) -> tuple[list[Job], bool]:
     query = select(Job)
     if status is not None:
@@ -375,7 +371,7 @@ def list_jobs(
 
 def cancel(session: Session, job_id: str) -> Job:
     job = get(session, job_id)
-    if job.status in state.TERMINAL:
+    if job.status in TERMINAL:
         raise Conflict(f"job {job_id} already {job.status}; terminal states never change")
     if not state.cancel(session, job_id):
         session.refresh(job)

@@ -15,9 +15,7 @@ from sqlalchemy.orm import Session
 
 from service.db.tables import Job, JobCheckpoint, JobEvent, now
 from service.errors import redact
-
-ACTIVE = ("validating_files", "queued", "running")
-TERMINAL = ("succeeded", "failed", "cancelled")
+from service.status import ACTIVE, JobStatus
 
 
 def add_event(
@@ -45,12 +43,16 @@ def claim(session: Session, job_id: str, owner: str, lease_s: float) -> bool:
         .where(
             Job.id == job_id,
             or_(
-                Job.status.in_(("validating_files", "queued")),
-                (Job.status == "running") & ((Job.lease_until < t) | (Job.lease_owner == owner)),
+                Job.status == JobStatus.QUEUED,
+                (Job.status == JobStatus.RUNNING)
+                & ((Job.lease_until < t) | (Job.lease_owner == owner)),
             ),
         )
         .values(
-            status="running", lease_owner=owner, lease_until=t + lease_s, attempts=Job.attempts + 1
+            status=JobStatus.RUNNING,
+            lease_owner=owner,
+            lease_until=t + lease_s,
+            attempts=Job.attempts + 1,
         )
     )
     session.commit()
@@ -72,7 +74,7 @@ def renew(
         values["estimated_finish"] = None if eta_s is None else int(time.time() + eta_s)
     result = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == "running", Job.lease_owner == owner)
+        .where(Job.id == job_id, Job.status == JobStatus.RUNNING, Job.lease_owner == owner)
         .values(**values)
     )
     session.commit()
@@ -83,7 +85,7 @@ def finish(
     session: Session,
     job_id: str,
     owner: str,
-    status: str,
+    status: JobStatus,
     *,
     error: dict[str, Any] | None = None,
     values: dict[str, Any] | None = None,
@@ -92,7 +94,7 @@ def finish(
     """Move our running job to a terminal state; False (nothing changed) if it is not ours."""
     result = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == "running", Job.lease_owner == owner)
+        .where(Job.id == job_id, Job.status == JobStatus.RUNNING, Job.lease_owner == owner)
         .values(status=status, finished_at=now(), error=error, lease_until=None, **(values or {}))
     )
     if commit:
@@ -104,8 +106,8 @@ def release(session: Session, job_id: str, owner: str) -> bool:
     """Hand a running job back to the queue (the worker is shutting down; it will resume)."""
     result = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == "running", Job.lease_owner == owner)
-        .values(status="queued", lease_owner=None, lease_until=None)
+        .where(Job.id == job_id, Job.status == JobStatus.RUNNING, Job.lease_owner == owner)
+        .values(status=JobStatus.QUEUED, lease_owner=None, lease_until=None)
     )
     session.commit()
     return _changed(result)
@@ -116,7 +118,7 @@ def cancel(session: Session, job_id: str) -> bool:
     result = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status.in_(ACTIVE))
-        .values(status="cancelled", finished_at=now(), estimated_finish=None)
+        .values(status=JobStatus.CANCELLED, finished_at=now(), estimated_finish=None)
     )
     changed = _changed(result)
     if changed:
@@ -131,14 +133,12 @@ def fail(session: Session, job_id: str, code: str, message: str) -> None:
     session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status.in_(ACTIVE))
-        .values(status="failed", finished_at=now(), error={"code": code, "message": message})
+        .values(
+            status=JobStatus.FAILED, finished_at=now(), error={"code": code, "message": message}
+        )
     )
     add_event(session, job_id, message, level="error")
     session.commit()
-
-
-def status_of(session: Session, job_id: str) -> str | None:
-    return session.scalar(select(Job.status).where(Job.id == job_id))
 
 
 def add_checkpoint(session: Session, job_id: str, step: int, metrics: dict[str, Any]) -> None:

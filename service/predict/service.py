@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
-import warnings
 from dataclasses import dataclass
 
 import torch
@@ -14,6 +12,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from torch import Tensor
 
+from models.data import ImageError, ImageLimits, open_image
 from service.context import AppContext
 from service.errors import InvalidRequest, PayloadTooLarge, TooManyRequests
 from service.predict.cache import LoadedModel, to_input
@@ -54,43 +53,14 @@ def _base64_image(text: str, i: int) -> bytes:
         raise InvalidRequest(f"image {i} is not valid base64: {exc}", param) from exc
 
 
-# Resizing an image's shorter side to the model's input size scales its longer side by the same
-# factor: a 3 KB PNG of 2 x 1,000,000 pixels became a 2.6 GB image. No photo is this thin.
-MAX_ASPECT_RATIO = 50
-
-
 def decode(image: ImageInput, max_pixels: int) -> Image.Image:
+    """The image under the library's image policy, its refusals mapped to 413 and 422."""
     name = f"'{image.filename}'" if image.filename else image.param
     try:
-        with warnings.catch_warnings():
-            # PIL only warns between max_pixels and twice that; we refuse the whole band.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(image.data)) as opened:
-                if opened.width * opened.height > max_pixels:
-                    raise PayloadTooLarge(
-                        f"image {name} has {opened.width}x{opened.height} pixels, over the "
-                        f"{max_pixels} limit",
-                        image.param,
-                    )
-                if max(opened.size) > MAX_ASPECT_RATIO * min(opened.size):
-                    raise InvalidRequest(
-                        f"image {name} is {opened.width}x{opened.height} pixels, more than "
-                        f"{MAX_ASPECT_RATIO} times longer than wide: crop it first",
-                        image.param,
-                    )
-                opened.load()
-                return opened.convert("RGB")
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise PayloadTooLarge(f"image {name} is too large: {exc}", image.param) from exc
-    except (PayloadTooLarge, InvalidRequest):
-        raise
-    except Image.UnidentifiedImageError as exc:
-        # PIL's own message names an in-memory buffer object, which tells a client nothing.
-        raise InvalidRequest(
-            f"image {name} cannot be decoded: not a recognised image format", image.param
-        ) from exc
-    except Exception as exc:  # PIL raises many types (OSError, SyntaxError, ...) on bad data
-        raise InvalidRequest(f"image {name} cannot be decoded: {exc}", image.param) from exc
+        return open_image(image.data, ImageLimits(max_pixels=max_pixels))
+    except ImageError as exc:
+        error = PayloadTooLarge if exc.too_large else InvalidRequest
+        raise error(f"image {name} {exc.problem}", image.param) from exc
 
 
 def model_for(ctx: AppContext, session: Session, ref: str) -> LoadedModel:

@@ -2,10 +2,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Response
+from fastapi import APIRouter, Path, Response
 
 from service.auth.deps import AnyKey, TrainKey
-from service.deps import Ctx, Db
+from service.deps import Ctx, Db, Page
+from service.errors import NotFound
 from service.registry import service
 from service.registry.schemas import (
     AliasObject,
@@ -29,13 +30,8 @@ def _model_object(db: Db, name: str) -> RegisteredModelObject:
 
 
 @router.get("", response_model=ListResponse[RegisteredModelObject])
-def list_models(
-    db: Db,
-    _: AnyKey,
-    after: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
-) -> ListResponse[RegisteredModelObject]:
-    rows, more = service.list_models(db, after, limit)
+def list_models(db: Db, _: AnyKey, page: Page) -> ListResponse[RegisteredModelObject]:
+    rows, more = service.list_models(db, page.after, page.limit)
     return ListResponse(data=[_model_object(db, r.name) for r in rows], has_more=more)
 
 
@@ -69,7 +65,7 @@ def delete_version(name: str, version: Version, ctx: Ctx, db: Db, _: TrainKey) -
 @router.put("/{name}/aliases/{alias}", response_model=AliasObject)
 def set_alias(name: str, alias: str, body: AliasUpdate, db: Db, _: TrainKey) -> AliasObject:
     row = service.set_alias(db, name, alias, body.version)
-    return AliasObject(name=row.name, alias=row.alias, version=row.version)
+    return AliasObject.model_validate(row)
 
 
 @router.get("/{name}/aliases/{alias}", response_model=ModelVersionObject)
@@ -77,7 +73,7 @@ def get_by_alias(name: str, alias: str, db: Db, key: AnyKey) -> ModelVersionObje
     aliases = service.aliases_of(db, name)
     if alias not in aliases:
         service.get_model(db, name)
-        raise service.NotFound(f"model {name!r} has no alias {alias!r}")
+        raise NotFound(f"model {name!r} has no alias {alias!r}")
     row = service.get_version(db, name, aliases[alias])
     return version_for(key, ModelVersionObject.of(row, aliases))
 

@@ -7,11 +7,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from service.db.tables import ModelVersion, RegisteredModel
 from service.jobs.schemas import card_hyperparameters
 from service.schemas import MAX_INT
+from service.status import VersionStatus
 
 
 class VersionSummary(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     version: int
-    status: str
+    status: VersionStatus
 
 
 class RegisteredModelObject(BaseModel):
@@ -28,6 +31,7 @@ class RegisteredModelObject(BaseModel):
     def of(
         cls, row: RegisteredModel, versions: list[ModelVersion], aliases: dict[str, int]
     ) -> RegisteredModelObject:
+        # Versions and aliases come from their own tables, so this is not one row's attributes.
         return cls(
             name=row.name,
             description=row.description,
@@ -35,7 +39,7 @@ class RegisteredModelObject(BaseModel):
             created_at=row.created_at,
             updated_at=row.updated_at,
             aliases=aliases,
-            latest_versions=[VersionSummary(version=v.version, status=v.status) for v in versions],
+            latest_versions=[VersionSummary.model_validate(v) for v in versions],
         )
 
 
@@ -45,7 +49,7 @@ class ModelVersionObject(BaseModel):
     object: Literal["model_version"] = "model_version"
     name: str
     version: int
-    status: str
+    status: VersionStatus
     status_message: str | None
     source: str
     # sha256 of the artifact's card (which lists every file's sha256): what is served.
@@ -68,12 +72,13 @@ class ModelVersionObject(BaseModel):
 
     @classmethod
     def of(cls, row: ModelVersion, aliases: dict[str, int]) -> ModelVersionObject:
+        # Most fields are read out of the stored model card, not columns.
         card: dict[str, Any] = row.card or {}
         config = card.get("config") or {}
         return cls(
             name=row.name,
             version=row.version,
-            status=row.status,
+            status=VersionStatus(row.status),
             status_message=row.status_message,
             source=row.source,
             digest=row.digest,
@@ -102,6 +107,8 @@ class AliasUpdate(BaseModel):
 
 
 class AliasObject(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     object: Literal["model_alias"] = "model_alias"
     name: str
     alias: str

@@ -21,15 +21,13 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service.db.queries import insert_with_retry, page
+from service.db.queries import insert_with_retry, missing, page, required
 from service.db.tables import JobCheckpoint, ModelAlias, ModelVersion, RegisteredModel, now
-from service.errors import Conflict, InvalidRequest, NotFound, ServiceError
+from service.errors import Conflict, InvalidRequest
 from service.schemas import MAX_INT
+from service.status import VersionStatus
 from service.storage import card_digest
 
-PENDING = "PENDING_REGISTRATION"
-FAILED = "FAILED_REGISTRATION"
-READY = "READY"
 # Matched with ``fullmatch``: ``$`` alone also matches before a trailing newline.
 ALIAS_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,99}")
 # Any case: ``LATEST`` or ``V3`` would read as the reserved reference to a client that folds case.
@@ -69,32 +67,26 @@ def version_key(name: str, version: int) -> str:
 def resolve(session: Session, text: str, param: str | None = None) -> ModelVersion:
     """The READY version ``text`` names; NotFound (or a 422 on ``param``) otherwise."""
     ref = parse_ref(text)
-    fail: type[ServiceError] = InvalidRequest if param else NotFound
     if ref is None:
-        raise fail(f"{text!r} is not a model reference (name, name/3 or name@alias)", param)
+        raise missing(f"{text!r} is not a model reference (name, name/3 or name@alias)", param)
     if ref.alias is not None and ref.alias != "latest":
         alias = session.get(ModelAlias, (ref.name, ref.alias))
-        if alias is None:
-            raise fail(f"model {ref.name!r} has no alias {ref.alias!r}", param)
-        ref = Ref(ref.name, alias.version)
+        message = f"model {ref.name!r} has no alias {ref.alias!r}"
+        ref = Ref(ref.name, required(alias, message, param).version)
     query = select(ModelVersion).where(ModelVersion.name == ref.name)
     if ref.version is not None:
         row = session.scalar(query.where(ModelVersion.version == ref.version))
     else:
-        ready = query.where(ModelVersion.status == READY)
+        ready = query.where(ModelVersion.status == VersionStatus.READY)
         row = session.scalar(ready.order_by(ModelVersion.version.desc()).limit(1))
-    if row is None:
-        raise fail(f"no model {text!r}", param)
-    if row.status != READY:
+    row = required(row, f"no model {text!r}", param)
+    if row.status != VersionStatus.READY:
         raise Conflict(f"model {text!r} is {row.status}, not READY", param)
     return row
 
 
 def get_model(session: Session, name: str) -> RegisteredModel:
-    row = session.get(RegisteredModel, name)
-    if row is None:
-        raise NotFound(f"no registered model {name!r}")
-    return row
+    return required(session.get(RegisteredModel, name), f"no registered model {name!r}")
 
 
 def list_models(
@@ -121,9 +113,7 @@ def get_version(session: Session, name: str, version: int) -> ModelVersion:
     row = session.scalar(
         select(ModelVersion).where(ModelVersion.name == name, ModelVersion.version == version)
     )
-    if row is None:
-        raise NotFound(f"model {name!r} has no version {version}")
-    return row
+    return required(row, f"model {name!r} has no version {version}")
 
 
 def check_alias(alias: str) -> None:
@@ -139,7 +129,7 @@ def check_alias(alias: str) -> None:
 def set_alias(session: Session, name: str, alias: str, version: int) -> ModelAlias:
     check_alias(alias)
     target = get_version(session, name, version)
-    if target.status != READY:
+    if target.status != VersionStatus.READY:
         raise Conflict(f"version {version} of {name!r} is {target.status}, not READY", "version")
     row = session.get(ModelAlias, (name, alias))
     if row is None:
@@ -151,9 +141,7 @@ def set_alias(session: Session, name: str, alias: str, version: int) -> ModelAli
 
 
 def delete_alias(session: Session, name: str, alias: str) -> None:
-    row = session.get(ModelAlias, (name, alias))
-    if row is None:
-        raise NotFound(f"model {name!r} has no alias {alias!r}")
+    row = required(session.get(ModelAlias, (name, alias)), f"model {name!r} has no alias {alias!r}")
     session.delete(row)
     session.commit()
 
@@ -161,7 +149,7 @@ def delete_alias(session: Session, name: str, alias: str) -> None:
 def delete_version(session: Session, name: str, version: int) -> ModelVersion:
     """Remove the row and its aliases; the caller deletes the artifact after the commit."""
     row = get_version(session, name, version)
-    if row.status == PENDING:
+    if row.status == VersionStatus.PENDING:
         # Its worker is copying the artifact now and would mark a deleted row READY.
         raise Conflict(f"version {version} of {name!r} is still being registered", "version")
     session.execute(
@@ -195,7 +183,7 @@ def begin_version(
         return ModelVersion(
             name=name,
             version=_next_version(session, name),
-            status=PENDING,
+            status=VersionStatus.PENDING,
             source="",
             job_id=job_id,
             card=card,
@@ -252,12 +240,12 @@ def mark_ready(session: Session, row: ModelVersion, source: str, digest: str) ->
 
     ``digest`` (``artifact_digest``) names the bytes: the model cache is keyed by it.
     """
-    row.status, row.source, row.digest, row.updated_at = READY, source, digest, now()
+    row.status, row.source, row.digest, row.updated_at = VersionStatus.READY, source, digest, now()
     model = session.get(RegisteredModel, row.name)
     if model is not None:
         model.updated_at = now()
 
 
 def mark_failed(session: Session, row: ModelVersion, message: str) -> None:
-    row.status, row.status_message, row.updated_at = FAILED, message, now()
+    row.status, row.status_message, row.updated_at = VersionStatus.FAILED, message, now()
     session.commit()

@@ -42,7 +42,7 @@ from bench.shift.tasks import (
 )
 from models.config import to_dict
 from models.data import open_dataset
-from models.offline_data import FASHION_CLASSNAMES, RESERVED, load_source, within_class_rank
+from models.offline.data import FASHION_CLASSNAMES, RESERVED, load_source, within_class_rank
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = Sizes(train=12, val=4, test=6, ood=5)

@@ -26,7 +26,6 @@ import httpx
 import pytest
 
 from models.train import latest_checkpoint
-from service.processes import Process, api_process, free_port, wait_ready, worker_process
 from tests.chaos.conftest import STARTUP_S, Chaos, Deadline, progress
 from tests.chaos.invariants import (
     STARTED,
@@ -45,6 +44,7 @@ from tests.reliability.images import encode, noise
 from tests.reliability.jobs import TERMINAL, events, job, one_ready_version, submit
 from tests.reliability.redis_server import RedisServer
 from tests.service.support import AUTH, b64
+from tools.processes import Process, api_process, free_port, wait_ready, worker_process
 
 pytestmark = pytest.mark.chaos
 

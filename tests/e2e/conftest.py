@@ -16,8 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
-from service.processes import Process, api_process, free_port, wait_ready, worker_process
 from tests.service.support import API_KEY
+from tools.processes import Process, api_process, free_port, wait_ready, worker_process
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"

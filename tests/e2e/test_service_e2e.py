@@ -153,6 +153,6 @@ def test_errors_over_http(stack: Stack, dataset: dict[str, Any]) -> None:
 
 def test_demo_runs_on_sqlite_with_the_sqlite_broker(tmp_path: Path) -> None:
     """`make demo`'s flow: no servers, the real API and worker processes."""
-    from service.demo import main
+    from tools.demo import main
 
     assert main(["--workdir", str(tmp_path / "demo"), "--per-class", "6", "--epochs", "1"]) == 0

@@ -1,9 +1,19 @@
 from __future__ import annotations
 
+import logging
+import threading
+
 import pytest
 import torch
 
-from models.backbone import create_backbone, encode_text, list_architectures, trim_padding
+from models.backbone import (
+    _quiet_open_clip,
+    create_backbone,
+    encode_text,
+    list_architectures,
+    skipped_random_init,
+    trim_padding,
+)
 from models.config import BackboneConfig
 from models.errors import BackboneError
 
@@ -42,3 +52,35 @@ def test_local_checkpoint_file_is_loaded_with_weights_only(tmp_path) -> None:  #
     torch.manual_seed(2)
     loaded = create_backbone(BackboneConfig(arch="test-tiny-vit", pretrained=str(path)))
     assert torch.equal(loaded.model.visual.proj, source.model.visual.proj)
+
+
+def test_skipped_random_init_puts_torch_nn_init_back() -> None:
+    originals = {name: getattr(torch.nn.init, name) for name in ("normal_", "kaiming_uniform_")}
+    with skipped_random_init(), skipped_random_init():  # nested: restored once, at the end
+        assert torch.nn.init.normal_ is not originals["normal_"]
+    assert {name: getattr(torch.nn.init, name) for name in originals} == originals
+
+
+def test_quieting_open_clip_leaves_other_threads_and_the_level_alone(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    root = logging.getLogger()
+    level = root.level
+
+    def other_thread() -> None:
+        logging.warning("from another thread")
+
+    with caplog.at_level(logging.INFO):
+        with _quiet_open_clip():
+            logging.warning("from open_clip")
+            worker = threading.Thread(target=other_thread)
+            worker.start()
+            worker.join()
+            logging.error("an error still shows")
+        logging.warning("after the block")
+    assert [r.getMessage() for r in caplog.records] == [
+        "from another thread",
+        "an error still shows",
+        "after the block",
+    ]
+    assert root.level == level and not root.filters

@@ -17,16 +17,21 @@ from models.data import (
     FMOW_CATEGORIES,
     DatasetSplits,
     ImageDataset,
+    ImageError,
+    ImageLimits,
     Sample,
     Scoring,
     check_descriptions,
+    empty_classes,
     fingerprint_samples,
+    image_problems,
     load_descriptions,
     load_image_folder,
     load_imagenet_variants,
     load_manifest,
     load_wilds,
     open_dataset,
+    open_image,
     validate_splits,
 )
 from models.errors import DataError
@@ -286,6 +291,52 @@ def test_truncated_image_is_named(tmp_path: Path, suffix: str, fmt: str) -> None
     with pytest.raises(DataError, match="cannot read image") as info:
         validate_splits(load_image_folder(root), ["train", "val"])
     assert info.value.file == str(bad)
+
+
+def test_one_image_policy_refuses_by_size_and_shape_before_decoding(tmp_path: Path) -> None:
+    limits = ImageLimits(max_pixels=1000, max_aspect_ratio=50)
+    big = make_image(tmp_path / "big.png", size=40)
+    with pytest.raises(ImageError, match="has 40x40 pixels, over the 1000 limit") as info:
+        open_image(big, limits)
+    assert info.value.too_large and info.value.file == str(big)
+    thin = tmp_path / "thin.png"
+    Image.new("RGB", (102, 2)).save(thin)
+    with pytest.raises(ImageError, match="more than 50 times longer than wide") as info:
+        open_image(thin.read_bytes())
+    assert not info.value.too_large and info.value.file is None
+    assert open_image(make_image(tmp_path / "ok.png").read_bytes()).mode == "RGB"
+
+
+def test_the_policy_defaults_are_the_services() -> None:
+    # The settings keep their own literal so that importing them does not import torch.
+    from service.settings import Settings
+
+    assert ImageLimits().max_pixels == Settings.model_fields["max_image_pixels"].default
+
+
+def test_training_and_validation_open_images_under_the_policy(tmp_path: Path) -> None:
+    root = make_folder(tmp_path, LAYOUT)
+    thin = root / "train" / "dog" / "thin.png"
+    Image.new("RGB", (2, 200)).save(thin)
+    ds = load_image_folder(root)
+    with pytest.raises(DataError, match="cannot read image: is 2x200 pixels") as info:
+        validate_splits(ds, ["train", "val"])
+    assert info.value.file == str(thin)
+    dataset = ImageDataset(ds.split("train"), ds.classnames)
+    index = [s.path for s in dataset.samples].index(str(thin))
+    with pytest.raises(DataError, match="more than 50 times longer than wide"):
+        dataset[index]
+
+
+def test_image_problems_lists_every_bad_image_once(tmp_path: Path) -> None:
+    root = make_folder(tmp_path, LAYOUT)
+    bad = [root / "train" / "dog" / "a.jpg", root / "val" / "cat" / "b.jpg"]
+    for path in bad:
+        path.write_bytes(b"not an image")
+    ds = load_image_folder(root)
+    found = sorted(sample.path for sample, _ in image_problems(ds, ["train", "val", "train"]))
+    assert found == sorted(str(p) for p in bad)
+    assert empty_classes(ds, "train") == []
 
 
 def test_bad_image_in_manifest_names_manifest_and_row(tmp_path: Path) -> None:

@@ -4,8 +4,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from models.cli import main
 from models.config import ObjectiveConfig
+from models.errors import ConfigError
 from models.heads import Classifier
+from models.objective_registry import OBJECTIVES, objective_names
 from models.objectives import (
     PC_EPS,
     Batch,
@@ -207,3 +210,23 @@ def test_objectives_give_finite_losses_and_gradients(classifier: Classifier, nam
 def test_zeroshot_objective_does_not_train(classifier: Classifier) -> None:
     objective = build_objective(ObjectiveConfig(name="zeroshot"), classifier, 0)
     assert objective.trains is False
+
+
+def test_one_registry_feeds_validation_listing_and_building(classifier: Classifier) -> None:
+    assert objective_names() == ("zeroshot", "ce", "flyp", "drm")
+    with pytest.raises(ConfigError, match="must be one of \\['zeroshot', 'ce', 'flyp', 'drm'\\]"):
+        ObjectiveConfig(name="nope")
+    built = {
+        name: type(build_objective(ObjectiveConfig(name=name), classifier, 0, None)).__name__
+        for name in ("zeroshot", "ce", "flyp")
+    }
+    assert built == {"zeroshot": "ZeroShot", "ce": "CrossEntropy", "flyp": "Flyp"}
+    assert all(spec.description for spec in OBJECTIVES.values())
+
+
+def test_models_list_prints_the_registry(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1 : 1 + len(OBJECTIVES)] == [
+        f"  {name:9s} {spec.description}" for name, spec in OBJECTIVES.items()
+    ]

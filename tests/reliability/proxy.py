@@ -6,7 +6,7 @@ from __future__ import annotations
 import socket
 import threading
 
-from service.processes import free_port
+from tools.processes import free_port
 
 
 class CuttableProxy:

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from service.processes import free_port
 from tests.e2e.conftest import wait_for
+from tools.processes import free_port
 
 
 class RedisServer:

@@ -14,10 +14,10 @@ from pydantic import ValidationError
 
 from service.db.engine import make_engine, make_sessionmaker
 from service.db.tables import ApiKey
-from service.processes import api_process, free_port, worker_process
 from service.settings import Settings
 from tests.reliability.conftest import LiveApi, record
 from tests.service.support import API_KEY
+from tools.processes import api_process, free_port, worker_process
 
 PUBLIC = {"/healthz", "/readyz", "/metrics", "/openapi.json"}
 # Reads need any key; everything that changes state needs the 'train' scope, but /predict, and

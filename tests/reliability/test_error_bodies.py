@@ -26,7 +26,6 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.auth.service import create_key
-from service.processes import ROOT, process_env
 from tests.reliability.conftest import record
 from tests.service.support import (
     API_KEY,
@@ -36,6 +35,7 @@ from tests.service.support import (
     png_bytes,
     register_artifact,
 )
+from tools.processes import ROOT, process_env
 
 # What starlette's TestClient returns: httpx's or httpx2's Response, by what is installed.
 Response = Any

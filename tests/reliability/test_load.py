@@ -15,7 +15,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.processes import Process, api_process, free_port, wait_ready, worker_process
 from tests.reliability.clients import hammer
 from tests.reliability.conftest import (
     live_settings,
@@ -26,6 +25,7 @@ from tests.reliability.conftest import (
 )
 from tests.reliability.images import encode, noise
 from tests.service.support import API_KEY, b64, finetune_body
+from tools.processes import Process, api_process, free_port, wait_ready, worker_process
 
 pytestmark = pytest.mark.slow
 

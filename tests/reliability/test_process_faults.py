@@ -18,7 +18,6 @@ from typing import Any
 import httpx
 import pytest
 
-from service.processes import api_process, wait_ready, worker_process
 from tests.e2e.conftest import Stack, ok, running_stack, wait_for
 from tests.reliability.conftest import (
     fault_settings,
@@ -30,6 +29,7 @@ from tests.reliability.images import encode, noise
 from tests.reliability.jobs import events, finished, job, one_ready_version, submit
 from tests.reliability.redis_server import RedisServer
 from tests.service.support import API_KEY, b64, finetune_body
+from tools.processes import api_process, wait_ready, worker_process
 
 pytestmark = pytest.mark.slow
 

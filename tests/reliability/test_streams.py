@@ -21,9 +21,9 @@ import pytest
 
 from service.auth.service import create_key
 from service.db.engine import make_engine, make_sessionmaker
-from service.processes import Process, api_process, free_port, wait_ready
 from tests.reliability.conftest import live_settings, postgres_or_none, prepare_database, record
 from tests.service.support import API_KEY, finetune_body
+from tools.processes import Process, api_process, free_port, wait_ready
 
 PER_KEY_CAP = 20  # the default of RCS_STREAM_MAX_PER_KEY
 TOTAL_CAP = 60  # RCS_STREAM_MAX_TOTAL, lowered from 100 so the global cap is reached quickly

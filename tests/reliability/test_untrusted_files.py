@@ -17,7 +17,7 @@ from models.artifacts import load_artifact
 from models.backbone import create_backbone
 from models.config import BackboneConfig
 from models.errors import ArtifactError, BackboneError
-from models.offline_backbone import load_image_tower
+from models.offline.backbone import load_image_tower
 from models.train import load_checkpoint
 from tests.conftest import make_classifier
 from tests.reliability.conftest import record

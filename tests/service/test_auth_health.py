@@ -295,3 +295,29 @@ def test_cli_lists_and_revokes_keys(
     ops_id = listing.split("\tops\t")[0].splitlines()[-1]
     with pytest.raises(SystemExit, match="last active admin key"):
         service_cli(["revoke-key", ops_id])
+
+
+def test_the_schema_declares_the_key_schemes_and_protected_operations_use_them(
+    client: TestClient,
+) -> None:
+    # /docs' Authorize button needs both: the schemes, and each operation naming them.
+    schema = client.get("/openapi.json").json()
+    schemes = schema["components"]["securitySchemes"]
+    assert schemes["HTTPBearer"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "An API key: `Authorization: Bearer <key>`",
+    }
+    header = schemes["APIKeyHeader"]
+    assert (header["type"], header["in"], header["name"]) == ("apiKey", "header", "X-API-Key")
+    public = set()
+    for path, item in schema["paths"].items():
+        for method, operation in item.items():
+            security = operation.get("security")
+            if security is None:
+                public.add(path)
+            else:
+                assert security == [{"HTTPBearer": []}, {"APIKeyHeader": []}], (method, path)
+            names = {p["name"].lower() for p in operation.get("parameters", [])}
+            assert not names & {"authorization", "x-api-key"}, (method, path)
+    assert public == {"/healthz", "/readyz", "/metrics"}

@@ -12,8 +12,8 @@ from fastapi.testclient import TestClient
 from service.context import AppContext
 from service.jobs import state
 from service.jobs.schemas import MAX_SEED
+from service.queue import TASK_FINETUNE, FinetunePayload
 from tests.service.support import FakeBroker, finetune_body, register_artifact
-from worker.contracts import TASK_FINETUNE, FinetunePayload
 
 
 def test_create_job_commits_then_sends_the_task_by_name(

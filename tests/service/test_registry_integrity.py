@@ -22,6 +22,7 @@ from service.db.migrate import upgrade
 from service.db.tables import ModelVersion, RegisteredModel
 from service.registry import service as registry
 from service.settings import Settings
+from service.status import VersionStatus
 from tests.service.support import AUTH, FakeBroker, b64, png_bytes, register_artifact
 
 
@@ -179,7 +180,7 @@ def test_a_second_process_never_serves_a_deleted_version(
             ModelVersion(
                 name="shapes",
                 version=2,
-                status=registry.READY,
+                status=VersionStatus.READY,
                 source=ctx.store.put_folder(other, registry.version_key("shapes", 2)),
                 digest=registry.artifact_digest(other),
                 card=read_card(other),

@@ -27,9 +27,9 @@ import pytest
 from service.auth.service import create_key
 from service.db.engine import make_engine, make_sessionmaker
 from service.db.migrate import upgrade
-from service.processes import Process, api_process, free_port, wait_ready, worker_process
 from tests.service.support import API_KEY
 from tests.ui.browser import chromium, console_errors, missing
+from tools.processes import Process, api_process, free_port, wait_ready, worker_process
 
 pytestmark = pytest.mark.slow
 

@@ -10,9 +10,9 @@ from service.db.engine import make_engine, make_sessionmaker
 from service.db.migrate import upgrade
 from service.jobs import service as jobs
 from service.jobs.schemas import FineTuneRequest
+from service.queue import TASK_FINETUNE, celery_config
 from tests.service.support import finetune_body, make_settings
 from worker.app import create_celery, make_context, orphan_deliveries
-from worker.contracts import TASK_FINETUNE, celery_config
 
 
 def test_worker_settings_for_long_gpu_jobs(tmp_path: Path) -> None:

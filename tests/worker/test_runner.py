@@ -19,9 +19,9 @@ from service.db.tables import Job, JobEvent, ModelVersion
 from service.jobs import service as jobs
 from service.jobs import state
 from service.jobs.schemas import FineTuneRequest
+from service.queue import FinetunePayload
 from service.storage import ArtifactStore
 from tests.service.support import finetune_body, make_settings
-from worker.contracts import FinetunePayload
 from worker.runner import WorkerContext, run_job
 
 pytestmark = pytest.mark.slow
@@ -209,7 +209,7 @@ def test_a_changed_dataset_fails_the_job(
 ) -> None:
     import shutil
 
-    from models.synthetic import write_shapes_dataset
+    from models.offline.synthetic import write_shapes_dataset
 
     root = write_shapes_dataset(shapes_root / "copy", per_class=4, size=16)
     try:

@@ -23,9 +23,9 @@ from service.db.migrate import upgrade
 from service.db.tables import Job, JobEvent
 from service.jobs import service as jobs
 from service.jobs.schemas import FineTuneRequest
-from service.processes import Process, worker_process
+from service.queue import TASK_FINETUNE, FinetunePayload, celery_config
 from tests.service.support import finetune_body, make_settings
-from worker.contracts import TASK_FINETUNE, FinetunePayload, celery_config
+from tools.processes import Process, worker_process
 
 pytestmark = pytest.mark.slow
 BROKER = "redis://127.0.0.1:6379/0"

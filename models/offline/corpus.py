@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageFilter
 
-from models.offline_data import DOMAINS, ImageSet
+from models.offline.data import DOMAINS, ImageSet
 from models.templates import GENERIC
 
 # Named colours the captions may use (RGB). Wide apart, so a name is always right.
@@ -107,7 +107,7 @@ SYNONYMS: dict[str, dict[str, tuple[str, ...]]] = {
     },
 }
 
-# Shape and parts, worded differently from the concept-head descriptions in offline_data, so
+# Shape and parts, worded differently from the concept-head descriptions in data.py, so
 # the concept head is measured on descriptions the corpus never showed verbatim.
 CORE_PHRASES: dict[str, dict[str, tuple[str, ...]]] = {
     "digits": {

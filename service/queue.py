@@ -1,7 +1,8 @@
-"""What the API and the worker agree on: task names, the queue, payloads, broker options.
+"""The queue contract: task names, the queue, payloads, broker options.
 
-Tasks are sent by name with JSON payloads, so the API never imports the task modules (and with
-them torch-heavy training code) and either side can be deployed on its own.
+It belongs to the sending side (the API); the worker imports it from here. Tasks are sent by
+name with JSON payloads, so the API never imports the task modules (and with them torch-heavy
+training code) and either side can be deployed on its own.
 """
 
 from __future__ import annotations

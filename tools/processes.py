@@ -1,4 +1,4 @@
-"""Start and stop the real API and worker processes (the demo and the end-to-end tests)."""
+"""Start and stop the real API and worker processes (the demo, e2e tests, bench/serve.py)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,126 @@
+"""The one image-opening policy: training, dataset validation, the CLI and the service use it.
+
+An image is refused before it is decoded when it has more pixels than ``max_pixels`` or is more
+than ``max_aspect_ratio`` times longer than wide; decompression bombs and truncated or
+unrecognised files are refused while decoding. Every refusal is an ``ImageError``.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from PIL import Image
+
+from models.errors import DataError
+
+T = TypeVar("T")
+
+# Validation decodes at most this size: JPEG can then skip most of the IDCT work while still
+# reading every byte of the file, so truncation is still caught.
+_CHECK_SIZE = 64
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """What an image may be before it is decoded (the defaults are the service's settings).
+
+    Resizing an image's shorter side to the model's input size scales its longer side by the
+    same factor: a 3 KB PNG of 2 x 1,000,000 pixels became a 2.6 GB image. No photo is this thin.
+    """
+
+    max_pixels: int = 40_000_000
+    max_aspect_ratio: int = 50
+
+
+class ImageError(DataError):
+    """An image refused or undecodable. ``problem`` reads after the image's name ("image x
+    {problem}"); ``too_large``: refused for its size (a 413 at the service, not a 422);
+    ``detail``: the problem as dataset errors state it (a decoder's exception type included)."""
+
+    def __init__(
+        self, problem: str, *, too_large: bool = False, detail: str | None = None, file: str | None
+    ) -> None:
+        self.problem = problem
+        self.too_large = too_large
+        self.detail = detail or problem
+        super().__init__(problem, file=file)
+
+
+def open_image(source: str | Path | bytes, limits: ImageLimits | None = None) -> Image.Image:
+    """The image (a path or the file's bytes) decoded to RGB, or an ``ImageError``."""
+    return _guarded(source, limits or ImageLimits(), _rgb)
+
+
+def read_image(path: str, limits: ImageLimits | None = None) -> Image.Image:
+    """The image at ``path`` as RGB, or a DataError naming the file."""
+    try:
+        return open_image(path, limits)
+    except ImageError as exc:
+        raise DataError(f"cannot read image: {exc.detail}", file=path) from exc
+
+
+def image_problem(path: str, limits: ImageLimits | None = None) -> str | None:
+    """Why the image at ``path`` cannot be used, or None when it can (decoded at a small size)."""
+    try:
+        _guarded(path, limits or ImageLimits(), _draft)
+    except ImageError as exc:
+        return exc.detail
+    return None
+
+
+def _rgb(image: Image.Image) -> Image.Image:
+    image.load()
+    return image.convert("RGB")
+
+
+def _draft(image: Image.Image) -> None:
+    image.draft("RGB", (_CHECK_SIZE, _CHECK_SIZE))
+    image.load()
+
+
+def _guarded(source: str | Path | bytes, limits: ImageLimits, use: Callable[[Image.Image], T]) -> T:
+    file = None if isinstance(source, bytes) else str(source)
+    stream = io.BytesIO(source) if isinstance(source, bytes) else source
+    try:
+        with warnings.catch_warnings():
+            # PIL only warns between its own limit and twice that; the whole band is refused.
+            # catch_warnings swaps the process-wide filter list and is not thread-safe: opens in
+            # several threads may leave this one filter in place after they return, which only
+            # makes PIL refuse, anywhere in the process, what this policy refuses anyway.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(stream) as image:
+                _check_limits(image, limits, file)
+                return use(image)
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(f"is too large: {exc}", too_large=True, file=file) from exc
+    except Exception as exc:  # PIL plugins raise OSError, SyntaxError, struct.error, ...
+        raise _undecodable(exc, file) from exc
+
+
+def _check_limits(image: Image.Image, limits: ImageLimits, file: str | None) -> None:
+    width, height = image.size
+    if width * height > limits.max_pixels:
+        problem = f"has {width}x{height} pixels, over the {limits.max_pixels} limit"
+        raise ImageError(problem, too_large=True, file=file)
+    if max(image.size) > limits.max_aspect_ratio * min(image.size):
+        problem = (
+            f"is {width}x{height} pixels, more than {limits.max_aspect_ratio} times longer than "
+            "wide: crop it first"
+        )
+        raise ImageError(problem, file=file)
+
+
+def _undecodable(exc: Exception, file: str | None) -> ImageError:
+    detail = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, Image.UnidentifiedImageError):
+        # PIL's own message names an in-memory buffer object, which tells a client nothing.
+        problem = "cannot be decoded: not a recognised image format"
+        return ImageError(problem, detail=detail, file=file)
+    return ImageError(f"cannot be decoded: {exc}", detail=detail, file=file)

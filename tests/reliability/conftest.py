@@ -71,17 +71,29 @@ class LiveApi:
         return httpx.Client(base_url=self.base_url, headers=headers, timeout=60)
 
 
-def live_settings(workdir: Path, database_url: str, data_root: Path) -> dict[str, str]:
+def base_settings(
+    workdir: Path, database_url: str, broker_url: str, data_root: Path
+) -> dict[str, str]:
+    """What every real API and worker of these tests runs with: production mode, CPU, one
+    torch thread, folders under ``workdir``."""
     return {
         "RCS_ENV": "production",
         "RCS_DATABASE_URL": database_url,
-        "RCS_BROKER_URL": f"sqla+sqlite:///{workdir / 'broker.db'}",
+        "RCS_BROKER_URL": broker_url,
         "RCS_ARTIFACTS_URL": str(workdir / "artifacts"),
         "RCS_WORK_DIR": str(workdir / "work"),
         "RCS_ALLOWED_DATASET_ROOTS": str(data_root),
         "RCS_BOOTSTRAP_API_KEY": API_KEY,
         "RCS_DEVICE": "cpu",
         "RCS_TORCH_THREADS": "1",
+    }
+
+
+def live_settings(workdir: Path, database_url: str, data_root: Path) -> dict[str, str]:
+    return {
+        **base_settings(
+            workdir, database_url, f"sqla+sqlite:///{workdir / 'broker.db'}", data_root
+        ),
         "RCS_MAX_PREDICT_BYTES": "2000000",
         "RCS_MAX_UPLOAD_BYTES": "5000000",
         "RCS_MAX_EXTRACTED_BYTES": "20000000",
@@ -95,17 +107,9 @@ def fault_settings(
     """The API's and workers' settings for process faults: Redis as the broker, a checkpoint
     every 2 steps and a 4 s lease, so a killed worker's job is taken over within seconds."""
     return {
-        "RCS_ENV": "production",
-        "RCS_DATABASE_URL": database_url,
-        "RCS_BROKER_URL": broker_url,
-        "RCS_ARTIFACTS_URL": str(workdir / "artifacts"),
-        "RCS_WORK_DIR": str(workdir / "work"),
-        "RCS_ALLOWED_DATASET_ROOTS": str(data_root),
-        "RCS_BOOTSTRAP_API_KEY": API_KEY,
-        "RCS_DEVICE": "cpu",
+        **base_settings(workdir, database_url, broker_url, data_root),
         "RCS_CHECKPOINT_EVERY": "2",
         "RCS_LEASE_S": "4",
-        "RCS_TORCH_THREADS": "1",
         "RCS_READINESS_TIMEOUT_S": "1",
     }
 

@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo demo-cli test test-fast chaos lint format bench bench-shift bench-shift-quick install clean
+.PHONY: demo demo-tiny demo-cli test test-fast chaos lint format bench bench-shift bench-shift-quick install clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,9 +23,14 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# The main job through the real service (API + worker processes, SQLite, no servers needed).
+# The main job through the real service (API + worker processes, SQLite, no servers needed):
+# zero-shot, FLYP and DRM on real images with the offline backbone (built once and cached).
 demo: $(STAMP)
 	PY=$(PY) bash scripts/serve_demo.sh
+
+# The 30-second plumbing check: synthetic shapes and a random-init model (no robustness shown).
+demo-tiny: $(STAMP)
+	PY=$(PY) bash scripts/serve_demo.sh --tiny
 
 # The same kind of run from the library's CLI alone, without the service.
 demo-cli: $(STAMP)

@@ -31,6 +31,8 @@ from models.errors import BackboneError
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 OPEN_CLIP_CONFIG = "open_clip_config.json"
 LOCAL_DIR = "local-dir:"
+# The weight files open_clip loads from a folder or a path (torch.load with weights_only=True).
+WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 # The backbone `python -m models build-offline-backbone` assembles from real pretrained towers
 # (no CLIP weights can be downloaded here), and where it is cached by default.
 OFFLINE_BACKBONE = "offline-lite0-minilm"
@@ -139,7 +141,7 @@ def _resolve_name(arch: str, pretrained: str | None) -> tuple[str, str | None]:
             f"unknown architecture {arch!r}; see models.list_architectures() "
             "(a folder path or 'local-dir:'/'hf-hub:' names are accepted too)"
         )
-    if pretrained and _looks_like_path(pretrained) and not os.path.isfile(pretrained):
+    if pretrained and looks_like_path(pretrained) and not os.path.isfile(pretrained):
         raise BackboneError(f"pretrained weights file {pretrained} does not exist")
     return arch, pretrained
 
@@ -182,8 +184,9 @@ def _extra_files(name: str) -> dict[str, bytes]:
     return {f: (folder / f).read_bytes() for f in HF_TEXT_FILES if (folder / f).is_file()}
 
 
-def _looks_like_path(value: str) -> bool:
-    return os.sep in value or value.endswith((".pt", ".pth", ".bin", ".safetensors"))
+def looks_like_path(value: str) -> bool:
+    """Whether a model or pretrained name is a file system path rather than a name or tag."""
+    return os.sep in value or value.endswith(WEIGHT_SUFFIXES)
 
 
 def _model_config(name: str) -> dict[str, Any]:

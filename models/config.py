@@ -138,6 +138,10 @@ class DataConfig:
     # A folder every file of the dataset must resolve inside (symlinks followed); the service
     # sets it to the dataset's own root so a row or link cannot reach the rest of the server.
     within: str | None = None
+    # Description diagnostics (models.diagnostics): the frozen concept head's accuracy per class
+    # on the training images, in the card and the log. One pass over the training images, free
+    # for DRM with cached p_c (the same pass).
+    diagnose_descriptions: bool = True
 
     def __post_init__(self) -> None:
         lo, hi = self.crop_scale

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from models._version import __version__
 from models.artifacts import Artifact, classifier_card, save_artifact
 from models.backbone import create_backbone, resolve_device
-from models.config import RunConfig, to_dict
+from models.config import ObjectiveConfig, RunConfig, to_dict
 from models.data import (
     DatasetSplits,
     ImageDataset,
@@ -32,6 +32,8 @@ from models.data import (
     open_dataset,
     validate_splits,
 )
+from models.diagnostics import description_diagnostics
+from models.diagnostics import summary_line as diagnostics_line
 from models.errors import ConfigError
 from models.evaluation import split_evaluator, summary
 from models.heads import Classifier
@@ -128,9 +130,36 @@ def core_prior(
         return None
     if cfg.objective.pc_mode == "per_step":
         return CorePrior.per_step(classifier, cfg.objective)
+    return _cached_prior(cfg, classifier, train_set, classnames, cfg.objective)
+
+
+def _cached_prior(
+    cfg: RunConfig,
+    classifier: Classifier,
+    train_set: Sequence[Any],
+    classnames: Sequence[str],
+    objective: ObjectiveConfig,
+) -> CorePrior:
     plain = ImageDataset(train_set, classnames, classifier.backbone.transform(train=False))
     loader = DataLoader(plain, batch_size=64, num_workers=cfg.data.num_workers)
-    return CorePrior.cached(classifier, loader, cfg.objective)
+    return CorePrior.cached(classifier, loader, objective)
+
+
+def diagnose_descriptions(
+    cfg: RunConfig,
+    classifier: Classifier,
+    train_set: Sequence[Any],
+    classnames: Sequence[str],
+    prior: CorePrior | None,
+) -> dict[str, Any] | None:
+    """The frozen concept head on the training images, per class (models.diagnostics); None
+    without descriptions (the concept head is then the bare class names) or when turned off."""
+    if cfg.data.descriptions is None or not cfg.data.diagnose_descriptions:
+        return None
+    if prior is None or prior.cache is None:  # not DRM, or p_c per step: one pass of our own
+        prior = _cached_prior(cfg, classifier, train_set, classnames, ObjectiveConfig())
+    assert prior.cache is not None
+    return description_diagnostics(prior.cache, [s.label for s in train_set], classnames)
 
 
 def finetune(
@@ -163,12 +192,12 @@ def finetune(
     zeroshot_metrics = evaluate(classifier)
     say(f"zero-shot (dual): {summary(zeroshot_metrics)}")
 
-    objective = build_objective(
-        cfg.objective,
-        classifier,
-        cfg.train.seed,
-        core_prior(cfg, classifier, ds.split(cfg.data.train_split), ds.classnames),
-    )
+    train_split = ds.split(cfg.data.train_split)
+    prior = core_prior(cfg, classifier, train_split, ds.classnames)
+    diagnostics = diagnose_descriptions(cfg, classifier, train_split, ds.classnames, prior)
+    if diagnostics is not None:
+        say(diagnostics_line(diagnostics))
+    objective = build_objective(cfg.objective, classifier, cfg.train.seed, prior)
     result: TrainResult | None = None
     curve: list[CurvePoint] = [CurvePoint(0.0, zeroshot_metrics)]
     finetuned_state = None
@@ -204,6 +233,7 @@ def finetune(
         say(f"selected alpha {selected} ({cfg.wise.selection})")
 
     card = run_card(cfg, ds, curve, selected, zeroshot_metrics, result, time.monotonic() - started)
+    card["description_diagnostics"] = diagnostics
     path = save_artifact(cfg.output_dir, classifier, card, finetuned_state)
     artifact = Artifact(classifier, {**classifier_card(classifier), **card}, path)
     return RunResult(artifact, artifact.card)

@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     work_dir: Path = DEFAULT_ROOT / "work"
     # Server-side dataset folders may only be registered from under these roots.
     allowed_dataset_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list)
+    # Server-side model folders (open_clip local-dir models, pretrained weight files) a job may
+    # start from; empty: none, only architectures, the offline backbone and registry versions.
+    allowed_model_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list)
     auto_migrate: bool = True
 
     auth_disabled: bool = False
@@ -108,8 +111,9 @@ class Settings(BaseSettings):
     @model_validator(mode="before")
     @classmethod
     def _lists(cls, data: object) -> object:
-        if isinstance(data, dict) and "allowed_dataset_roots" in data:
-            data = {**data, "allowed_dataset_roots": _split_list(data["allowed_dataset_roots"])}
+        for name in ("allowed_dataset_roots", "allowed_model_roots"):
+            if isinstance(data, dict) and name in data:
+                data = {**data, name: _split_list(data[name])}
         return data
 
     @field_validator("default_model", "bootstrap_api_key", mode="before")

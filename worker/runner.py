@@ -23,6 +23,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from models.backbone import LOCAL_DIR, looks_like_path
 from models.config import RunConfig, from_dict
 from models.data import dataset_root, open_dataset
 from models.errors import Cancelled, ModelsError
@@ -251,6 +252,8 @@ def _prepare(ctx: WorkerContext, job_id: str) -> tuple[RunConfig, JobObserver]:
             key = registry.version_key(base.name, base.version)
             local = ctx.store.local_path(key, base.digest)
             backbone = dataclasses.replace(backbone, arch=str(local))
+        else:
+            _check_server_paths(ctx.settings, backbone.arch, backbone.pretrained)
     cfg = dataclasses.replace(
         cfg,
         backbone=backbone,
@@ -263,6 +266,20 @@ def _prepare(ctx: WorkerContext, job_id: str) -> tuple[RunConfig, JobObserver]:
         output_dir=str(folder / "artifact"),
     )
     return cfg, JobObserver(ctx, job_id, cfg.train.checkpoint_every)
+
+
+def _check_server_paths(settings: Settings, arch: str, pretrained: str | None) -> None:
+    """A model folder or weights file is confined again on this machine, as at creation."""
+    folder = arch.removeprefix(LOCAL_DIR)
+    candidates = (folder if folder != arch or looks_like_path(arch) else None, pretrained)
+    for value in (v for v in candidates if v is not None and looks_like_path(v)):
+        real = Path(os.path.realpath(value))
+        roots = [Path(os.path.realpath(r)) for r in settings.allowed_model_roots]
+        if not any(real == root or real.is_relative_to(root) for root in roots):
+            raise ModelsError(
+                f"{value} is not under an allowed model root on this worker "
+                "(RCS_ALLOWED_MODEL_ROOTS)"
+            )
 
 
 def _check_fingerprint(dataset: Dataset) -> None:

@@ -14,17 +14,15 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-from bench.shift.tasks import Task, build_task
+from bench.shift.plan import Plan, hparams_for, run_config
 from models.config import PC_NORMS
 from models.objectives import PC_EPS
+from models.offline.tasks import Task, build_task
 from models.pipeline import build_classifier, core_prior, prepare_data
-
-if TYPE_CHECKING:
-    from bench.shift.run import Plan
 
 ALL = "all"
 
@@ -53,8 +51,6 @@ def core_prior_stats(
 
 
 def core_prior_for_task(plan: Plan, task: Task, norm: str = "prob") -> dict[str, dict[str, float]]:
-    from bench.shift.run import hparams_for, run_config
-
     manifest = build_task(task, plan.sizes, plan.data_root)
     hp = {**hparams_for(plan, task.name, "drm-weight"), "pc_norm": norm, "pc_mode": "cached"}
     with tempfile.TemporaryDirectory() as tmp:

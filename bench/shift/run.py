@@ -11,7 +11,7 @@
     python -m bench.shift --arch ViT-B-16 --pretrained openai --device cuda   # real CLIP
 
 Every run goes through ``models.pipeline.finetune``, the same code path as the CLI and the
-service, on datasets written as ordinary manifests (``bench.shift.tasks``). Results go to
+service, on datasets written as ordinary manifests (``models.offline.tasks``). Results go to
 ``--out`` (default ``runs/bench-shift``): ``results.json`` (every run, every alpha, every split
 and head), ``results.md`` (mean and standard deviation over seeds) and
 ``effective_robustness.png``. Finished runs are journaled in ``runs.jsonl`` there: run the same
@@ -29,68 +29,40 @@ import shutil
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from bench.shift import report
-from bench.shift.tasks import FORMAT as TASK_FORMAT
-from bench.shift.tasks import FULL, QUICK, TASKS, Sizes, Task, build_task
+from bench.shift.diagnose import core_prior_report
+from bench.shift.plan import (
+    ABLATIONS,
+    FULL_ALPHAS,
+    HEADS,
+    HPARAMS_FILE,
+    LAMBDA_GRID,
+    LONG_EPOCHS,
+    METHODS,
+    QUICK_ALPHAS,
+    Plan,
+    backbone_key,
+    hparams_for,
+    load_hparams,
+    run_config,
+)
 from models.backbone import OFFLINE_BACKBONE
-from models.config import RunConfig, from_dict
 from models.json_values import stable_hash
+from models.offline.tasks import FORMAT as TASK_FORMAT
+from models.offline.tasks import FULL, QUICK, TASKS, Task, build_task
 from models.pipeline import finetune, versions
 
-# The fine-tuning methods and the objective settings that define them.
-METHODS: dict[str, dict[str, Any]] = {
-    "ce": {"name": "ce"},
-    "flyp": {"name": "flyp"},
-    "flyp-paper": {"name": "flyp"},
-    "drm-weight": {"name": "drm", "wrm": "weight"},
-    "drm-soft": {"name": "drm", "wrm": "soft"},
-}
-# Settings of a method that are not tuned but are part of what a run depends on (and so of its
-# journal key): p_c's normalisation for DRM, FLYP as released (objective.preset) for flyp-paper.
-METHOD_SETTINGS: dict[str, dict[str, Any]] = {
-    "flyp-paper": {"preset": "flyp-paper"},
-    "drm-weight": {"pc_norm": "prob"},
-    "drm-soft": {"pc_norm": "prob"},
-}
-# hparams keys that go into the objective rather than the training loop.
-OBJECTIVE_KEYS = ("lam", "pc_mode", "pc_norm", "preset")
-LAMBDA_GRID = (0.5, 1.0, 2.0, 5.0, 10.0)
-# Analysis variants (--ablate): a method above with some of its settings changed. They are
-# never part of the main comparison, and their OOD figures choose nothing.
-ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
-    "drm-weight-affinity": ("drm-weight", {"pc_norm": "affinity"}),
-    "drm-soft-affinity": ("drm-soft", {"pc_norm": "affinity"}),
-    **{f"drm-weight-lam{lam:g}": ("drm-weight", {"lam": lam}) for lam in LAMBDA_GRID},
-    **{f"drm-soft-lam{lam:g}": ("drm-soft", {"lam": lam}) for lam in LAMBDA_GRID},
-    "drm-weight-per-step": ("drm-weight", {"pc_mode": "per_step"}),
-}
-HEADS = ("default", "concept", "dual")
-FULL_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
-QUICK_ALPHAS = (0.0, 0.5, 1.0)
-HPARAMS_FILE = Path(__file__).with_name("hparams.json")
 # Every finished run is appended here (in --out) and reused by a later invocation.
 JOURNAL = "runs.jsonl"
 # Part of every run's key: bump it when a code change makes finished runs' figures stale, so a
 # journal written before is not reused (2: class heads encoded with the text tower in eval mode).
 RUN_FORMAT = 2
-# Used where hparams.json has no tuned entry for a (backbone, task, method).
-DEFAULT_HPARAMS: dict[str, Any] = {
-    "lr": 3e-5,
-    "lam": 1.0,
-    "epochs": 2,
-    "batch_size": 64,
-    "weight_decay": 0.1,
-    "warmup_steps": 10,
-}
-QUICK_EPOCHS = 1
-# --long: fine-tuning run to (near) convergence instead of 2 epochs (24 steps).
-LONG_EPOCHS = 10
 TUNE_LRS = (1e-5, 3e-5, 1e-4)
 TUNE_LAMS = LAMBDA_GRID
 # lr is tuned on this method and used by all (as papers compare methods at one lr per task);
@@ -99,97 +71,8 @@ TUNE_LAMS = LAMBDA_GRID
 TUNE_LR_METHOD = "flyp"
 TUNE_LAM_METHODS = ("drm-weight", "drm-soft")
 
+
 log = logging.getLogger("bench.shift")
-
-
-@dataclass(frozen=True)
-class Plan:
-    tasks: tuple[Task, ...]
-    methods: tuple[str, ...]
-    seeds: tuple[int, ...]
-    sizes: Sizes
-    alphas: tuple[float, ...]
-    arch: str
-    pretrained: str | None
-    device: str
-    quick: bool
-    out: Path
-    data_root: Path
-    hparams: dict[str, Any] = field(default_factory=dict)
-    zeroshot: bool = True  # evaluate the zero-shot model too (once per task)
-    epochs: int | None = None  # overrides the tuned epochs (--long)
-
-
-def base_method(method: str) -> str:
-    """The method an ablation variant changes (a main method is its own base)."""
-    return ABLATIONS[method][0] if method in ABLATIONS else method
-
-
-def backbone_key(arch: str, pretrained: str | None) -> str:
-    return arch if pretrained is None else f"{arch}:{pretrained}"
-
-
-def load_hparams(path: Path = HPARAMS_FILE) -> dict[str, Any]:
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-def hparams_for(plan: Plan, task: str, method: str) -> dict[str, Any]:
-    """Tuned values for (backbone, task, method) over the defaults; quick mode trains less.
-
-    An ablation variant starts from its base method's values and changes its own.
-    """
-    tuned = plan.hparams.get(backbone_key(plan.arch, plan.pretrained), {}).get(task, {})
-    base = base_method(method)
-    values = {**DEFAULT_HPARAMS, **METHOD_SETTINGS.get(base, {}), **tuned.get(base, {})}
-    values.update(ABLATIONS[method][1] if method in ABLATIONS else {})
-    if plan.epochs is not None:
-        values["epochs"] = plan.epochs
-    if plan.quick:
-        values["epochs"] = QUICK_EPOCHS
-    return values
-
-
-def run_config(
-    plan: Plan,
-    task: Task,
-    manifest: Path,
-    method: str,
-    seed: int,
-    output_dir: Path,
-    hparams: Mapping[str, Any],
-    alphas: Sequence[float] | None = None,
-    ood: bool = True,
-) -> RunConfig:
-    objective = {"name": "zeroshot"} if method == "zeroshot" else dict(METHODS[base_method(method)])
-    if method != "zeroshot":
-        keys = OBJECTIVE_KEYS if objective["name"] == "drm" else ("preset",)
-        objective.update({k: hparams[k] for k in keys if k in hparams})
-    return from_dict(
-        RunConfig,
-        {
-            "backbone": {"arch": plan.arch, "pretrained": plan.pretrained},
-            "objective": objective,
-            "data": {
-                "path": str(manifest),
-                "descriptions": str(manifest.with_name("descriptions.json")),
-                "ood_splits": list(task.ood_splits) if ood else [],
-                # The images were just written by us; decoding all of them again is wasted time.
-                "check_images": False,
-            },
-            "train": {
-                "epochs": hparams["epochs"],
-                "batch_size": hparams["batch_size"],
-                "lr": hparams["lr"],
-                "weight_decay": hparams["weight_decay"],
-                "warmup_steps": hparams["warmup_steps"],
-                "seed": seed,
-                "device": plan.device,
-            },
-            # The report applies both rules (tolerance, best_id_val) to the stored curve.
-            "wise": {"alphas": list(alphas or plan.alphas), "selection": "tolerance"},
-            "output_dir": str(output_dir),
-        },
-    )
 
 
 def compact(metrics: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> dict[str, Any]:
@@ -500,8 +383,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(report.tune_markdown(tuned))
         return 0
     if args.ablate:
-        from bench.shift.diagnose import core_prior_report
-
         diagnostics = core_prior_report(plan)
         (plan.out / "core_prior.md").write_text(diagnostics)
         print(diagnostics)

@@ -27,6 +27,7 @@ from service.datasets import archives
 from service.db.queries import page, required
 from service.db.tables import Dataset, Job, new_id, now
 from service.errors import Conflict, InvalidRequest, TooManyRequests
+from service.paths import under_roots
 from service.settings import Settings
 from service.status import ACTIVE
 
@@ -34,22 +35,10 @@ MAX_REPORTED_PROBLEMS = 20
 
 
 def allowed_path(settings: Settings, raw: str) -> Path:
-    """The real path of ``raw`` if it lies under an allowed root (symlinks resolved first)."""
-    roots = [Path(os.path.realpath(r)) for r in settings.allowed_dataset_roots]
-    if not roots:
-        raise InvalidRequest("registering server paths is disabled on this server", "path")
-    if "\x00" in raw:
-        raise InvalidRequest("the path contains a NUL character", "path")
-    path = Path(os.path.realpath(raw))
-    if not any(path == root or path.is_relative_to(root) for root in roots):
-        raise InvalidRequest(f"{raw} is not under an allowed dataset root", "path")
-    try:
-        exists = path.exists()
-    except OSError as exc:  # a name too long for the filesystem, a permission denied
-        raise InvalidRequest(f"{raw} cannot be read: {exc.strerror}", "path") from exc
-    if not exists:
-        raise InvalidRequest(f"{raw} does not exist", "path")
-    return path
+    """The real path of ``raw`` if it lies under an allowed dataset root."""
+    return under_roots(
+        settings.allowed_dataset_roots, raw, "path", "dataset", "RCS_ALLOWED_DATASET_ROOTS"
+    )
 
 
 def inspect(path: Path, param: str, within: Path) -> DatasetSplits:

@@ -11,13 +11,22 @@ import os
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from models.backbone import list_architectures, list_pretrained
+from models.backbone import (
+    LOCAL_DIR,
+    OFFLINE_BACKBONE,
+    OPEN_CLIP_CONFIG,
+    WEIGHT_SUFFIXES,
+    list_architectures,
+    list_pretrained,
+    looks_like_path,
+)
 from models.config import RunConfig, from_dict, to_dict
 from models.data import check_descriptions
 from models.errors import ConfigError, DataError
@@ -36,6 +45,7 @@ from service.jobs.schemas import (
     FineTuneRequest,
     Hyperparameters,
 )
+from service.paths import under_roots
 from service.registry import service as registry
 from service.schemas import MAX_INT
 from service.settings import Settings
@@ -234,13 +244,24 @@ def _base_model(session: Session, settings: Settings, body: FineTuneRequest) -> 
         ref = f"{REGISTRY_PREFIX}{version.name}/{version.version}"
         # The worker swaps the reference for a local copy of the artifact folder.
         return Base(ref, {"arch": ref, "pretrained": None}, version.id, True)
-    check_backbone(settings, body.model, body.pretrained)
-    backbone = {"arch": body.model, "pretrained": body.pretrained}
-    return Base(body.model, backbone, None, body.pretrained is not None)
+    backbone = check_backbone(settings, body.model, body.pretrained)
+    arch = backbone["arch"]
+    # Everything but a bare architecture carries trained weights (the auto lr keeps them).
+    has_weights = backbone["pretrained"] is not None or arch not in list_architectures()
+    return Base(body.model, backbone, None, has_weights)
 
 
-def check_backbone(settings: Settings, model: str, pretrained: str | None) -> None:
-    """The one place that says which backbone names (and pretrained tags) a job may use."""
+def check_backbone(settings: Settings, model: str, pretrained: str | None) -> dict[str, Any]:
+    """The one place that says which backbones a job may start from; returns the job's
+    ``backbone`` config (a server folder as its real path, so a link swapped later cannot
+    redirect it).
+
+    Accepted, as by the library: an open_clip architecture with an optional pretrained tag (or a
+    weights file under an allowed model root), the offline backbone, an open_clip model folder
+    (``local-dir:/path`` or a plain path) under an allowed model root, and ``hf-hub:`` names
+    where the server allows downloads. Whether the offline backbone is built is known only on
+    the worker: a job there without it fails with the command that builds it.
+    """
     if model.startswith(HUB_PREFIX):
         if not hub_models_allowed(settings):
             raise InvalidRequest(
@@ -250,16 +271,55 @@ def check_backbone(settings: Settings, model: str, pretrained: str | None) -> No
             )
         if pretrained is not None:
             raise InvalidRequest("an hf-hub: model carries its own weights", "pretrained")
-        return
+        return {"arch": model, "pretrained": None}
+    if model == OFFLINE_BACKBONE or model.startswith(LOCAL_DIR) or looks_like_path(model):
+        if pretrained is not None:
+            raise InvalidRequest(f"{model!r} carries its own weights", "pretrained")
+        if model == OFFLINE_BACKBONE:
+            return {"arch": model, "pretrained": None}
+        return {"arch": LOCAL_DIR + str(model_folder(settings, model)), "pretrained": None}
     if model not in list_architectures():
         raise InvalidRequest(
-            f"unknown model {model!r}: expected an open_clip architecture or "
-            f"'{REGISTRY_PREFIX}name[/version|@alias]'",
+            f"unknown model {model!r}: expected an open_clip architecture, "
+            f"{OFFLINE_BACKBONE!r}, a model folder ('{LOCAL_DIR}/path' under "
+            f"RCS_ALLOWED_MODEL_ROOTS) or '{REGISTRY_PREFIX}name[/version|@alias]'",
             "model",
         )
+    if pretrained is not None and looks_like_path(pretrained):
+        weights = under_roots(
+            settings.allowed_model_roots,
+            pretrained,
+            "pretrained",
+            "model",
+            "RCS_ALLOWED_MODEL_ROOTS",
+        )
+        if not weights.is_file():
+            raise InvalidRequest(f"{pretrained} is not a weights file", "pretrained")
+        return {"arch": model, "pretrained": str(weights)}
     if pretrained is not None and pretrained not in list_pretrained(model):
         tags = list_pretrained(model)
         raise InvalidRequest(f"{model} has no pretrained tag {pretrained!r} ({tags})", "pretrained")
+    return {"arch": model, "pretrained": pretrained}
+
+
+def model_folder(settings: Settings, model: str) -> Path:
+    """An open_clip model folder under an allowed model root, with its config and weights."""
+    folder = under_roots(
+        settings.allowed_model_roots,
+        model.removeprefix(LOCAL_DIR),
+        "model",
+        "model",
+        "RCS_ALLOWED_MODEL_ROOTS",
+    )
+    if not (folder / OPEN_CLIP_CONFIG).is_file():
+        raise InvalidRequest(
+            f"{model}: not an open_clip model folder (no {OPEN_CLIP_CONFIG})", "model"
+        )
+    if not any(p.suffix in WEIGHT_SUFFIXES for p in folder.iterdir() if p.is_file()):
+        raise InvalidRequest(
+            f"{model}: no weights file ({', '.join(WEIGHT_SUFFIXES)}) in the folder", "model"
+        )
+    return folder
 
 
 def hub_models_allowed(settings: Settings) -> bool:

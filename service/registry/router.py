@@ -1,12 +1,15 @@
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Response
 
+from models.errors import ModelsError
+from models.report import report_png, robustness_report
 from service.auth.deps import AnyKey, TrainKey
+from service.db.tables import ModelVersion
 from service.deps import Ctx, Db, Page
-from service.errors import NotFound
+from service.errors import Conflict, NotFound
 from service.registry import service
 from service.registry.schemas import (
     AliasObject,
@@ -52,6 +55,37 @@ def list_versions(name: str, db: Db, key: AnyKey) -> ListResponse[ModelVersionOb
 def get_version(name: str, version: Version, db: Db, key: AnyKey) -> ModelVersionObject:
     row = service.get_version(db, name, version)
     return version_for(key, ModelVersionObject.of(row, service.aliases_of(db, name)))
+
+
+@router.get("/{name}/versions/{version}/report")
+def get_report(name: str, version: Version, db: Db, _: AnyKey) -> dict[str, Any]:
+    """The version's robustness report: the WiSE-FT curve (every split and head), the zero-shot
+    baseline (alpha 0), the selected point and its gain over zero-shot, effective robustness
+    (mean OOD vs ID top-1 along alpha), per-class and worst-group accuracy."""
+    return _report(service.get_version(db, name, version))
+
+
+@router.get(
+    "/{name}/versions/{version}/report.png",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}, "description": "The plot"}},
+)
+def get_report_png(name: str, version: Version, db: Db, _: AnyKey) -> Response:
+    """The version's effective-robustness plot: mean OOD vs ID top-1 along alpha, zero-shot
+    starred, the selected alpha ringed."""
+    row = service.get_version(db, name, version)
+    _report(row)  # the same refusal as the JSON report for a card without a curve
+    png = report_png(row.card, f"{row.name}/{row.version}")
+    # The card never changes once written: a client may keep the picture.
+    headers = {"Cache-Control": "private, max-age=86400"}
+    return Response(png, media_type="image/png", headers=headers)
+
+
+def _report(row: ModelVersion) -> dict[str, Any]:
+    try:
+        return robustness_report(row.card)
+    except ModelsError as exc:
+        raise Conflict(f"version {row.name}/{row.version} has no report: {exc}") from exc
 
 
 @router.delete("/{name}/versions/{version}", status_code=204)

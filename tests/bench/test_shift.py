@@ -17,17 +17,12 @@ from PIL import Image
 
 from bench.shift import report
 from bench.shift.diagnose import core_prior_stats, markdown
-from bench.shift.run import (
-    ABLATIONS,
-    LAMBDA_GRID,
-    LONG_EPOCHS,
-    hparams_for,
-    main,
-    make_plan,
-    parse,
-    run_config,
-)
-from bench.shift.tasks import (
+from bench.shift.plan import ABLATIONS, LAMBDA_GRID, LONG_EPOCHS, hparams_for, run_config
+from bench.shift.run import main, make_plan, parse
+from models.config import to_dict
+from models.data import open_dataset
+from models.offline.data import FASHION_CLASSNAMES, RESERVED, load_source, within_class_rank
+from models.offline.tasks import (
     CORRUPTIONS,
     PALETTE,
     QUICK,
@@ -40,9 +35,6 @@ from bench.shift.tasks import (
     read_manifest,
     upscaled,
 )
-from models.config import to_dict
-from models.data import open_dataset
-from models.offline.data import FASHION_CLASSNAMES, RESERVED, load_source, within_class_rank
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = Sizes(train=12, val=4, test=6, ood=5)

@@ -1,5 +1,6 @@
 """The layers and what each may import (README, Layout), and no import cycle between modules.
 
+    bench  -> tools, worker, service, models  (the benchmarks; not in the wheel)
     tools  -> worker, service, models     (the demo, starting processes; not in the wheel)
     worker -> service, models             (the Celery app and its task)
     service -> models                     (the API and its domain layer, with the queue contract)
@@ -23,6 +24,7 @@ MAY_IMPORT = {
     "service": {"models"},
     "worker": {"service", "models"},
     "tools": {"worker", "service", "models"},
+    "bench": {"tools", "worker", "service", "models"},
 }
 # The library knows nothing of the web, the queue or the database.
 MODELS_NEVER = {"fastapi", "starlette", "celery", "kombu", "sqlalchemy", "alembic", "redis"}

@@ -151,8 +151,37 @@ def test_errors_over_http(stack: Stack, dataset: dict[str, Any]) -> None:
         assert outside.status_code == 422 and outside.json()["error"]["param"] == "path"
 
 
-def test_demo_runs_on_sqlite_with_the_sqlite_broker(tmp_path: Path) -> None:
-    """`make demo`'s flow: no servers, the real API and worker processes."""
+def test_tiny_demo_runs_on_sqlite_with_the_sqlite_broker(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`make demo-tiny`'s flow: no servers, the real API and worker processes."""
     from tools.demo import main
 
-    assert main(["--workdir", str(tmp_path / "demo"), "--per-class", "6", "--epochs", "1"]) == 0
+    args = ["--tiny", "--workdir", str(tmp_path / "demo"), "--per-class", "6", "--epochs", "1"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    # The table of a random-init model says what it shows, and the plot is written.
+    assert "NOTE: This is the plumbing check" in out and "not robustness" in out
+    assert (tmp_path / "demo" / "effective_robustness.png").stat().st_size > 10_000
+
+
+def test_demo_on_real_images_with_the_offline_backbone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`make demo`'s flow at half size and 1 epoch: the offline backbone, the corruption task,
+    zero-shot, FLYP and DRM jobs, the table through POST /predict, the reports and the plot."""
+    from tools.demo import main
+
+    assert main(["--quick", "--workdir", str(tmp_path / "demo")]) == 0
+    out = capsys.readouterr().out
+    table = out[out.index("top-1 through POST /predict") :]
+    rows = {line.split()[0]: line.split() for line in table.splitlines()[2:5]}
+    assert set(rows) == {"zero-shot", "FLYP", "DRM"}
+    zeroshot_id = float(rows["zero-shot"][3])
+    assert zeroshot_id > 0.8  # a real pretrained backbone, far above chance (0.1)
+    for method in ("FLYP", "DRM"):
+        alpha, id_top1, *ood = (float(v) for v in rows[method][-6:])
+        assert 0.0 <= alpha <= 1.0 and id_top1 > 0.8 and all(0.3 < v <= 1.0 for v in ood)
+    assert "NOTE" not in table
+    assert out.count("/report") == 3
+    assert (tmp_path / "demo" / "effective_robustness.png").stat().st_size > 10_000

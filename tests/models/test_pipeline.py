@@ -45,6 +45,10 @@ def test_finetune_writes_a_complete_card(shapes_root: Path, tmp_path: Path, obje
     assert set(card["metrics"]["zeroshot"]["val"]) == {"default", "concept", "dual"}
     assert card["dataset"]["fingerprint"] and card["versions"]["torch"] == torch.__version__
     assert card["descriptions"]["circle"] and card["templates"]
+    # Description diagnostics for every objective: DRM's cached p_c, or a pass of their own.
+    diagnostics = card["description_diagnostics"]
+    assert set(diagnostics["per_class"]) == set(card["classnames"])
+    assert sum(c["n"] for c in diagnostics["per_class"].values()) == diagnostics["images"]
     loaded = load_artifact(tmp_path / "m", verify=True)
     images = torch.randn(3, 3, 32, 32)
     assert torch.equal(loaded.classifier(images), result.artifact.classifier.eval()(images))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
@@ -180,4 +181,27 @@ def test_model_cache_is_lru_bounded_by_bytes(artifact_folder: Path) -> None:
     assert cache.keys() == [("m", 2), ("m", 4)]
     assert cache.get("m", 4, lambda: Path("/nonexistent")) is cache.get(
         "m", 4, lambda: artifact_folder
+    )
+
+
+def test_report_and_its_plot_are_served_for_every_version(
+    client: TestClient, versions: list[int]
+) -> None:
+    from PIL import Image
+
+    report = client.get(f"/models/shapes/versions/{versions[0]}/report")
+    assert report.status_code == 200, report.text
+    body = report.json()
+    assert body["format"] == "robust-clip-report/1" and body["served_head"] == "dual"
+    assert body["selection"]["alpha"] == 0.0 and body["curve"][0]["alpha"] == 0.0
+    assert set(body["per_class_acc"]["test"]) == {"circle", "square", "triangle", "cross"}
+    assert set(body["description_diagnostics"]["per_class"]) == set(body["per_class_acc"]["test"])
+    png = client.get(f"/models/shapes/versions/{versions[0]}/report.png")
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(png.content)).format == "PNG"
+    missing = client.get("/models/shapes/versions/99/report")
+    assert missing.status_code == 404 and "no version 99" in missing.json()["error"]["message"]
+    assert (
+        client.get("/models/shapes/versions/1/report", headers={"Authorization": ""}).status_code
+        == 401
     )

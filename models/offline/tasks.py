@@ -35,6 +35,7 @@ from PIL import Image
 from models.json_values import stable_hash
 from models.offline.corpus import PALETTE
 from models.offline.data import ImageSet, descriptions_for, load_source, within_class_rank
+from models.offline.deps import require
 
 FORMAT = "robust-clip-shift-task/2"
 SPURIOUS_COLOURS = (
@@ -241,12 +242,7 @@ def upscaled(gray: np.ndarray, size: int = CORRUPT_SIZE) -> np.ndarray:
 
 def corrupted(rgb: np.ndarray, name: str, severity: int, seed: int) -> np.ndarray:
     """One ImageNet-C corruption; corrupt-tta draws from numpy's global generator, so seed it."""
-    try:
-        import corrupt_tta
-    except ImportError as exc:  # pragma: no cover - a dev dependency
-        raise RuntimeError(
-            "the corruption task needs corrupt-tta: pip install corrupt-tta"
-        ) from exc
+    corrupt_tta = require("corrupt_tta")
     if name == "impulse_noise":
         out = impulse_noise(rgb, severity, seed)
     else:

@@ -1,0 +1,152 @@
+"""What a benchmark run is: the methods and their settings, the plan, and one run's config.
+
+``run`` executes plans and ``diagnose`` measures p_c on a plan's tasks; both build their
+configurations here, so neither imports the other.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from models.config import RunConfig, from_dict
+from models.offline.tasks import Sizes, Task
+
+# The fine-tuning methods and the objective settings that define them.
+METHODS: dict[str, dict[str, Any]] = {
+    "ce": {"name": "ce"},
+    "flyp": {"name": "flyp"},
+    "flyp-paper": {"name": "flyp"},
+    "drm-weight": {"name": "drm", "wrm": "weight"},
+    "drm-soft": {"name": "drm", "wrm": "soft"},
+}
+# Settings of a method that are not tuned but are part of what a run depends on (and so of its
+# journal key): p_c's normalisation for DRM, FLYP as released (objective.preset) for flyp-paper.
+METHOD_SETTINGS: dict[str, dict[str, Any]] = {
+    "flyp-paper": {"preset": "flyp-paper"},
+    "drm-weight": {"pc_norm": "prob"},
+    "drm-soft": {"pc_norm": "prob"},
+}
+# hparams keys that go into the objective rather than the training loop.
+OBJECTIVE_KEYS = ("lam", "pc_mode", "pc_norm", "preset")
+LAMBDA_GRID = (0.5, 1.0, 2.0, 5.0, 10.0)
+# Analysis variants (--ablate): a method above with some of its settings changed. They are
+# never part of the main comparison, and their OOD figures choose nothing.
+ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
+    "drm-weight-affinity": ("drm-weight", {"pc_norm": "affinity"}),
+    "drm-soft-affinity": ("drm-soft", {"pc_norm": "affinity"}),
+    **{f"drm-weight-lam{lam:g}": ("drm-weight", {"lam": lam}) for lam in LAMBDA_GRID},
+    **{f"drm-soft-lam{lam:g}": ("drm-soft", {"lam": lam}) for lam in LAMBDA_GRID},
+    "drm-weight-per-step": ("drm-weight", {"pc_mode": "per_step"}),
+}
+HEADS = ("default", "concept", "dual")
+FULL_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
+QUICK_ALPHAS = (0.0, 0.5, 1.0)
+HPARAMS_FILE = Path(__file__).with_name("hparams.json")
+# Used where hparams.json has no tuned entry for a (backbone, task, method).
+DEFAULT_HPARAMS: dict[str, Any] = {
+    "lr": 3e-5,
+    "lam": 1.0,
+    "epochs": 2,
+    "batch_size": 64,
+    "weight_decay": 0.1,
+    "warmup_steps": 10,
+}
+QUICK_EPOCHS = 1
+# --long: fine-tuning run to (near) convergence instead of 2 epochs (24 steps).
+LONG_EPOCHS = 10
+
+
+@dataclass(frozen=True)
+class Plan:
+    tasks: tuple[Task, ...]
+    methods: tuple[str, ...]
+    seeds: tuple[int, ...]
+    sizes: Sizes
+    alphas: tuple[float, ...]
+    arch: str
+    pretrained: str | None
+    device: str
+    quick: bool
+    out: Path
+    data_root: Path
+    hparams: dict[str, Any] = field(default_factory=dict)
+    zeroshot: bool = True  # evaluate the zero-shot model too (once per task)
+    epochs: int | None = None  # overrides the tuned epochs (--long)
+
+
+def base_method(method: str) -> str:
+    """The method an ablation variant changes (a main method is its own base)."""
+    return ABLATIONS[method][0] if method in ABLATIONS else method
+
+
+def backbone_key(arch: str, pretrained: str | None) -> str:
+    return arch if pretrained is None else f"{arch}:{pretrained}"
+
+
+def load_hparams(path: Path = HPARAMS_FILE) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def hparams_for(plan: Plan, task: str, method: str) -> dict[str, Any]:
+    """Tuned values for (backbone, task, method) over the defaults; quick mode trains less.
+
+    An ablation variant starts from its base method's values and changes its own.
+    """
+    tuned = plan.hparams.get(backbone_key(plan.arch, plan.pretrained), {}).get(task, {})
+    base = base_method(method)
+    values = {**DEFAULT_HPARAMS, **METHOD_SETTINGS.get(base, {}), **tuned.get(base, {})}
+    values.update(ABLATIONS[method][1] if method in ABLATIONS else {})
+    if plan.epochs is not None:
+        values["epochs"] = plan.epochs
+    if plan.quick:
+        values["epochs"] = QUICK_EPOCHS
+    return values
+
+
+def run_config(
+    plan: Plan,
+    task: Task,
+    manifest: Path,
+    method: str,
+    seed: int,
+    output_dir: Path,
+    hparams: Mapping[str, Any],
+    alphas: Sequence[float] | None = None,
+    ood: bool = True,
+) -> RunConfig:
+    objective = {"name": "zeroshot"} if method == "zeroshot" else dict(METHODS[base_method(method)])
+    if method != "zeroshot":
+        keys = OBJECTIVE_KEYS if objective["name"] == "drm" else ("preset",)
+        objective.update({k: hparams[k] for k in keys if k in hparams})
+    return from_dict(
+        RunConfig,
+        {
+            "backbone": {"arch": plan.arch, "pretrained": plan.pretrained},
+            "objective": objective,
+            "data": {
+                "path": str(manifest),
+                "descriptions": str(manifest.with_name("descriptions.json")),
+                "ood_splits": list(task.ood_splits) if ood else [],
+                # The images were just written by us; decoding all of them again is wasted time.
+                "check_images": False,
+                # bench/shift/diagnose.py measures p_c per group; the runs need no second pass.
+                "diagnose_descriptions": False,
+            },
+            "train": {
+                "epochs": hparams["epochs"],
+                "batch_size": hparams["batch_size"],
+                "lr": hparams["lr"],
+                "weight_decay": hparams["weight_decay"],
+                "warmup_steps": hparams["warmup_steps"],
+                "seed": seed,
+                "device": plan.device,
+            },
+            # The report applies both rules (tolerance, best_id_val) to the stored curve.
+            "wise": {"alphas": list(alphas or plan.alphas), "selection": "tolerance"},
+            "output_dir": str(output_dir),
+        },
+    )

@@ -1,0 +1,34 @@
+"""Server paths a request may name: only under the roots an operator allowed, links resolved."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from service.errors import InvalidRequest
+
+
+def under_roots(roots: Sequence[Path], raw: str, param: str, what: str, setting: str) -> Path:
+    """The real path of ``raw`` if it lies under one of ``roots`` (symlinks resolved first).
+
+    ``what`` names the kind of root in errors ("dataset", "model"), ``setting`` the variable
+    that lists them; ``param`` is the request field the error points at.
+    """
+    real_roots = [Path(os.path.realpath(r)) for r in roots]
+    if not real_roots:
+        raise InvalidRequest(
+            f"{what} paths on the server are disabled on this server ({setting} is empty)", param
+        )
+    if "\x00" in raw:
+        raise InvalidRequest("the path contains a NUL character", param)
+    path = Path(os.path.realpath(raw))
+    if not any(path == root or path.is_relative_to(root) for root in real_roots):
+        raise InvalidRequest(f"{raw} is not under an allowed {what} root ({setting})", param)
+    try:
+        exists = path.exists()
+    except OSError as exc:  # a name too long for the filesystem, a permission denied
+        raise InvalidRequest(f"{raw} cannot be read: {exc.strerror}", param) from exc
+    if not exists:
+        raise InvalidRequest(f"{raw} does not exist", param)
+    return path

@@ -52,7 +52,8 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
 # The chaos run (tests/chaos/conftest.py), too long for CI: 50 worker SIGKILLs and 10 Redis
-# restarts under jobs, 10,000 fuzzed requests, 64 clients for 10 minutes. CHAOS_KILLS,
+# restarts under jobs, 10,000 fuzzed requests, 64 clients for 10 minutes (about 20 minutes on
+# 2 cores; figures in tests/RELIABILITY.md). CHAOS_KILLS,
 # CHAOS_REDIS_RESTARTS, CHAOS_FUZZ_REQUESTS, CHAOS_LOAD_SECONDS and CHAOS_CLIENTS size it down.
 chaos: $(STAMP)
 	RCS_CHAOS=1 OMP_NUM_THREADS=1 $(PY) -m pytest -q -m chaos tests/chaos

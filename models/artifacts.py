@@ -5,8 +5,14 @@ An artifact folder holds
   weights, so the folder is also an open_clip ``local-dir:`` model and a valid base model;
 - ``heads.safetensors``: the default and concept head rows, so loading encodes no prompts;
 - ``finetuned.safetensors`` (trained runs): the alpha = 1 end, for later re-merging;
-- ``artifact.json``: the model card (classes, prompts, beta, alpha curve, metrics, provenance).
+- ``zeroshot.safetensors`` (trained runs): the alpha = 0 end. Rebuilding it from the run's config
+  is exact only where the same pretrained weights (or random-init seed and torch build) are at
+  hand, which a registry API or another machine may not have; stored, re-merging is always exact;
+- ``artifact.json``: the model card (classes, prompts, beta, alpha curve, metrics, provenance,
+  and ``files``: the sha256 of every other file).
 Folders are written under a temporary name and renamed into place: a reader never sees half.
+``check_artifact`` is what a folder from elsewhere (an uploaded archive) must pass; it loads
+safetensors and JSON only, never anything pickled.
 """
 
 from __future__ import annotations
@@ -22,20 +28,33 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from models.backbone import OPEN_CLIP_CONFIG, build_from_open_clip_config, write_open_clip_config
+from models.backbone import (
+    HF_TEXT_FILES,
+    OPEN_CLIP_CONFIG,
+    build_from_open_clip_config,
+    write_open_clip_config,
+)
 from models.errors import ArtifactError
 from models.heads import Classifier
 from models.json_values import json_safe
+from models.wiseft import merge
 
 FORMAT = "robust-clip-artifact/1"
 CARD = "artifact.json"
 WEIGHTS = "open_clip_model.safetensors"
 HEADS = "heads.safetensors"
 FINETUNED = "finetuned.safetensors"
+ZEROSHOT = "zeroshot.safetensors"
+# What a card's ``files`` may list: anything else in a folder from elsewhere is refused.
+LISTABLE = frozenset({OPEN_CLIP_CONFIG, WEIGHTS, HEADS, FINETUNED, ZEROSHOT, *HF_TEXT_FILES})
+# Formats that run code when loaded (pickle, torch.save, joblib, numpy object arrays).
+PICKLE_SUFFIXES = (".pkl", ".pickle", ".pt", ".pth", ".bin", ".ckpt", ".npy", ".npz", ".joblib")
+MAX_CARD_BYTES = 64 * 1024**2
+MAX_IMAGE_SIDE = 4096
 
 
 @dataclass
@@ -84,8 +103,13 @@ def save_artifact(
     card: Mapping[str, Any],
     finetuned_state: Mapping[str, Tensor] | None = None,
     overwrite: bool = True,
+    zeroshot_state: Mapping[str, Tensor] | None = None,
 ) -> Path:
-    """Write the artifact atomically; ``card`` adds metrics, curve, provenance to the core."""
+    """Write the artifact atomically; ``card`` adds metrics, curve, provenance to the core.
+
+    ``finetuned_state`` and ``zeroshot_state`` are the WiSE-FT ends (``classifier.state_dict()``
+    keys), kept so the artifact can be re-merged exactly at another alpha.
+    """
     target = Path(folder)
     if target.exists() and not overwrite:
         raise ArtifactError(f"{target} exists and overwrite is off")
@@ -93,7 +117,7 @@ def save_artifact(
     tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        _write_files(tmp, classifier, card, finetuned_state)
+        _write_files(tmp, classifier, card, {FINETUNED: finetuned_state, ZEROSHOT: zeroshot_state})
         swap_into_place(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -105,7 +129,7 @@ def _write_files(
     folder: Path,
     classifier: Classifier,
     card: Mapping[str, Any],
-    finetuned_state: Mapping[str, Tensor] | None,
+    ends: Mapping[str, Mapping[str, Tensor] | None],
 ) -> None:
     state = classifier.state_dict()
     write_open_clip_config(classifier.backbone, folder)
@@ -116,10 +140,12 @@ def _write_files(
     save_file(_contiguous(state, "clip."), str(folder / WEIGHTS))
     heads = {"default_head": state["default_head"], "concept_head": state["concept_head"]}
     save_file(_contiguous(heads), str(folder / HEADS))
-    files = [WEIGHTS, HEADS, *sorted(classifier.backbone.extra_files)]
-    if finetuned_state is not None:
-        save_file(_contiguous(finetuned_state), str(folder / FINETUNED))
-        files.append(FINETUNED)
+    # The config is listed too: with it, the card's digest names every byte of the artifact.
+    files = [OPEN_CLIP_CONFIG, WEIGHTS, HEADS, *sorted(classifier.backbone.extra_files)]
+    for name, end in ends.items():
+        if end is not None:
+            save_file(_contiguous(end), str(folder / name))
+            files.append(name)
     full = {**classifier_card(classifier), **card}
     full["files"] = {name: _sha256(folder / name) for name in files}
     with open(folder / CARD, "w", encoding="utf-8") as fh:
@@ -139,6 +165,17 @@ def swap_into_place(tmp: Path, target: Path) -> None:
     os.replace(target, old)
     os.replace(tmp, target)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def rewrite_card(folder: str | Path, card: Mapping[str, Any]) -> None:
+    """Replace the card of an artifact, keeping its ``files`` (their sha256 still hold): a new
+    card under a temporary name, renamed over the old one."""
+    path = Path(folder)
+    files = read_card(path).get("files", {})
+    tmp = path / f".{CARD}.tmp-{uuid.uuid4().hex[:8]}"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(json_safe({**card, "files": files}), fh, indent=2, sort_keys=False)
+    os.replace(tmp, path / CARD)
 
 
 def read_card(folder: str | Path) -> dict[str, Any]:
@@ -205,3 +242,204 @@ def _verify_files(path: Path, card: Mapping[str, Any]) -> None:
             raise ArtifactError(f"{path / name} is missing")
         if _sha256(path / name) != expected:
             raise ArtifactError(f"{path / name} does not match the checksum in its card")
+
+
+def verify_files(folder: str | Path) -> dict[str, Any]:
+    """The card, once every file it lists matches its sha256 (ArtifactError naming one that
+    does not)."""
+    card = read_card(folder)
+    _verify_files(Path(folder), card)
+    return card
+
+
+# --- artifacts from elsewhere ---
+
+
+def check_artifact(folder: str | Path) -> Artifact:
+    """Load an artifact that came from elsewhere (an uploaded archive) only once it passed:
+
+    no pickled file anywhere (refused by name or content, never opened), no file or folder the
+    card does not list, every listed file's sha256, a card with the fields loading needs, the
+    weights' shapes against the architecture of ``open_clip_config.json`` (strict), the heads
+    against the classes and the embedding width, and the WiSE-FT ends against the model.
+    Every refusal is an ArtifactError naming the file (or key) at fault.
+    """
+    path = Path(folder)
+    _refuse_pickles(path)
+    if (path / CARD).is_file() and (path / CARD).stat().st_size > MAX_CARD_BYTES:
+        raise ArtifactError(f"{CARD} is over {MAX_CARD_BYTES} bytes")
+    card = read_card(path)
+    _check_listing(path, card)
+    _check_card_fields(card)
+    try:
+        artifact = load_artifact(path, verify=True)
+    except ArtifactError:
+        raise
+    except (KeyError, TypeError, ValueError, RuntimeError, OSError) as exc:
+        # A config open_clip cannot build: hostile or from another version of the code.
+        raise ArtifactError(f"{OPEN_CLIP_CONFIG} does not describe a usable model: {exc}") from exc
+    _check_heads(artifact)
+    _check_ends(artifact)
+    return artifact
+
+
+def _refuse_pickles(root: Path) -> None:
+    for path in sorted(root.rglob("*")):
+        if not path.is_file():
+            continue
+        name = path.relative_to(root).as_posix()
+        if _is_pickle(path):
+            raise ArtifactError(
+                f"{name} is a pickled file (pickle, torch.save, joblib or numpy): refused without "
+                "being opened; an artifact holds only safetensors and JSON"
+            )
+
+
+def _is_pickle(path: Path) -> bool:
+    if path.name.lower().endswith(PICKLE_SUFFIXES):
+        return True
+    with open(path, "rb") as fh:
+        head = fh.read(9)
+    # A safetensors file is an 8-byte header length, then its JSON header: a length may start
+    # with 0x80, so only a file without that JSON can be a pickle in disguise.
+    if path.suffix == ".safetensors" and head[8:9] == b"{":
+        return False
+    # A pickle opens with PROTO (0x80, protocol 2-5); torch.save writes a zip holding one.
+    return (len(head) > 1 and head[0] == 0x80 and 2 <= head[1] <= 5) or head[:4] == b"PK\x03\x04"
+
+
+def _check_listing(root: Path, card: Mapping[str, Any]) -> None:
+    files = card.get("files")
+    if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+        raise ArtifactError(f"{CARD} has no 'files' map of name to sha256")
+    for name in files:
+        if name not in LISTABLE:
+            raise ArtifactError(f"{CARD} lists {name!r}, which is not an artifact file")
+    for required in (WEIGHTS, HEADS):
+        if required not in files:
+            raise ArtifactError(f"{CARD} does not list {required}")
+    expected = {CARD, OPEN_CLIP_CONFIG, *files}
+    for path in sorted(root.rglob("*")):
+        name = path.relative_to(root).as_posix()
+        if path.is_dir():
+            raise ArtifactError(f"unexpected folder {name}/: an artifact is one flat folder")
+        if name not in expected:
+            raise ArtifactError(f"unexpected file {name}: not listed in the card's 'files'")
+    if not (root / OPEN_CLIP_CONFIG).is_file():
+        raise ArtifactError(f"{OPEN_CLIP_CONFIG} is missing")
+
+
+def _check_card_fields(card: Mapping[str, Any]) -> None:
+    def strings(value: Any) -> bool:
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+    checks = {
+        "classnames": strings(card.get("classnames")) and bool(card.get("classnames")),
+        "templates": strings(card.get("templates")),
+        "descriptions": isinstance(card.get("descriptions"), dict)
+        and all(strings(v) for v in card["descriptions"].values()),
+        "beta": isinstance(card.get("beta"), int | float) and 0.0 <= float(card["beta"]) <= 1.0,
+        "learned_head": isinstance(card.get("learned_head"), bool),
+        "backbone": isinstance(card.get("backbone"), dict),
+    }
+    for key, ok in checks.items():
+        if not ok:
+            raise ArtifactError(f"{CARD}: {key!r} is missing or malformed")
+    classes = card["classnames"]
+    if len(set(classes)) != len(classes):
+        raise ArtifactError(f"{CARD}: 'classnames' repeats a class")
+
+
+def _check_heads(artifact: Artifact) -> None:
+    heads = load_weights(artifact.path / HEADS)
+    if set(heads) != {"default_head", "concept_head"}:
+        raise ArtifactError(f"{HEADS} must hold exactly default_head and concept_head")
+    classifier = artifact.classifier
+    # A served image is resized to this: a hostile size would make every request huge.
+    if not all(1 <= side <= MAX_IMAGE_SIDE for side in classifier.backbone.image_size):
+        raise ArtifactError(f"{OPEN_CLIP_CONFIG}: image size over {MAX_IMAGE_SIDE} pixels a side")
+    width = classifier.backbone.model_cfg.get("embed_dim")
+    wanted = (len(classifier.classnames), width)
+    for name, rows in heads.items():
+        if tuple(rows.shape) != wanted:
+            raise ArtifactError(
+                f"{HEADS}: {name} is {tuple(rows.shape)}, expected {wanted} "
+                "(classes x embedding width)"
+            )
+
+
+def _check_ends(artifact: Artifact) -> None:
+    """The ends are merged with the model's state: same keys, same shapes (headers only)."""
+    state = artifact.classifier.state_dict()
+    for name in (FINETUNED, ZEROSHOT):
+        if name not in artifact.card["files"]:
+            continue
+        try:
+            with safe_open(str(artifact.path / name), framework="pt") as fh:
+                shapes = {key: tuple(fh.get_slice(key).get_shape()) for key in fh.keys()}  # noqa: SIM118
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise ArtifactError(f"{name} is not a readable safetensors file: {exc}") from exc
+        if set(shapes) != set(state):
+            extra, absent = sorted(set(shapes) - set(state)), sorted(set(state) - set(shapes))
+            raise ArtifactError(
+                f"{name} does not match the model: extra keys {extra[:5]}, missing {absent[:5]}"
+            )
+        for key, shape in shapes.items():
+            if shape != tuple(state[key].shape):
+                raise ArtifactError(
+                    f"{name}: {key} is {shape}, the model's is {tuple(state[key].shape)}"
+                )
+
+
+# --- re-merging at another alpha ---
+
+
+def curve_alphas(card: Mapping[str, Any]) -> list[float]:
+    """The alphas the card's WiSE-FT curve evaluated (empty without a curve)."""
+    curve = (card.get("wise") or {}).get("curve") or []
+    return [float(point["alpha"]) for point in curve]
+
+
+def remerged_card(card: Mapping[str, Any], alpha: float) -> dict[str, Any]:
+    """The card of the same run served at ``alpha``: the curve kept, the selection moved, the
+    served metrics those the curve has at ``alpha`` (None off the curve)."""
+    curve = {float(p["alpha"]): p["metrics"] for p in (card.get("wise") or {}).get("curve", [])}
+    new = {k: v for k, v in card.items() if k != "files"}
+    new["wise"] = {**(card.get("wise") or {}), "selected_alpha": alpha, "selection": "manual"}
+    new["metrics"] = {**(card.get("metrics") or {}), "selected": curve.get(alpha)}
+    return new
+
+
+def merge_artifact(
+    folder: str | Path,
+    alpha: float,
+    out: str | Path,
+    card: Mapping[str, Any] | None = None,
+    zeroshot_state: Mapping[str, Tensor] | None = None,
+) -> Path:
+    """Write the artifact at ``folder`` re-merged at ``alpha`` to ``out``.
+
+    The ends come from the artifact (``zeroshot_state`` stands in for an artifact saved before
+    the zero-shot end was kept); ``card`` adds to ``remerged_card`` (provenance). Heads are
+    rebuilt from the merged text tower, as training does, so alpha 0 and 1 give the two ends.
+    """
+    artifact = load_artifact(folder, verify=True)
+    files = artifact.card.get("files", {})
+    if FINETUNED not in files:
+        raise ArtifactError(f"{folder} has no fine-tuned end ({FINETUNED}): nothing to re-merge")
+    if zeroshot_state is None:
+        if ZEROSHOT not in files:
+            raise ArtifactError(
+                f"{folder} was saved without its zero-shot end ({ZEROSHOT}), so it cannot be "
+                "re-merged exactly here"
+            )
+        zeroshot_state = load_weights(artifact.path / ZEROSHOT)
+    finetuned = load_weights(artifact.path / FINETUNED)
+    classifier = artifact.classifier
+    try:
+        classifier.load_state_dict(merge(zeroshot_state, finetuned, alpha), strict=True)
+    except (RuntimeError, ValueError) as exc:
+        raise ArtifactError(f"{folder}: its WiSE-FT ends do not fit the model: {exc}") from exc
+    classifier.refresh_heads()
+    new_card = {**remerged_card(artifact.card, alpha), **(card or {})}
+    return save_artifact(out, classifier, new_card, finetuned, zeroshot_state=zeroshot_state)

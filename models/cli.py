@@ -18,7 +18,7 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from models.artifacts import FINETUNED, load_artifact, load_weights, read_card, save_artifact
+from models.artifacts import FINETUNED, ZEROSHOT, load_artifact, merge_artifact, read_card
 from models.backbone import list_architectures
 from models.config import RunConfig, from_dict, load_run_config, to_dict
 from models.data import open_dataset, read_image
@@ -35,10 +35,9 @@ from models.offline.backbone import (
     is_built,
 )
 from models.offline.synthetic import write_shapes_dataset
-from models.pipeline import build_classifier, cpu_state, finetune, load_state
+from models.pipeline import build_classifier, cpu_state, finetune
 from models.templates import TEMPLATE_SETS
 from models.train import Progress
-from models.wiseft import merge
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -177,17 +176,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_merge(args: argparse.Namespace) -> int:
     card = read_card(args.artifact)
-    finetuned = load_weights(Path(args.artifact) / FINETUNED)
-    cfg = from_dict(RunConfig, card["config"])
-    # Rebuild the zero-shot model exactly as the run started it (same source and seed).
-    classifier = build_classifier(cfg, card["classnames"], card["descriptions"])
-    zeroshot = cpu_state(classifier)
-    load_state(classifier, merge(zeroshot, finetuned, args.alpha))
-    curve = {p["alpha"]: p["metrics"] for p in card["wise"]["curve"]}
-    new_card = {k: v for k, v in card.items() if k not in ("files",)}
-    new_card["wise"] = {**card["wise"], "selected_alpha": args.alpha, "selection": "manual"}
-    new_card["metrics"] = {**card["metrics"], "selected": curve.get(args.alpha)}
-    path = save_artifact(args.out, classifier, new_card, finetuned)
+    zeroshot = None
+    if FINETUNED in card.get("files", {}) and ZEROSHOT not in card.get("files", {}):
+        # Saved before the zero-shot end was kept: rebuild it as the run started it (same source
+        # and seed), exact where the same pretrained weights and torch build are at hand.
+        cfg = from_dict(RunConfig, card["config"])
+        zeroshot = cpu_state(build_classifier(cfg, card["classnames"], card["descriptions"]))
+    path = merge_artifact(args.artifact, args.alpha, args.out, zeroshot_state=zeroshot)
     print(f"artifact: {path} (alpha {args.alpha})")
     return 0
 

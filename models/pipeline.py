@@ -234,7 +234,11 @@ def finetune(
 
     card = run_card(cfg, ds, curve, selected, zeroshot_metrics, result, time.monotonic() - started)
     card["description_diagnostics"] = diagnostics
-    path = save_artifact(cfg.output_dir, classifier, card, finetuned_state)
+    # Both WiSE-FT ends are kept: re-merging at another alpha is then exact anywhere.
+    zeroshot_end = zeroshot_state if finetuned_state is not None else None
+    path = save_artifact(
+        cfg.output_dir, classifier, card, finetuned_state, zeroshot_state=zeroshot_end
+    )
     artifact = Artifact(classifier, {**classifier_card(classifier), **card}, path)
     return RunResult(artifact, artifact.card)
 

@@ -25,6 +25,7 @@ from service.db.engine import make_engine, make_sessionmaker
 from service.db.migrate import upgrade
 from service.descriptions.router import router as descriptions_router
 from service.docs import install_docs
+from service.evaluations.router import router as evaluations_router
 from service.health.router import router as health_router
 from service.jobs.router import router as jobs_router
 from service.limits import BodySizeLimit
@@ -116,6 +117,7 @@ def create_app(settings: Settings) -> FastAPI:
     install_docs(app)
     for router in (
         jobs_router,
+        evaluations_router,
         datasets_router,
         descriptions_router,
         registry_router,
@@ -138,11 +140,17 @@ def _limits(settings: Settings) -> Any:
     def limit_for(path: str) -> int | None:
         if path == "/predict":
             return settings.max_predict_bytes
-        if path == "/datasets/upload":
+        if path == "/datasets/upload" or _is_artifact_upload(path):
             return settings.max_upload_bytes
         return 1024 * 1024  # JSON bodies of every other route
 
     return limit_for
+
+
+def _is_artifact_upload(path: str) -> bool:
+    """``/models/{name}/versions``: an artifact archive (POST), capped as dataset uploads are."""
+    parts = path.split("/")
+    return len(parts) == 4 and parts[1] == "models" and parts[3] == "versions"
 
 
 def app_from_env() -> FastAPI:

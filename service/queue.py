@@ -12,8 +12,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 TASK_FINETUNE = "rcs.finetune"
+TASK_EVALUATE = "rcs.evaluate"
 TRAINING_QUEUE = "training"
 JOB_ID_PATTERN = r"^ftjob-[0-9a-f]{24}$"
+EVALUATION_ID_PATTERN = r"^eval-[0-9a-f]{24}$"
 
 
 class FinetunePayload(BaseModel):
@@ -22,6 +24,14 @@ class FinetunePayload(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     job_id: str = Field(pattern=JOB_ID_PATTERN)
+
+
+class EvaluatePayload(BaseModel):
+    """An evaluation (of a registered version, or a backbone's descriptions) by id."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    evaluation_id: str = Field(pattern=EVALUATION_ID_PATTERN)
 
 
 def transport_options(broker_url: str, visibility_timeout_s: int) -> dict[str, Any]:
@@ -44,7 +54,11 @@ def celery_config(broker_url: str, visibility_timeout_s: int) -> dict[str, Any]:
         "task_serializer": "json",
         "accept_content": ["json"],
         "task_default_queue": TRAINING_QUEUE,
-        "task_routes": {TASK_FINETUNE: {"queue": TRAINING_QUEUE}},
+        # Evaluations run on the same GPU workers as training: one model on a GPU at a time.
+        "task_routes": {
+            TASK_FINETUNE: {"queue": TRAINING_QUEUE},
+            TASK_EVALUATE: {"queue": TRAINING_QUEUE},
+        },
         # Ack after the task ends and take one message at a time: a worker that dies mid-job
         # leaves its message for another worker, and an idle worker never hoards jobs.
         "task_acks_late": True,

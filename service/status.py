@@ -1,4 +1,4 @@
-"""The status vocabularies of jobs and model versions, one home each.
+"""The status vocabularies of jobs, evaluations and model versions, one home each.
 
 A leaf module (it imports nothing of the service) so the tables, the schemas, the state
 transitions and the worker all name the same members. Members are ``str``: the stored values
@@ -24,6 +24,10 @@ class JobStatus(StrEnum):
 # A job in one of these states may still change; a terminal state never does.
 ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
 TERMINAL = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+
+# An evaluation is queued, claimed and finished as a job is, so it says so in the same words
+# (and a client follows both with the same code).
+EvaluationStatus = JobStatus
 
 
 class VersionStatus(StrEnum):

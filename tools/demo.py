@@ -168,7 +168,8 @@ def jobs_for(args: argparse.Namespace, data: Path) -> dict[str, dict[str, Any]]:
             "batch_size": BATCH_SIZE,
             "learning_rate": chosen.get("flyp", {}).get("lr", "auto"),
             "weight_decay": WEIGHT_DECAY,
-            "warmup_steps": WARMUP,
+            # --quick trains 6 steps: a 10-step warm-up would never reach the learning rate.
+            "warmup_steps": 1 if args.quick else WARMUP,
         }
         lam = chosen.get("drm-weight", {}).get("lam", 1.0)
         name = args.task

@@ -1,4 +1,4 @@
-"""The Celery app and its one task, registered by name.
+"""The Celery app and its tasks (fine-tuning, evaluation), registered by name.
 
 Run with ``python -m worker`` (solo pool, the training queue): one process per GPU, since
 prefork children cannot re-initialise CUDA after fork.
@@ -20,12 +20,19 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from service.db.engine import make_engine, make_sessionmaker
-from service.db.tables import Job
-from service.queue import TASK_FINETUNE, FinetunePayload, celery_config
+from service.db.tables import Evaluation, Job
+from service.queue import (
+    TASK_EVALUATE,
+    TASK_FINETUNE,
+    EvaluatePayload,
+    FinetunePayload,
+    celery_config,
+)
 from service.settings import Settings
 from service.status import ACTIVE, JobStatus
 from service.storage import ArtifactStore
-from worker.runner import WorkerContext, run_job
+from worker.evaluations import run_evaluation
+from worker.runner import Outcome, WorkerContext, run_job
 
 log = logging.getLogger(__name__)
 # Seconds before a job interrupted by a database outage is delivered again.
@@ -41,8 +48,10 @@ def make_context(settings: Settings) -> WorkerContext:
     )
 
 
-def orphan_deliveries(session: Session, now: float) -> list[tuple[str, float]]:
-    """(job id, seconds to wait) for every job a starting worker should send again.
+def orphan_deliveries(
+    session: Session, now: float, table: type[Job] | type[Evaluation] = Job
+) -> list[tuple[str, float]]:
+    """(id, seconds to wait) for every job (or evaluation) a starting worker should send again.
 
     Queued jobs and running jobs whose lease has expired go now. A running job whose lease is
     still valid goes when the lease ends: a worker killed and restarted within its lease
@@ -51,7 +60,7 @@ def orphan_deliveries(session: Session, now: float) -> list[tuple[str, float]]:
     renews the lease and that delivery finds the job busy and looks again later.
     """
     rows = session.execute(
-        select(Job.id, Job.status, Job.lease_until).where(Job.status.in_(ACTIVE))
+        select(table.id, table.status, table.lease_until).where(table.status.in_(ACTIVE))
     )
     deliveries = []
     for job_id, status, lease_until in rows:
@@ -69,7 +78,7 @@ def create_celery(ctx: WorkerContext) -> Celery:
     app.conf.update(
         worker_hijack_root_logger=False,
         task_default_queue=queue,
-        task_routes={TASK_FINETUNE: {"queue": queue}},
+        task_routes={TASK_FINETUNE: {"queue": queue}, TASK_EVALUATE: {"queue": queue}},
     )
 
     # The worker's consumer, handed over by worker_ready (one per process with the solo pool).
@@ -100,6 +109,25 @@ def create_celery(ctx: WorkerContext) -> Celery:
             raise Reject("worker stopping; job checkpointed", requeue=True)
         return {"status": outcome.status, "detail": outcome.detail}
 
+    @app.task(name=TASK_EVALUATE, bind=True, max_retries=None)
+    def evaluate(self: Task, payload: dict[str, Any]) -> dict[str, Any]:
+        try:
+            evaluation_id = EvaluatePayload.model_validate(payload).evaluation_id
+        except ValidationError as exc:
+            log.error("rejected payload %r: %s", payload, exc)
+            return {"status": "rejected"}
+        try:
+            outcome: Outcome = run_evaluation(ctx, evaluation_id)
+        except (OperationalError, InterfaceError) as exc:
+            log.warning("evaluation %s: database unavailable, retrying", evaluation_id)
+            raise self.retry(countdown=DB_RETRY_S, exc=exc) from exc
+        if outcome.status == "busy" and outcome.retry_in_s is not None:
+            raise self.retry(countdown=outcome.retry_in_s)
+        if outcome.status == "released":
+            stop_consuming(consumers, queue)
+            raise Reject("worker stopping; evaluation back in the queue", requeue=True)
+        return {"status": outcome.status, "detail": outcome.detail}
+
     def stopping(**_: Any) -> None:
         ctx.stopping.set()
 
@@ -113,6 +141,13 @@ def create_celery(ctx: WorkerContext) -> Celery:
                     kwargs={"payload": {"job_id": job_id}},
                     queue=queue,
                     countdown=countdown or None,  # no ETA on a message meant for now
+                )
+            for evaluation_id, countdown in orphan_deliveries(session, time.time(), Evaluation):
+                app.send_task(
+                    TASK_EVALUATE,
+                    kwargs={"payload": {"evaluation_id": evaluation_id}},
+                    queue=queue,
+                    countdown=countdown or None,
                 )
 
     def on_ready(sender: Any = None, **_: Any) -> None:

@@ -5,6 +5,8 @@ Every member is checked on the archive's own listing first: its name (no absolut
 and, together, their number, their declared unpacked size, that size against the archive's
 (a compression ratio no image collection reaches) and against the key's upload quota. Only
 image files are then written: anything else is no use to a dataset and would only fill the disk.
+Other uploads (the registry's model artifacts) pass their own ``keep``, which may refuse a member
+by name before anything is written.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import os
 import stat
 import tarfile
 import zipfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import BinaryIO, TypeVar
@@ -56,20 +58,35 @@ class Member:
     kind: str  # "file" | "dir" | "other"
 
 
-def extract(filename: str, fileobj: BinaryIO, dest: Path, limits: Limits) -> int:
-    """Unpack the image files of a .zip or .tar(.gz/.bz2/.xz) into ``dest``; their total size."""
+def keep_images(member: Member) -> bool:
+    """A dataset keeps its folders and image files."""
+    return member.kind == "dir" or _is_image(member.name)
+
+
+def extract(
+    filename: str,
+    fileobj: BinaryIO,
+    dest: Path,
+    limits: Limits,
+    keep: Callable[[Member], bool] = keep_images,
+) -> int:
+    """Unpack the members ``keep`` accepts (by default the image files) of a .zip or
+    .tar(.gz/.bz2/.xz) into ``dest``; their total size. ``keep`` sees only members that passed
+    every check, and may raise to refuse the whole archive."""
     lower = filename.lower()
     if lower.endswith(".zip"):
-        return _extract_zip(fileobj, dest, limits)
+        return _extract_zip(fileobj, dest, limits, keep)
     if lower.endswith(TAR_SUFFIXES):
-        return _extract_tar(fileobj, dest, limits)
+        return _extract_tar(fileobj, dest, limits, keep)
     raise InvalidRequest(
         "the archive must be .zip, .tar, .tar.gz, .tgz, .tar.bz2 or .tar.xz", "file"
     )
 
 
-def check(members: list[Member], limits: Limits) -> list[Member]:
-    """The members to write (folders and images), once every member passed every check."""
+def check(
+    members: list[Member], limits: Limits, keep: Callable[[Member], bool] = keep_images
+) -> list[Member]:
+    """The members to write (those ``keep`` accepts), once every member passed every check."""
     if len(members) > limits.max_files:
         raise PayloadTooLarge(
             f"the archive holds {len(members)} entries, over the {limits.max_files} limit "
@@ -83,7 +100,7 @@ def check(members: list[Member], limits: Limits) -> list[Member]:
                 f"links, devices and other special entries are not allowed: {member.name}", "file"
             )
     _check_size(sum(m.size for m in members if m.kind == "file"), limits)
-    return [m for m in members if m.kind == "dir" or _is_image(m.name)]
+    return [m for m in members if keep(m)]
 
 
 def _check_name(name: str) -> None:
@@ -141,12 +158,14 @@ def _zip_kind(info: zipfile.ZipInfo) -> str:
     return "file"
 
 
-def _extract_zip(fileobj: BinaryIO, dest: Path, limits: Limits) -> int:
+def _extract_zip(
+    fileobj: BinaryIO, dest: Path, limits: Limits, keep: Callable[[Member], bool]
+) -> int:
     try:
         with zipfile.ZipFile(fileobj) as archive:
             infos = archive.infolist()
             members = [Member(i.filename, i.file_size, _zip_kind(i)) for i in infos]
-            chosen = _kept(infos, members, check(members, limits))
+            chosen = _kept(infos, members, check(members, limits, keep))
             for info in chosen:
                 archive.extract(info, dest)
             return sum(info.file_size for info in chosen if not info.is_dir())
@@ -160,14 +179,16 @@ def _tar_kind(info: tarfile.TarInfo) -> str:
     return "dir" if info.isdir() else "other"
 
 
-def _extract_tar(fileobj: BinaryIO, dest: Path, limits: Limits) -> int:
+def _extract_tar(
+    fileobj: BinaryIO, dest: Path, limits: Limits, keep: Callable[[Member], bool]
+) -> int:
     try:
         with tarfile.open(fileobj=fileobj, mode="r:*") as archive:
             infos = archive.getmembers()
             members = [Member(i.name, i.size, _tar_kind(i)) for i in infos]
-            keep = _kept(infos, members, check(members, limits))
+            chosen = _kept(infos, members, check(members, limits, keep))
             # The "data" filter stays as a second guard (absolute paths, '..', links, devices).
-            archive.extractall(dest, members=keep, filter="data")
-            return sum(info.size for info in keep if info.isfile())
+            archive.extractall(dest, members=chosen, filter="data")
+            return sum(info.size for info in chosen if info.isfile())
     except (tarfile.TarError, EOFError) as exc:
         raise InvalidRequest(f"not a readable tar archive: {exc}", "file") from exc

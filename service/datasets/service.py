@@ -25,7 +25,7 @@ from models.data import (
 from models.errors import DataError
 from service.datasets import archives
 from service.db.queries import page, required
-from service.db.tables import Dataset, Job, new_id, now
+from service.db.tables import Dataset, Evaluation, Job, new_id, now
 from service.errors import Conflict, InvalidRequest, TooManyRequests
 from service.paths import under_roots
 from service.settings import Settings
@@ -198,6 +198,17 @@ def delete(session: Session, settings: Settings, dataset_id: str) -> None:
         raise Conflict(
             f"dataset {row.id!r} is used by job {user.id!r} ({user.status}); "
             "cancel the job or wait for it to finish",
+            "dataset_id",
+        )
+    evaluation = session.scalars(
+        select(Evaluation)
+        .where(Evaluation.dataset_id == row.id, Evaluation.status.in_(ACTIVE))
+        .limit(1)
+    ).first()
+    if evaluation is not None:
+        raise Conflict(
+            f"dataset {row.id!r} is used by evaluation {evaluation.id!r} ({evaluation.status}); "
+            "cancel it or wait for it to finish",
             "dataset_id",
         )
     # The row stays (finished jobs name it); marked first, so a failed removal leaves no row

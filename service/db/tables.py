@@ -15,6 +15,7 @@ from sqlalchemy import (
     Boolean,
     Float,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
@@ -190,3 +191,60 @@ class ModelAlias(Base):
     alias: Mapped[str] = mapped_column(String(100), primary_key=True)
     version: Mapped[int] = mapped_column(Integer)
     updated_at: Mapped[int] = mapped_column(Integer, default=now)
+
+
+class Evaluation(Base):
+    """A registered version (kind ``model``) or a backbone's class descriptions (kind
+    ``descriptions``) measured on a dataset's splits by a worker; queued, claimed and finished
+    as a job is. It names its version by ``model_name``/``model_version`` and no foreign key:
+    an evaluation outlives the version it measured."""
+
+    __tablename__ = "evaluations"
+    __table_args__ = (
+        UniqueConstraint("idempotency_scope", "idempotency_key", name="uq_evaluations_idempotency"),
+        Index("ix_evaluations_model", "model_name", "model_version"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(20))
+    created_at: Mapped[int] = mapped_column(Integer, default=now, index=True)
+    finished_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    status: Mapped[str] = mapped_column(String(20), index=True)
+    # ``name/3`` (a version, resolved when the evaluation was created) or a backbone name, and
+    # the reference as the client gave it (``name@champion``: an alias moves, the version not).
+    model: Mapped[str] = mapped_column(Text)
+    model_reference: Mapped[str] = mapped_column(Text)
+    model_name: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    model_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # The bytes evaluated: a version's row id and card digest, checked again on the worker.
+    version_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    model_digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"), index=True)
+    splits: Mapped[list[Any]] = mapped_column(JSON)
+    # What the worker needs beyond the ids (a diagnosis's backbone and descriptions).
+    config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    results: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSON)
+    progress_step: Mapped[int] = mapped_column(Integer, default=0)
+    progress_total: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    idempotency_scope: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    request_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    lease_owner: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    lease_until: Mapped[float | None] = mapped_column(Float, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class EvaluationEvent(Base):
+    __tablename__ = "evaluation_events"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    evaluation_id: Mapped[str] = mapped_column(
+        ForeignKey("evaluations.id", ondelete="CASCADE"), index=True
+    )
+    created_at: Mapped[int] = mapped_column(Integer, default=now)
+    level: Mapped[str] = mapped_column(String(10))
+    type: Mapped[str] = mapped_column(String(10))
+    message: Mapped[str] = mapped_column(Text)
+    data: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)

@@ -23,7 +23,6 @@ from service.status import TERMINAL, JobStatus
 
 router = APIRouter(tags=["jobs"], responses=ERROR_RESPONSES)
 # How often a stream looks for new events while they come (less often once it goes quiet).
-STREAM_POLL_S = 0.5
 
 
 def sender(ctx: AppContext) -> service.Sender:
@@ -116,17 +115,7 @@ def _open_stream(
         cursor = service.parse_event_cursor(last_event_id, "Last-Event-ID")
     else:
         cursor = service.parse_event_cursor(after)
-    slots, settings = ctx.streams, ctx.settings
-    slots.acquire(key, settings.stream_max_per_key, settings.stream_max_total)
-    ctx.metrics.event_streams.set(slots.total)
-
-    def close() -> None:
-        slots.release(key)
-        ctx.metrics.event_streams.set(slots.total)
-
-    poll = partial(_poll, ctx, job_id)
-    events = streams.event_stream(poll, cursor, TERMINAL, slots, STREAM_POLL_S)
-    return streams.EventStreamResponse(events, on_close=close)
+    return streams.open_stream(ctx, key, partial(_poll, ctx, job_id), cursor)
 
 
 def _poll(ctx: AppContext, job_id: str, cursor: int) -> tuple[list[EventObject], str]:

@@ -20,7 +20,7 @@ import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -29,6 +29,10 @@ from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from service.errors import TooManyRequests
+from service.status import TERMINAL
+
+if TYPE_CHECKING:  # the context holds the slots: imported for types only, never at run time
+    from service.context import AppContext
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +127,27 @@ def frame(event: Event) -> str:
 
 
 def cursor_of(event: Event) -> int:
-    return int(event.id.removeprefix("ftevent-"))
+    # The sequence number after the id's prefix: ``ftevent-12`` (a job), ``evalevent-12``.
+    return int(event.id.rpartition("-")[2])
+
+
+# How often an open stream reads new events.
+STREAM_POLL_S = 0.5
+
+
+def open_stream(ctx: AppContext, key: str, poll: Poll, cursor: int) -> EventStreamResponse:
+    """A job's or an evaluation's events as server-sent events, holding one of ``key``'s
+    stream slots (429 past the per-key or total cap) for as long as the response lives."""
+    slots, settings = ctx.streams, ctx.settings
+    slots.acquire(key, settings.stream_max_per_key, settings.stream_max_total)
+    ctx.metrics.event_streams.set(slots.total)
+
+    def close() -> None:
+        slots.release(key)
+        ctx.metrics.event_streams.set(slots.total)
+
+    events = event_stream(poll, cursor, TERMINAL, slots, STREAM_POLL_S)
+    return EventStreamResponse(events, on_close=close)
 
 
 async def event_stream(

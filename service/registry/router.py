@@ -1,28 +1,54 @@
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Response
+from fastapi import APIRouter, Header, Path, Request, Response
+from fastapi.responses import FileResponse
+from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
 
 from models.errors import ModelsError
 from models.report import report_png, robustness_report
 from service.auth.deps import AnyKey, TrainKey
+from service.auth.service import Principal
 from service.db.tables import ModelVersion
 from service.deps import Ctx, Db, Page
-from service.errors import Conflict, NotFound
-from service.registry import service
+from service.errors import Conflict, InvalidRequest, NotFound
+from service.multipart import read_form
+from service.registry import service, transfer
 from service.registry.schemas import (
+    MAX_DESCRIPTION,
     AliasObject,
     AliasUpdate,
+    MergeRequest,
     ModelVersionObject,
     RegisteredModelObject,
 )
-from service.schemas import ERROR_RESPONSES, MAX_INT, ListResponse
+from service.schemas import ERROR_RESPONSES, MAX_INT, NAME_PATTERN, ListResponse
 from service.visibility import version_for
 
 # Versions are 32-bit integers in the database; a larger number is a 422, not a driver error.
 Version = Annotated[int, Path(ge=1, le=MAX_INT)]
 router = APIRouter(prefix="/models", tags=["registry"], responses=ERROR_RESPONSES)
+IdempotencyKey = Annotated[str | None, Header(max_length=255)]
+UPLOAD_FORM = {
+    "requestBody": {
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "description": {"type": "string"},
+                    },
+                }
+            }
+        }
+    }
+}
 
 
 def _model_object(db: Db, name: str) -> RegisteredModelObject:
@@ -116,3 +142,106 @@ def get_by_alias(name: str, alias: str, db: Db, key: AnyKey) -> ModelVersionObje
 def delete_alias(name: str, alias: str, db: Db, _: TrainKey) -> Response:
     service.delete_alias(db, name, alias)
     return Response(status_code=204)
+
+
+# --- transfer: import, export, re-merge (service/registry/transfer.py) ---
+
+
+def _created(
+    key: Principal, done: transfer.Registered, db: Db, response: Response
+) -> ModelVersionObject:
+    response.status_code = 201 if done.created else 200
+    if not done.created:
+        response.headers["Idempotent-Replayed"] = "true"
+    version = ModelVersionObject.of(done.row, service.aliases_of(db, done.row.name))
+    return version_for(key, version)
+
+
+@router.post(
+    "/{name}/versions",
+    response_model=ModelVersionObject,
+    status_code=201,
+    openapi_extra=UPLOAD_FORM,
+)
+async def import_version(
+    name: str,
+    request: Request,
+    response: Response,
+    ctx: Ctx,
+    db: Db,
+    key: TrainKey,
+    idempotency_key: IdempotencyKey = None,
+) -> ModelVersionObject:
+    """Register an artifact archive (.tar.gz/.tgz/.tar/.zip of the folder `python -m models
+    finetune` writes) as the next version of ``name``; capped by RCS_MAX_UPLOAD_BYTES. Checked
+    before anything is stored: files, card, sha256, shapes; nothing pickled is ever opened."""
+    if not re.fullmatch(NAME_PATTERN, name):
+        raise InvalidRequest(
+            f"{name!r} is not a model name: a letter or digit, then up to 99 letters, digits, "
+            "'_', '.' or '-'",
+            "name",
+        )
+    # Parsed here rather than by FastAPI so the size-limit middleware sees the stream first.
+    form = await read_form(request, max_files=1, max_fields=4)
+    try:
+        upload, description = form.get("file"), form.get("description") or ""
+        if not isinstance(upload, UploadFile):
+            raise InvalidRequest(
+                "a multipart 'file' part with the artifact archive is required", "file"
+            )
+        if not isinstance(description, str) or len(description) > MAX_DESCRIPTION:
+            raise InvalidRequest(
+                f"'description' is text of at most {MAX_DESCRIPTION} characters", "description"
+            )
+        done = await run_in_threadpool(
+            transfer.import_archive,
+            ctx,
+            db,
+            key.key_id,
+            name,
+            (upload.filename or "", upload.file),
+            description,
+            idempotency_key,
+        )
+    finally:
+        await form.close()
+    return _created(key, done, db, response)
+
+
+@router.get(
+    "/{name}/versions/{version}/artifact",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/gzip": {}}, "description": "The artifact"}},
+)
+def export_version(name: str, version: Version, ctx: Ctx, db: Db, _: TrainKey) -> FileResponse:
+    """The version's artifact as a .tar.gz of one folder, ``name-vN/``: unpacked, it loads with
+    ``models.load_artifact`` and ``python -m models predict``, and imports back as it is.
+    Weights need the ``train`` scope: they are the model itself, out of the service's control."""
+    archive, digest = transfer.export_archive(ctx, db, name, version)
+    return FileResponse(
+        archive,
+        media_type="application/gzip",
+        filename=f"{name}-v{version}.tar.gz",
+        headers={"X-Model-Digest": digest or ""},
+        background=BackgroundTask(archive.unlink, missing_ok=True),
+    )
+
+
+@router.post("/{name}/versions/{version}/merge", response_model=ModelVersionObject, status_code=201)
+def merge_version(
+    name: str,
+    version: Version,
+    body: MergeRequest,
+    response: Response,
+    ctx: Ctx,
+    db: Db,
+    key: TrainKey,
+    idempotency_key: IdempotencyKey = None,
+) -> ModelVersionObject:
+    """A new version of ``name``: version ``v`` re-merged at ``alpha`` (a point of its WiSE-FT
+    curve) from its stored zero-shot and fine-tuned ends; its card keeps the curve, records the
+    new selected alpha and, under ``source``, where it came from."""
+    done = transfer.merge_version(
+        ctx, db, key.key_id, (name, version), body.alpha, body.description, idempotency_key
+    )
+    return _created(key, done, db, response)

@@ -9,6 +9,9 @@ from service.jobs.schemas import card_hyperparameters
 from service.schemas import MAX_INT
 from service.status import VersionStatus
 
+JOB_PREFIX = "ftjob-"
+MAX_DESCRIPTION = 5000
+
 
 class VersionSummary(BaseModel):
     model_config = ConfigDict(from_attributes=True)
@@ -54,6 +57,7 @@ class ModelVersionObject(BaseModel):
     source: str
     # sha256 of the artifact's card (which lists every file's sha256): what is served.
     digest: str | None = None
+    # The job that trained it; None for an imported or re-merged version (see ``origin``).
     job_id: str | None
     tags: dict[str, str]
     description: str
@@ -69,6 +73,12 @@ class ModelVersionObject(BaseModel):
     dataset: dict[str, Any] = Field(default_factory=dict)
     descriptions: dict[str, list[str]] = Field(default_factory=dict)
     backbone: dict[str, Any] = Field(default_factory=dict)
+    # The card's ``source``: imported from an archive (its sha256) or merged from ``name/v`` at
+    # an alpha; None for a version a job trained.
+    origin: dict[str, Any] | None = None
+    # Where to read it further: its robustness report and its evaluations on other datasets.
+    report: str = ""
+    evaluations: str = ""
 
     @classmethod
     def of(cls, row: ModelVersion, aliases: dict[str, int]) -> ModelVersionObject:
@@ -82,7 +92,8 @@ class ModelVersionObject(BaseModel):
             status_message=row.status_message,
             source=row.source,
             digest=row.digest,
-            job_id=row.job_id,
+            # Imports and merges keep a registration key in the column, never a job's id.
+            job_id=row.job_id if (row.job_id or "").startswith(JOB_PREFIX) else None,
             tags=dict(row.tags),
             description=row.description,
             aliases=sorted(a for a, v in aliases.items() if v == row.version),
@@ -97,7 +108,17 @@ class ModelVersionObject(BaseModel):
             dataset=card.get("dataset") or {},
             descriptions=card.get("descriptions") or {},
             backbone=card.get("backbone") or {},
+            origin=card.get("source"),
+            report=f"/models/{row.name}/versions/{row.version}/report",
+            evaluations=f"/evaluations?model={row.name}/{row.version}",
         )
+
+
+class MergeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    alpha: float = Field(ge=0.0, le=1.0, allow_inf_nan=False)
+    description: str = Field(default="", max_length=MAX_DESCRIPTION)
 
 
 class AliasUpdate(BaseModel):

@@ -2,7 +2,9 @@
 
 A version is created PENDING_REGISTRATION, its artifact copied to storage, and only then marked
 READY, so a reader never serves half an artifact. Registration is keyed by the job id, so a job
-delivered twice registers once.
+delivered twice registers once. The API's own registrations (imports, re-merges: transfer.py)
+copy first and add the row READY (``reserve_version``, ``insert_ready``), keyed by a
+``registration_key`` in the same column.
 
 Version numbers are never reused (as in MLflow): each registered model counts the versions it
 has ever had (``last_version``), so deleting ``m/3`` and registering again gives ``m/4``, and a
@@ -12,6 +14,7 @@ has no way to delete a whole registered model, so the counter lives as long as t
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -249,3 +252,66 @@ def mark_ready(session: Session, row: ModelVersion, source: str, digest: str) ->
 def mark_failed(session: Session, row: ModelVersion, message: str) -> None:
     row.status, row.status_message, row.updated_at = VersionStatus.FAILED, message, now()
     session.commit()
+
+
+# --- registration by the API (imports and re-merges) ---
+
+
+def registration_key(kind: str, *parts: str) -> str:
+    """What keys an API-made version in the ``job_id`` column, as a job keys its own: a retried
+    request (same ``Idempotency-Key``) finds the version the first one made. ``kind-`` and 33 hex
+    digits of a hash of who asked, for what and with which key: 40 characters, the column's
+    width, and never an ``ftjob-`` id."""
+    digest = hashlib.sha256("\0".join(parts).encode()).hexdigest()
+    return f"{kind}-{digest[: 39 - len(kind)]}"
+
+
+def find_registered(session: Session, key: str) -> ModelVersion | None:
+    return session.scalar(select(ModelVersion).where(ModelVersion.job_id == key))
+
+
+def reserve_version(session: Session, name: str) -> int:
+    """Take the next version number of ``name`` now, with no row yet.
+
+    The API copies an artifact before its row exists, so a failure at any point leaves no
+    PENDING or FAILED row behind: at worst a number never used, and numbers are never reused.
+    """
+    _ensure_model(session, name)
+    version = _next_version(session, name)
+    session.commit()
+    return version
+
+
+def insert_ready(
+    session: Session,
+    name: str,
+    version: int,
+    key: str | None,
+    card: dict[str, Any],
+    stored: tuple[str, str],
+    description: str = "",
+) -> ModelVersion | None:
+    """Add the READY row of an artifact already stored (``stored``: its source and digest);
+    None when ``key`` was taken meanwhile (a concurrent retry of the same request won)."""
+    source, digest = stored
+    row = ModelVersion(
+        name=name,
+        version=version,
+        status=VersionStatus.READY,
+        source=source,
+        digest=digest,
+        job_id=key,
+        card=card,
+        description=description,
+        tags={},
+    )
+    session.add(row)
+    model = session.get(RegisteredModel, name)
+    if model is not None:
+        model.updated_at = now()
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        return None
+    return row

@@ -1,13 +1,26 @@
 from __future__ import annotations
 
 import json
+import pickle
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
-from models.artifacts import CARD, HEADS, WEIGHTS, load_artifact, save_artifact
+from models.artifacts import (
+    CARD,
+    FINETUNED,
+    HEADS,
+    OPEN_CLIP_CONFIG,
+    WEIGHTS,
+    ZEROSHOT,
+    check_artifact,
+    load_artifact,
+    merge_artifact,
+    save_artifact,
+)
 from models.backbone import create_backbone, skipped_random_init
 from models.config import BackboneConfig
 from models.errors import ArtifactError
@@ -103,3 +116,51 @@ def test_skipped_random_init_is_scoped_to_its_thread_and_block() -> None:
     worker.join()
     seen["filled after"] = bool(torch.nn.init.uniform_(torch.zeros(64)).any())
     assert seen == {"other thread filled": True, "skipped here": True, "filled after": True}
+
+
+def _two_ended(classifier: Classifier, folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    zeroshot = {k: v.clone() for k, v in classifier.state_dict().items()}
+    finetuned = {k: v + 0.1 if v.is_floating_point() else v for k, v in zeroshot.items()}
+    card = {"wise": {"selected_alpha": 0.0, "curve": [{"alpha": 0.0, "metrics": {}}]}}
+    save_artifact(folder, classifier, card, finetuned, zeroshot_state=zeroshot)
+    return zeroshot, finetuned
+
+
+def test_both_ends_and_the_config_are_listed(classifier: Classifier, tmp_path: Path) -> None:
+    _two_ended(classifier, tmp_path / "a")
+    files = json.loads((tmp_path / "a" / CARD).read_text())["files"]
+    assert {OPEN_CLIP_CONFIG, WEIGHTS, HEADS, FINETUNED, ZEROSHOT} <= set(files)
+    assert check_artifact(tmp_path / "a").card["files"] == files
+
+
+def test_merge_artifact_gives_the_ends_exactly(classifier: Classifier, tmp_path: Path) -> None:
+    zeroshot, finetuned = _two_ended(classifier, tmp_path / "a")
+    for alpha, end in ((0.0, zeroshot), (1.0, finetuned)):
+        merge_artifact(tmp_path / "a", alpha, tmp_path / f"m{alpha}", card={"source": "t"})
+        merged = load_artifact(tmp_path / f"m{alpha}", verify=True)
+        state = merged.classifier.state_dict()
+        assert all(torch.equal(state[k], end[k]) for k in end if k.startswith("clip."))
+        assert merged.card["wise"]["selected_alpha"] == alpha
+        assert merged.card["wise"]["selection"] == "manual" and merged.card["source"] == "t"
+
+
+def test_merge_artifact_needs_both_ends(classifier: Classifier, tmp_path: Path) -> None:
+    save_artifact(tmp_path / "a", classifier, {})
+    with pytest.raises(ArtifactError, match="no fine-tuned end"):
+        merge_artifact(tmp_path / "a", 0.5, tmp_path / "b")
+    save_artifact(tmp_path / "c", classifier, {}, classifier.state_dict())
+    with pytest.raises(ArtifactError, match="without its zero-shot end"):
+        merge_artifact(tmp_path / "c", 0.5, tmp_path / "d")
+
+
+def test_check_artifact_refuses_pickles_and_unlisted_files(
+    classifier: Classifier, tmp_path: Path
+) -> None:
+    save_artifact(tmp_path / "a", classifier, {})
+    (tmp_path / "a" / "extra.pt").write_bytes(pickle.dumps([1]))
+    with pytest.raises(ArtifactError, match="extra.pt is a pickled file"):
+        check_artifact(tmp_path / "a")
+    (tmp_path / "a" / "extra.pt").unlink()
+    (tmp_path / "a" / "notes.json").write_text("{}")
+    with pytest.raises(ArtifactError, match="unexpected file notes.json"):
+        check_artifact(tmp_path / "a")

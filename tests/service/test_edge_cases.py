@@ -14,9 +14,8 @@ from pydantic import ValidationError
 from models.train import SeededView
 from service.context import AppContext
 from service.errors import redact
-from service.jobs import router as jobs_router
 from service.jobs import service as jobs
-from service.jobs import state
+from service.jobs import state, streams
 from service.jobs.schemas import MAX_SEED
 from service.registry import service as registry
 from service.settings import Settings
@@ -182,7 +181,7 @@ def test_event_stream_keeps_the_events_committed_with_the_final_status(
         return result
 
     monkeypatch.setattr(jobs, "events", events_then_finish)
-    monkeypatch.setattr(jobs_router, "STREAM_POLL_S", 0.01)
+    monkeypatch.setattr(streams, "STREAM_POLL_S", 0.01)
     params = {"stream": "true", "after": last}
     with client.stream("GET", f"/jobs/{job_id}/events", params=params) as stream:
         text = "".join(stream.iter_text())

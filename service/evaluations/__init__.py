@@ -1,0 +1,1 @@
+"""Evaluations: a registered version measured on a dataset's splits by a worker."""

@@ -1,0 +1,164 @@
+from __future__ import annotations
+
+from functools import partial
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Path, Query, Response
+from fastapi.responses import StreamingResponse
+
+from service.auth.deps import AnyKey, TrainKey
+from service.auth.service import Principal
+from service.context import AppContext
+from service.db.tables import Evaluation
+from service.deps import Ctx, Db, Page
+from service.evaluations import service
+from service.evaluations.schemas import (
+    EvaluationError,
+    EvaluationEventObject,
+    EvaluationObject,
+    EvaluationRequest,
+)
+from service.jobs import streams
+from service.queue import TASK_EVALUATE, EvaluatePayload
+from service.registry import service as registry
+from service.schemas import ERROR_RESPONSES, MAX_INT, ListResponse
+from service.status import EvaluationStatus
+from service.visibility import paths_hidden_in, sees_server_paths
+
+router = APIRouter(tags=["evaluations"], responses=ERROR_RESPONSES)
+Version = Annotated[int, Path(ge=1, le=MAX_INT)]
+
+
+def sender(ctx: AppContext) -> service.Sender:
+    def send(evaluation_id: str) -> None:
+        payload = EvaluatePayload(evaluation_id=evaluation_id).model_dump()
+        ctx.broker.send_task(
+            TASK_EVALUATE,
+            kwargs={"payload": payload},
+            queue=ctx.settings.training_queue,
+            retry=True,
+            retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
+        )
+
+    return send
+
+
+def _object(row: Evaluation, key: Principal) -> EvaluationObject:
+    """The evaluation as ``key`` may see it: a worker's error can quote a server folder."""
+    obj = EvaluationObject.of(row)
+    if obj.error is None or sees_server_paths(key):
+        return obj
+    error = EvaluationError(
+        **{**obj.error.model_dump(), "message": paths_hidden_in(obj.error.message)}
+    )
+    return obj.model_copy(update={"error": error})
+
+
+@router.post("/evaluations", response_model=EvaluationObject)
+def create_evaluation(
+    body: EvaluationRequest,
+    ctx: Ctx,
+    db: Db,
+    key: TrainKey,
+    response: Response,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+) -> EvaluationObject:
+    """Evaluate a registered version on a dataset's splits, on a worker: every head's metrics
+    per split, as in the model card. Retrying with the same ``Idempotency-Key`` returns the
+    same evaluation."""
+    row, created = service.create(db, body, sender(ctx), key.key_id, idempotency_key)
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
+    return _object(row, key)
+
+
+@router.get("/evaluations", response_model=ListResponse[EvaluationObject])
+def list_evaluations(
+    db: Db,
+    key: AnyKey,
+    page: Page,
+    model: Annotated[str | None, Query(max_length=300)] = None,
+    dataset: Annotated[str | None, Query(max_length=40)] = None,
+    status: EvaluationStatus | None = None,
+) -> ListResponse[EvaluationObject]:
+    """Newest first. ``model``: ``name/3`` that version's, ``name@alias`` those of the version
+    the alias names, ``name`` those of every version (deleted versions' too)."""
+    selected = service.model_filter(db, model) if model is not None else None
+    rows, more = service.list_evaluations(
+        db, page.after, page.limit, model=selected, dataset=dataset, status=status
+    )
+    return ListResponse(data=[_object(r, key) for r in rows], has_more=more)
+
+
+@router.get(
+    "/models/{name}/versions/{version}/evaluations",
+    response_model=ListResponse[EvaluationObject],
+)
+def list_version_evaluations(
+    name: str, version: Version, db: Db, key: AnyKey, page: Page
+) -> ListResponse[EvaluationObject]:
+    """A version's evaluations, newest first (``GET /evaluations?model=name/3`` also lists
+    those of a version since deleted)."""
+    registry.get_version(db, name, version)
+    rows, more = service.list_evaluations(db, page.after, page.limit, model=(name, version))
+    return ListResponse(data=[_object(r, key) for r in rows], has_more=more)
+
+
+@router.get("/evaluations/{evaluation_id}", response_model=EvaluationObject)
+def get_evaluation(evaluation_id: str, db: Db, key: AnyKey) -> EvaluationObject:
+    return _object(service.get(db, evaluation_id), key)
+
+
+@router.post("/evaluations/{evaluation_id}/cancel", response_model=EvaluationObject)
+def cancel_evaluation(evaluation_id: str, db: Db, key: TrainKey) -> EvaluationObject:
+    """Cancel a queued or running evaluation; a running one stops at its next batch."""
+    return _object(service.cancel(db, evaluation_id), key)
+
+
+@router.get(
+    "/evaluations/{evaluation_id}/events",
+    response_model=ListResponse[EvaluationEventObject],
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
+def list_events(
+    evaluation_id: str,
+    ctx: Ctx,
+    principal: AnyKey,
+    after: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    stream: bool = False,
+    last_event_id: Annotated[str | None, Header(max_length=255)] = None,
+) -> ListResponse[EvaluationEventObject] | StreamingResponse:
+    """Events oldest first; ``?stream=true``: server-sent events until the evaluation ends,
+    resuming after ``Last-Event-ID``, within the same per-key and total caps as a job's."""
+    if stream:
+        return _open_stream(ctx, principal.key_id, evaluation_id, after, last_event_id)
+    # A session of its own rather than the request's: no connection outlives the read.
+    with ctx.sessions() as db:
+        service.get(db, evaluation_id)
+        cursor = service.parse_event_cursor(after)
+        rows, more = service.events(db, evaluation_id, cursor, limit)
+        return ListResponse(data=[EvaluationEventObject.of(r) for r in rows], has_more=more)
+
+
+def _open_stream(
+    ctx: AppContext, key: str, evaluation_id: str, after: str | None, last_event_id: str | None
+) -> StreamingResponse:
+    with ctx.sessions() as db:
+        service.get(db, evaluation_id)
+    if last_event_id is not None:
+        cursor = service.parse_event_cursor(last_event_id, "Last-Event-ID")
+    else:
+        cursor = service.parse_event_cursor(after)
+    return streams.open_stream(ctx, key, partial(_poll, ctx, evaluation_id), cursor)
+
+
+def _poll(
+    ctx: AppContext, evaluation_id: str, cursor: int
+) -> tuple[list[EvaluationEventObject], str]:
+    with ctx.sessions() as session:
+        # Status first: the worker commits its last events with the terminal status (see the
+        # jobs router), so events read afterwards include them.
+        status = service.get(session, evaluation_id).status
+        rows, _ = service.events(session, evaluation_id, cursor, 500)
+        return [EvaluationEventObject.of(r) for r in rows], status

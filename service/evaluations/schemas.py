@@ -1,0 +1,130 @@
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from service.db.tables import Evaluation, EvaluationEvent
+from service.status import EvaluationStatus
+
+# The head ``/predict`` serves: the summary reports it; ``results`` has every head.
+SERVED_HEAD = "dual"
+MAX_SPLITS = 64
+MAX_METADATA = 16
+EVENT_PREFIX = "evalevent-"
+
+
+class EvaluationRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(
+        min_length=1,
+        max_length=300,
+        description="A registered version: `name` (latest READY), `name/3` or `name@alias` "
+        "(`models:/` prefix optional); resolved to one version when the evaluation is created",
+    )
+    dataset: str = Field(min_length=1, max_length=40, description="Id of a registered dataset")
+    splits: list[Annotated[str, Field(min_length=1, max_length=200)]] | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_SPLITS,
+        description="Splits to evaluate; default: every split but `train` (all of them when "
+        "the dataset has nothing else)",
+    )
+    metadata: dict[str, Annotated[str, Field(max_length=512)]] = Field(default_factory=dict)
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, value: dict[str, str]) -> dict[str, str]:
+        if len(value) > MAX_METADATA:
+            raise ValueError(f"at most {MAX_METADATA} metadata pairs")
+        if any(not 0 < len(k) <= 64 for k in value):
+            raise ValueError("metadata keys must be 1 to 64 characters")
+        return value
+
+
+class EvaluationError(BaseModel):
+    code: str
+    message: str
+    param: str | None = None
+
+
+class EvaluationProgress(BaseModel):
+    splits_done: int
+    splits_total: int | None
+
+
+class EvaluationObject(BaseModel):
+    id: str
+    object: Literal["evaluation"] = "evaluation"
+    kind: Literal["model", "descriptions"]
+    created_at: int
+    finished_at: int | None
+    status: EvaluationStatus
+    # The version evaluated (``name/3``) and the reference as given (``name@champion``).
+    model: str
+    model_reference: str
+    dataset: str
+    splits: list[str]
+    served_head: str
+    # split -> head (default, concept, dual) -> the card's metrics: n, top1, macro_f1,
+    # per_class_acc, worst_group_acc (and group_acc with groups), ece, nll. None until done.
+    results: dict[str, dict[str, dict[str, Any]]] | None
+    # split -> the served head's top-1, for a glance.
+    summary: dict[str, float] | None
+    error: EvaluationError | None
+    metadata: dict[str, str]
+    progress: EvaluationProgress
+
+    @classmethod
+    def of(cls, row: Evaluation) -> EvaluationObject:
+        # Explicit: the summary is derived, and several columns have other names here.
+        results = row.results
+        summary = None
+        if results is not None:
+            summary = {
+                split: heads[SERVED_HEAD]["top1"]
+                for split, heads in results.items()
+                if isinstance(heads.get(SERVED_HEAD), dict)
+            }
+        return cls(
+            id=row.id,
+            kind=row.kind,  # type: ignore[arg-type]
+            created_at=row.created_at,
+            finished_at=row.finished_at,
+            status=EvaluationStatus(row.status),
+            model=row.model,
+            model_reference=row.model_reference,
+            dataset=row.dataset_id,
+            splits=list(row.splits),
+            served_head=SERVED_HEAD,
+            results=results,
+            summary=summary,
+            error=EvaluationError(**row.error) if row.error else None,
+            metadata=dict(row.metadata_),
+            progress=EvaluationProgress(
+                splits_done=row.progress_step, splits_total=row.progress_total
+            ),
+        )
+
+
+class EvaluationEventObject(BaseModel):
+    id: str
+    object: Literal["evaluation.event"] = "evaluation.event"
+    created_at: int
+    level: Literal["info", "warn", "error"]
+    type: Literal["message", "metrics"]
+    message: str
+    data: dict[str, Any] | None
+
+    @classmethod
+    def of(cls, row: EvaluationEvent) -> EvaluationEventObject:
+        # The id is the stream cursor made from ``seq``, as a job event's is.
+        return cls(
+            id=f"{EVENT_PREFIX}{row.seq}",
+            created_at=row.created_at,
+            level=row.level,  # type: ignore[arg-type]
+            type=row.type,  # type: ignore[arg-type]
+            message=row.message,
+            data=row.data,
+        )

@@ -1,0 +1,242 @@
+"""Creating, reading, listing and cancelling evaluations.
+
+An evaluation is validated completely before it is stored (the model resolved to one READY
+version, the dataset present, the splits its own, the classes the model's), committed, and only
+then sent to a worker by name, as a job is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from models.json_values import stable_hash
+from service.db.queries import page, required
+from service.db.tables import Dataset, Evaluation, EvaluationEvent, ModelAlias, ModelVersion, new_id
+from service.errors import Conflict, InvalidRequest, Unavailable
+from service.evaluations import state
+from service.evaluations.schemas import EVENT_PREFIX, EvaluationRequest
+from service.registry import service as registry
+from service.schemas import MAX_INT
+from service.status import TERMINAL, EvaluationStatus
+
+Sender = Callable[[str], None]
+TRAIN_SPLIT = "train"
+# Class names quoted in a 422: enough to fix a typo, not a 1000-class dump.
+MAX_LISTED = 20
+
+
+def request_hash(body: EvaluationRequest) -> str:
+    return stable_hash(body.model_dump(mode="json"))
+
+
+def find_idempotent(session: Session, scope: str, key: str) -> Evaluation | None:
+    return session.scalar(
+        select(Evaluation).where(
+            Evaluation.idempotency_scope == scope, Evaluation.idempotency_key == key
+        )
+    )
+
+
+def _same_request(row: Evaluation, digest: str) -> Evaluation:
+    if row.request_hash != digest:
+        raise Conflict("Idempotency-Key was used with a different request", "Idempotency-Key")
+    return row
+
+
+def create(
+    session: Session,
+    body: EvaluationRequest,
+    send: Sender,
+    scope: str,
+    idempotency_key: str | None,
+) -> tuple[Evaluation, bool]:
+    """The evaluation and whether it was created now (False: an earlier request, same key)."""
+    digest = request_hash(body)
+    if idempotency_key is not None:
+        existing = find_idempotent(session, scope, idempotency_key)
+        if existing is not None:
+            return _same_request(existing, digest), False
+    row = build(session, body)
+    row.idempotency_scope, row.idempotency_key, row.request_hash = scope, idempotency_key, digest
+    session.add(row)
+    state.add_event(session, row.id, f"Validated {row.model} against dataset {row.dataset_id}")
+    state.add_event(session, row.id, "Evaluation queued")
+    try:
+        session.commit()
+    except IntegrityError:
+        # A concurrent request with the same key won the race: answer with its evaluation.
+        session.rollback()
+        winner = find_idempotent(session, scope, idempotency_key) if idempotency_key else None
+        if winner is None:
+            raise
+        return _same_request(winner, digest), False
+    try:
+        send(row.id)
+    except Exception as exc:  # any broker failure: it must not stay queued forever
+        state.fail(session, row.id, "queue_unavailable", f"could not queue the evaluation: {exc}")
+        raise Unavailable("the task queue is unavailable; the evaluation was not queued") from exc
+    return row, True
+
+
+def build(session: Session, body: EvaluationRequest) -> Evaluation:
+    version = registry.resolve(session, body.model, "model")
+    dataset = visible_dataset(session, body.dataset)
+    splits = choose_splits(dataset, body.splits)
+    check_classes(model_classes(version), dataset)
+    return Evaluation(
+        id=new_id("eval"),
+        kind="model",
+        status=EvaluationStatus.QUEUED,
+        model=f"{version.name}/{version.version}",
+        model_reference=body.model,
+        model_name=version.name,
+        model_version=version.version,
+        version_id=version.id,
+        model_digest=version.digest,
+        dataset_id=dataset.id,
+        splits=splits,
+        config={},
+        metadata_=dict(body.metadata),
+        progress_step=0,
+        progress_total=len(splits),
+        attempts=0,
+    )
+
+
+def visible_dataset(session: Session, dataset_id: str) -> Dataset:
+    """The dataset ``dataset_id`` names; a 422 on ``dataset`` saying whether it never existed
+    or was deleted (its row stays, hidden, for what used it)."""
+    row = required(session.get(Dataset, dataset_id), f"no dataset {dataset_id!r}", "dataset")
+    if row.deleted_at is not None:
+        raise InvalidRequest(f"dataset {dataset_id!r} was deleted", "dataset")
+    return row
+
+
+def choose_splits(dataset: Dataset, asked: Sequence[str] | None) -> list[str]:
+    available = list(dataset.counts)
+    if asked is None:
+        # A dataset is registered with a train split; a shift set is read off its others.
+        held_out = [s for s in available if s != TRAIN_SPLIT]
+        return held_out or available
+    repeated = sorted({s for s in asked if list(asked).count(s) > 1})
+    if repeated:
+        raise InvalidRequest(f"split(s) {repeated} are listed more than once", "splits")
+    unknown = [s for s in asked if s not in available]
+    if unknown:
+        raise InvalidRequest(
+            f"dataset {dataset.id} has no split(s) {unknown} (it has {available})", "splits"
+        )
+    empty = [s for s in asked if not sum(dataset.counts[s].values())]
+    if empty:
+        raise InvalidRequest(f"split(s) {empty} of dataset {dataset.id} have no images", "splits")
+    return list(asked)
+
+
+def model_classes(version: ModelVersion) -> list[str]:
+    return [str(c) for c in (version.card or {}).get("classnames", [])]
+
+
+def check_classes(model: Sequence[str], dataset: Dataset) -> None:
+    """The dataset's classes must be the model's, in any order (labels are matched by name):
+    a 422 naming the classes the dataset lacks and those the model does not know."""
+    missing = [c for c in model if c not in set(dataset.classes)]
+    extra = [c for c in dataset.classes if c not in set(model)]
+    if not missing and not extra:
+        return
+    parts = []
+    if missing:
+        parts.append(f"missing the model's class(es) {_listed(missing)}")
+    if extra:
+        parts.append(f"has class(es) the model does not know: {_listed(extra)}")
+    raise InvalidRequest(
+        f"dataset {dataset.id}'s classes do not match the model's: it is {'; it '.join(parts)}",
+        "dataset",
+    )
+
+
+def _listed(names: Sequence[str]) -> str:
+    shown = ", ".join(repr(n) for n in names[:MAX_LISTED])
+    more = len(names) - MAX_LISTED
+    return f"{shown} (and {more} more)" if more > 0 else shown
+
+
+def get(session: Session, evaluation_id: str) -> Evaluation:
+    return required(session.get(Evaluation, evaluation_id), f"no evaluation {evaluation_id!r}")
+
+
+def model_filter(session: Session, text: str) -> tuple[str, int | None]:
+    """What ``?model=`` selects: ``name/3`` that version, ``name@alias`` the version the alias
+    names now, ``name`` every version of the model. Versions since deleted still match: their
+    evaluations are kept."""
+    ref = registry.parse_ref(text)
+    if ref is None:
+        raise InvalidRequest(
+            f"{text!r} is not a model reference (name, name/3 or name@alias)", "model"
+        )
+    if ref.alias is not None and ref.alias != "latest":
+        alias = session.get(ModelAlias, (ref.name, ref.alias))
+        message = f"model {ref.name!r} has no alias {ref.alias!r}"
+        return ref.name, required(alias, message, "model").version
+    return ref.name, ref.version
+
+
+def list_evaluations(
+    session: Session,
+    after: str | None,
+    limit: int,
+    *,
+    model: tuple[str, int | None] | None = None,
+    dataset: str | None = None,
+    status: EvaluationStatus | None = None,
+) -> tuple[list[Evaluation], bool]:
+    """Newest first."""
+    query = select(Evaluation)
+    if model is not None:
+        name, version = model
+        query = query.where(Evaluation.model_name == name)
+        if version is not None:
+            query = query.where(Evaluation.model_version == version)
+    if dataset is not None:
+        query = query.where(Evaluation.dataset_id == dataset)
+    if status is not None:
+        query = query.where(Evaluation.status == status)
+    if after is not None:
+        query = query.where(Evaluation.id < after)
+    return page(session, query.order_by(Evaluation.id.desc()), limit)
+
+
+def cancel(session: Session, evaluation_id: str) -> Evaluation:
+    row = get(session, evaluation_id)
+    if row.status in TERMINAL or not state.cancel(session, evaluation_id):
+        session.refresh(row)
+        raise Conflict(
+            f"evaluation {evaluation_id} already {row.status}; terminal states never change"
+        )
+    session.refresh(row)
+    return row
+
+
+def parse_event_cursor(after: str | None, param: str = "after") -> int:
+    """An event id (``evalevent-12``, or its number) as the sequence number to read after."""
+    if after is None:
+        return 0
+    digits = after.strip().removeprefix(EVENT_PREFIX)
+    if not digits.isdecimal() or int(digits) > MAX_INT:
+        raise InvalidRequest(f"bad event cursor {after!r}: expected an event id", param)
+    return int(digits)
+
+
+def events(
+    session: Session, evaluation_id: str, after_seq: int, limit: int
+) -> tuple[list[EvaluationEvent], bool]:
+    """Oldest first: a client follows by passing the last id it saw as ``after``."""
+    query = (
+        select(EvaluationEvent)
+        .where(EvaluationEvent.evaluation_id == evaluation_id, EvaluationEvent.seq > after_seq)
+        .order_by(EvaluationEvent.seq)
+    )
+    return page(session, query, limit)

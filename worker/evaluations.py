@@ -1,0 +1,241 @@
+"""Run one evaluation: claim it, measure the version on the dataset's splits, record results.
+
+As a job, it tolerates being delivered twice: the claim is a conditional UPDATE with a lease, a
+finished evaluation is skipped, and the results are written with the terminal status in one
+transaction that only the lease's holder can commit. There is nothing to resume: a released
+or taken-over evaluation starts over, which costs one pass over its splits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.exc import InterfaceError, OperationalError
+
+from models.artifacts import load_artifact
+from models.backbone import resolve_device
+from models.data import DatasetSplits, ImageDataset, Sample, Scoring, dataset_root, open_dataset
+from models.errors import Cancelled, DataError, ModelsError
+from models.evaluation import evaluate_split
+from models.heads import Classifier
+from models.json_values import json_safe
+from service.db.tables import Dataset, Evaluation, ModelVersion
+from service.errors import redact
+from service.evaluations import state
+from service.evaluations.schemas import SERVED_HEAD
+from service.registry import service as registry
+from service.status import TERMINAL, EvaluationStatus, VersionStatus
+from worker.runner import Outcome, WorkerContext
+
+log = logging.getLogger(__name__)
+Results = dict[str, dict[str, dict[str, Any]]]
+
+
+class LeaseWatch:
+    """``should_stop`` for the evaluation loop, asked between batches: it renews the lease
+    (or a long split would look abandoned and be taken over) and says stop once the
+    evaluation was cancelled or taken over, or the worker is stopping."""
+
+    def __init__(self, ctx: WorkerContext, evaluation_id: str) -> None:
+        self.ctx, self.evaluation_id = ctx, evaluation_id
+        self.last_renew = 0.0
+        self.lost = False
+
+    def renew(self, done: int | None = None) -> bool:
+        self.last_renew = time.monotonic()
+        with self.ctx.sessions() as session:
+            owner, lease_s = self.ctx.owner, self.ctx.settings.lease_s
+            self.lost = not state.renew(session, self.evaluation_id, owner, lease_s, done)
+        return not self.lost
+
+    def should_stop(self) -> bool:
+        if not self.lost and time.monotonic() - self.last_renew >= self.ctx.renew_every_s:
+            self.renew()
+        return self.lost or self.ctx.stopping.is_set()
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the evaluation reads, checked on this machine: the artifact's folder, the dataset,
+    the splits."""
+
+    model: str
+    folder: str
+    dataset: Dataset
+    splits: list[str]
+
+
+def run_evaluation(ctx: WorkerContext, evaluation_id: str) -> Outcome:
+    with ctx.sessions() as session:
+        row = session.get(Evaluation, evaluation_id)
+        if row is None:
+            return Outcome("skipped", f"no evaluation {evaluation_id}")
+        if row.status in TERMINAL:
+            return Outcome("skipped", f"already {row.status}")
+        if ctx.stopping.is_set():
+            return Outcome("released", "worker stopping; not started")
+        if not state.claim(session, evaluation_id, ctx.owner, ctx.settings.lease_s):
+            session.refresh(row)
+            if row.status in TERMINAL:
+                return Outcome("skipped", f"already {row.status}")
+            wait = max(1.0, (row.lease_until or 0) - time.time() + 1)
+            return Outcome("busy", f"held by {row.lease_owner}", retry_in_s=wait)
+        session.refresh(row)
+        message = f"Evaluation started on {ctx.owner} (attempt {row.attempts})"
+        state.add_event(session, evaluation_id, message)
+        session.commit()
+    return _evaluate_and_record(ctx, evaluation_id)
+
+
+def _evaluate_and_record(ctx: WorkerContext, evaluation_id: str) -> Outcome:
+    watch = LeaseWatch(ctx, evaluation_id)
+    try:
+        results = evaluate(ctx, evaluation_id, watch)
+        return _record(ctx, evaluation_id, results)
+    except Cancelled as exc:
+        return _stopped(ctx, evaluation_id, watch, str(exc))
+    except (OperationalError, InterfaceError):
+        # Not the evaluation's fault: it stays ours (the lease runs out if we die) and the
+        # task is delivered again.
+        raise
+    except ModelsError as exc:
+        return _failed(ctx, evaluation_id, type(exc).__name__, str(exc))
+    except Exception as exc:  # a bug or an environment failure: fail it, keep the worker
+        log.exception("evaluation %s failed", evaluation_id)
+        return _failed(ctx, evaluation_id, "internal_error", f"{type(exc).__name__}: {exc}")
+
+
+def _plan(ctx: WorkerContext, evaluation_id: str) -> Plan:
+    """The version and dataset the evaluation names, as they are now: either may have been
+    deleted (or the version replaced) since it was queued."""
+    with ctx.sessions() as session:
+        row = session.get(Evaluation, evaluation_id)
+        if row is None:
+            raise ModelsError(f"evaluation {evaluation_id} disappeared")
+        version = session.get(ModelVersion, row.version_id) if row.version_id else None
+        same = version is not None and (version.name, version.version, version.digest) == (
+            row.model_name,
+            row.model_version,
+            row.model_digest,
+        )
+        if version is None or not same or version.status != VersionStatus.READY:
+            raise ModelsError(f"model {row.model} was deleted before it could be evaluated")
+        dataset = session.get(Dataset, row.dataset_id)
+        if dataset is None or dataset.deleted_at is not None:
+            raise ModelsError(f"dataset {row.dataset_id} was deleted before it could be evaluated")
+        key = registry.version_key(version.name, version.version)
+        folder = ctx.store.local_path(key, version.digest)
+        session.expunge(dataset)
+        return Plan(row.model, str(folder), dataset, list(row.splits))
+
+
+def open_checked(dataset: Dataset) -> DatasetSplits:
+    """The dataset confined to its own folder, as at registration, and unchanged since."""
+    ds = open_dataset(dataset.path, within=dataset_root(dataset.path))
+    if ds.fingerprint != dataset.fingerprint:
+        raise DataError(f"dataset {dataset.id} changed on disk since it was registered")
+    return ds
+
+
+def relabel(
+    ds: DatasetSplits, classnames: Sequence[str]
+) -> tuple[dict[str, list[Sample]], dict[str, Scoring]]:
+    """The dataset's samples and scoring rules with labels as indices of ``classnames`` (the
+    model's order): classes are matched by name, so a dataset may list them in any order."""
+    if set(ds.classnames) != set(classnames):
+        raise DataError(
+            f"the dataset's classes {sorted(ds.classnames)} are not the model's "
+            f"{sorted(classnames)}"
+        )
+    index = {name: i for i, name in enumerate(classnames)}
+    to_model = [index[name] for name in ds.classnames]
+    splits = {
+        name: [dataclasses.replace(s, label=to_model[s.label]) for s in samples]
+        for name, samples in ds.splits.items()
+    }
+    scoring = {
+        name: dataclasses.replace(
+            rule,
+            classes=None if rule.classes is None else tuple(to_model[k] for k in rule.classes),
+        )
+        for name, rule in ds.scoring.items()
+    }
+    return splits, scoring
+
+
+def evaluate(ctx: WorkerContext, evaluation_id: str, watch: LeaseWatch) -> Results:
+    """Every head's metrics on each split, with an event (and the lease renewed) per split."""
+    plan = _plan(ctx, evaluation_id)
+    ds = open_checked(plan.dataset)
+    device = resolve_device(ctx.settings.device)
+    classifier: Classifier = load_artifact(plan.folder, device=device).classifier
+    samples, scoring = relabel(ds, classifier.classnames)
+    transform = classifier.backbone.transform(train=False)
+    results: Results = {}
+    for done, split in enumerate(plan.splits, start=1):
+        ds.split(split)  # a DataError naming the splits there are, should one have gone
+        data = ImageDataset(samples[split], classifier.classnames, transform)
+        metrics = evaluate_split(
+            classifier,
+            data,
+            should_stop=watch.should_stop,
+            scoring=scoring.get(split),
+        )
+        results[split] = json_safe(metrics, finite=True, fallback=str)
+        if not watch.renew(done):
+            raise Cancelled(f"stopped after split {split}")
+        _split_event(ctx, evaluation_id, split, results[split])
+    return results
+
+
+def _split_event(
+    ctx: WorkerContext, evaluation_id: str, split: str, metrics: Mapping[str, Any]
+) -> None:
+    top1 = {head: m.get("top1") for head, m in metrics.items()}
+    served = metrics[SERVED_HEAD]
+    message = f"{split}: top-1 {served['top1']:.4f} ({SERVED_HEAD} head) on {served['n']} images"
+    with ctx.sessions() as session:
+        data = {"split": split, "n": served["n"], "top1": top1}
+        state.add_event(session, evaluation_id, message, type="metrics", data=data)
+        session.commit()
+
+
+def _record(ctx: WorkerContext, evaluation_id: str, results: Results) -> Outcome:
+    """Results and ``succeeded`` in one transaction, only while the lease is ours."""
+    with ctx.sessions() as session:
+        values = {"results": results, "progress_step": len(results)}
+        if not state.finish(
+            session, evaluation_id, ctx.owner, EvaluationStatus.SUCCEEDED, values=values
+        ):
+            # Cancelled (or taken over) after the last batch: the cancel stands.
+            session.rollback()
+            return Outcome("cancelled", "stopped before the results were recorded")
+        state.add_event(session, evaluation_id, "The evaluation has successfully completed")
+        session.commit()
+    summary = ", ".join(f"{s} {m[SERVED_HEAD]['top1']:.3f}" for s, m in results.items())
+    return Outcome("succeeded", summary)
+
+
+def _stopped(ctx: WorkerContext, evaluation_id: str, watch: LeaseWatch, where: str) -> Outcome:
+    with ctx.sessions() as session:
+        if not watch.lost and ctx.stopping.is_set():
+            state.release(session, evaluation_id, ctx.owner)
+            state.add_event(session, evaluation_id, "Worker stopping: back in the queue")
+            session.commit()
+            return Outcome("released", "preempted")
+    return Outcome("cancelled", where)
+
+
+def _failed(ctx: WorkerContext, evaluation_id: str, code: str, message: str) -> Outcome:
+    message = redact(message)
+    with ctx.sessions() as session:
+        error = {"code": code, "message": message}
+        if state.finish(session, evaluation_id, ctx.owner, EvaluationStatus.FAILED, error=error):
+            state.add_event(session, evaluation_id, f"Evaluation failed: {message}", level="error")
+        session.commit()
+    return Outcome("failed", message)

@@ -22,6 +22,7 @@ from models.artifacts import FINETUNED, ZEROSHOT, load_artifact, merge_artifact,
 from models.backbone import list_architectures
 from models.config import RunConfig, from_dict, load_run_config, to_dict
 from models.data import open_dataset, read_image
+from models.diagnostics import summary_line as diagnostics_line
 from models.errors import Cancelled, ModelsError
 from models.evaluation import split_evaluator, summary
 from models.heads import HEAD_NAMES
@@ -36,6 +37,7 @@ from models.offline.backbone import (
 )
 from models.offline.synthetic import write_shapes_dataset
 from models.pipeline import build_classifier, cpu_state, finetune
+from models.report import SERVED_HEAD, report_png, robustness_report
 from models.templates import TEMPLATE_SETS
 from models.train import Progress
 
@@ -79,6 +81,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, required=True)
     p.add_argument("--out", required=True)
     p.set_defaults(run=cmd_merge)
+
+    p = sub.add_parser(
+        "report",
+        help="an artifact's robustness report: the WiSE-FT curve, the gain over zero-shot, weak "
+        "class descriptions",
+    )
+    p.add_argument("artifact")
+    p.add_argument("--png", help="also write the effective-robustness plot here")
+    p.add_argument("--json", action="store_true", help="print the whole report as JSON")
+    p.set_defaults(run=cmd_report)
 
     p = sub.add_parser("predict", help="classify image files with an artifact")
     p.add_argument("artifact")
@@ -172,6 +184,44 @@ def cmd_eval(args: argparse.Namespace) -> int:
         Path(args.out).write_text(text)
     print(text)
     return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """What the service serves as ``.../report`` and ``.../report.png``, from the card alone."""
+    card = read_card(args.artifact)
+    report = robustness_report(card)
+    if args.png:
+        Path(args.png).write_bytes(report_png(card, Path(args.artifact).name))
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    selection = report["selection"]
+    how = (
+        "chosen by hand"
+        if selection["rule"] == "manual"
+        else f"{selection['rule']} on ID validation {selection['metric']}"
+    )
+    print(
+        f"objective {report['objective']}, served head {report['served_head']}, alpha "
+        f"{selection['alpha']:g} ({how})"
+    )
+    splits = [*report["zeroshot"]]
+    print(f"{'split':<16}{'zero-shot':>11}{'selected':>11}{'fine-tuned':>11}")
+    for split in splits:
+        row = [report[end].get(split, {}).get(SERVED_HEAD, {}).get("top1") for end in ENDS]
+        print(f"{split:<16}" + "".join(f"{'-' if v is None else f'{v:.3f}':>11}" for v in row))
+    gain = report["gain_over_zeroshot"]
+    ood = "n/a" if gain["ood"] is None else f"{gain['ood']:+.3f}"
+    print(f"gain over zero-shot: ID ({report['id_split']}) {gain['id']:+.3f}, mean OOD {ood}")
+    if report["description_diagnostics"]:
+        print(diagnostics_line(report["description_diagnostics"]))
+    if args.png:
+        print(f"plot: {args.png}")
+    return 0
+
+
+# The report's three points of the curve, as table columns.
+ENDS = ("zeroshot", "selected", "finetuned")
 
 
 def cmd_merge(args: argparse.Namespace) -> int:

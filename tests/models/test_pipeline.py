@@ -95,6 +95,12 @@ def test_cli_finetune_predict_eval_merge(shapes_root: Path, tmp_path: Path, caps
     assert main(["eval", str(out), "--data", str(shapes_root), "--splits", "ood_test"]) == 0
     metrics = json.loads(capsys.readouterr().out)
     assert 0.0 <= metrics["ood_test"]["dual"]["top1"] <= 1.0
+    assert main(["report", str(out), "--png", str(tmp_path / "er.png")]) == 0
+    text = capsys.readouterr().out
+    assert "gain over zero-shot: ID (test)" in text and "description diagnostics:" in text
+    assert (tmp_path / "er.png").read_bytes().startswith(b"\x89PNG")
+    assert main(["report", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["ood_splits"] == ["ood_test"]
     assert main(["merge", str(out), "--alpha", "0.5", "--out", str(tmp_path / "half")]) == 0
     half = load_artifact(tmp_path / "half")
     assert half.card["wise"]["selected_alpha"] == 0.5

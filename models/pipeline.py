@@ -10,7 +10,7 @@ import dataclasses
 import logging
 import platform
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ from models.data import (
 from models.diagnostics import description_diagnostics
 from models.diagnostics import summary_line as diagnostics_line
 from models.errors import ConfigError
-from models.evaluation import split_evaluator, summary
+from models.evaluation import ShouldStop, check_stop, split_evaluator, summary
 from models.heads import Classifier
 from models.json_values import stable_hash
 from models.objectives import CorePrior, build_objective
@@ -139,10 +139,33 @@ def _cached_prior(
     train_set: Sequence[Any],
     classnames: Sequence[str],
     objective: ObjectiveConfig,
+    should_stop: ShouldStop | None = None,
 ) -> CorePrior:
     plain = ImageDataset(train_set, classnames, classifier.backbone.transform(train=False))
     loader = DataLoader(plain, batch_size=64, num_workers=cfg.data.num_workers)
-    return CorePrior.cached(classifier, loader, objective)
+    return CorePrior.cached(classifier, _stoppable(loader, should_stop), objective)
+
+
+def _stoppable(batches: Iterable[Any], should_stop: ShouldStop | None) -> Iterator[Any]:
+    # A large split takes minutes: a cancel must not wait for the whole pass.
+    for batch in batches:
+        check_stop(should_stop, "the frozen concept head's pass")
+        yield batch
+
+
+def frozen_concept_probs(
+    cfg: RunConfig,
+    classifier: Classifier,
+    samples: Sequence[Any],
+    classnames: Sequence[str],
+    should_stop: ShouldStop | None = None,
+) -> Tensor:
+    """The frozen concept head's p_c over ``samples`` ([N, K], in their order): what DRM's
+    cached prior weighs each image by, and what description diagnostics read. ``should_stop``
+    is asked between batches (raises Cancelled)."""
+    prior = _cached_prior(cfg, classifier, samples, classnames, ObjectiveConfig(), should_stop)
+    assert prior.cache is not None
+    return prior.cache
 
 
 def diagnose_descriptions(
@@ -156,10 +179,11 @@ def diagnose_descriptions(
     without descriptions (the concept head is then the bare class names) or when turned off."""
     if cfg.data.descriptions is None or not cfg.data.diagnose_descriptions:
         return None
-    if prior is None or prior.cache is None:  # not DRM, or p_c per step: one pass of our own
-        prior = _cached_prior(cfg, classifier, train_set, classnames, ObjectiveConfig())
-    assert prior.cache is not None
-    return description_diagnostics(prior.cache, [s.label for s in train_set], classnames)
+    if prior is not None and prior.cache is not None:
+        probs = prior.cache
+    else:  # not DRM, or p_c per step: one pass of our own
+        probs = frozen_concept_probs(cfg, classifier, train_set, classnames)
+    return description_diagnostics(probs, [s.label for s in train_set], classnames)
 
 
 def finetune(

@@ -1,4 +1,5 @@
-"""Run one evaluation: claim it, measure the version on the dataset's splits, record results.
+"""Run one evaluation: claim it, measure the version on the dataset's splits (or, kind
+``descriptions``, diagnose a backbone's class descriptions on one split), record results.
 
 As a job, it tolerates being delivered twice: the claim is a conditional UPDATE with a lease, a
 finished evaluation is skipped, and the results are written with the terminal status in one
@@ -16,21 +17,25 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.orm import Session
 
 from models.artifacts import load_artifact
 from models.backbone import resolve_device
+from models.config import RunConfig, from_dict
 from models.data import DatasetSplits, ImageDataset, Sample, Scoring, dataset_root, open_dataset
+from models.diagnostics import description_diagnostics, summary_line
 from models.errors import Cancelled, DataError, ModelsError
 from models.evaluation import evaluate_split
 from models.heads import Classifier
 from models.json_values import json_safe
+from models.pipeline import build_classifier, frozen_concept_probs
 from service.db.tables import Dataset, Evaluation, ModelVersion
 from service.errors import redact
 from service.evaluations import state
 from service.evaluations.schemas import SERVED_HEAD
 from service.registry import service as registry
 from service.status import TERMINAL, EvaluationStatus, VersionStatus
-from worker.runner import Outcome, WorkerContext
+from worker.runner import Outcome, WorkerContext, check_server_paths
 
 log = logging.getLogger(__name__)
 Results = dict[str, dict[str, dict[str, Any]]]
@@ -89,14 +94,20 @@ def run_evaluation(ctx: WorkerContext, evaluation_id: str) -> Outcome:
         message = f"Evaluation started on {ctx.owner} (attempt {row.attempts})"
         state.add_event(session, evaluation_id, message)
         session.commit()
-    return _evaluate_and_record(ctx, evaluation_id)
+        kind = row.kind
+    return _evaluate_and_record(ctx, evaluation_id, kind)
 
 
-def _evaluate_and_record(ctx: WorkerContext, evaluation_id: str) -> Outcome:
+def _evaluate_and_record(ctx: WorkerContext, evaluation_id: str, kind: str) -> Outcome:
     watch = LeaseWatch(ctx, evaluation_id)
     try:
+        if kind == "descriptions":
+            diagnostics = diagnose(ctx, evaluation_id, watch)
+            summary = summary_line(diagnostics)
+            return _record(ctx, evaluation_id, {"diagnostics": diagnostics}, 1, summary)
         results = evaluate(ctx, evaluation_id, watch)
-        return _record(ctx, evaluation_id, results)
+        summary = ", ".join(f"{s} {m[SERVED_HEAD]['top1']:.3f}" for s, m in results.items())
+        return _record(ctx, evaluation_id, results, len(results), summary)
     except Cancelled as exc:
         return _stopped(ctx, evaluation_id, watch, str(exc))
     except (OperationalError, InterfaceError):
@@ -114,24 +125,39 @@ def _plan(ctx: WorkerContext, evaluation_id: str) -> Plan:
     """The version and dataset the evaluation names, as they are now: either may have been
     deleted (or the version replaced) since it was queued."""
     with ctx.sessions() as session:
-        row = session.get(Evaluation, evaluation_id)
-        if row is None:
-            raise ModelsError(f"evaluation {evaluation_id} disappeared")
-        version = session.get(ModelVersion, row.version_id) if row.version_id else None
-        same = version is not None and (version.name, version.version, version.digest) == (
-            row.model_name,
-            row.model_version,
-            row.model_digest,
-        )
-        if version is None or not same or version.status != VersionStatus.READY:
-            raise ModelsError(f"model {row.model} was deleted before it could be evaluated")
-        dataset = session.get(Dataset, row.dataset_id)
-        if dataset is None or dataset.deleted_at is not None:
-            raise ModelsError(f"dataset {row.dataset_id} was deleted before it could be evaluated")
-        key = registry.version_key(version.name, version.version)
-        folder = ctx.store.local_path(key, version.digest)
-        session.expunge(dataset)
-        return Plan(row.model, str(folder), dataset, list(row.splits))
+        row = _row(session, evaluation_id)
+        folder = _version_folder(ctx, session, row)
+        dataset = _dataset(session, row)
+        return Plan(row.model, folder, dataset, list(row.splits))
+
+
+def _row(session: Session, evaluation_id: str) -> Evaluation:
+    row = session.get(Evaluation, evaluation_id)
+    if row is None:
+        raise ModelsError(f"evaluation {evaluation_id} disappeared")
+    return row
+
+
+def _version_folder(ctx: WorkerContext, session: Session, row: Evaluation) -> str:
+    """This machine's copy of the version ``row`` names, still READY and the same bytes."""
+    version = session.get(ModelVersion, row.version_id) if row.version_id else None
+    same = version is not None and (version.name, version.version, version.digest) == (
+        row.model_name,
+        row.model_version,
+        row.model_digest,
+    )
+    if version is None or not same or version.status != VersionStatus.READY:
+        raise ModelsError(f"model {row.model} was deleted before it could be evaluated")
+    key = registry.version_key(version.name, version.version)
+    return str(ctx.store.local_path(key, version.digest))
+
+
+def _dataset(session: Session, row: Evaluation) -> Dataset:
+    dataset = session.get(Dataset, row.dataset_id)
+    if dataset is None or dataset.deleted_at is not None:
+        raise ModelsError(f"dataset {row.dataset_id} was deleted before it could be evaluated")
+    session.expunge(dataset)
+    return dataset
 
 
 def open_checked(dataset: Dataset) -> DatasetSplits:
@@ -193,6 +219,57 @@ def evaluate(ctx: WorkerContext, evaluation_id: str, watch: LeaseWatch) -> Resul
     return results
 
 
+def diagnose(ctx: WorkerContext, evaluation_id: str, watch: LeaseWatch) -> dict[str, Any]:
+    """Description diagnostics (models.diagnostics): the frozen backbone's concept head, built
+    from the evaluation's descriptions, on its split's images; JSON-ready, with an event."""
+    with ctx.sessions() as session:
+        row = _row(session, evaluation_id)
+        config, split = dict(row.config), row.splits[0]
+        backbone = dict(config["backbone"])
+        if row.version_id is not None:  # a registry backbone: this machine's copy of it
+            backbone["arch"] = _version_folder(ctx, session, row)
+        else:
+            check_server_paths(ctx.settings, backbone["arch"], backbone.get("pretrained"))
+        dataset = _dataset(session, row)
+    ds = open_checked(dataset)
+    # As a job's config: every file confined to the dataset's own folder.
+    cfg = from_dict(
+        RunConfig,
+        {
+            "backbone": backbone,
+            "head": config["head"],
+            "data": {
+                "path": dataset.path,
+                "within": str(dataset_root(dataset.path)),
+                "train_split": split,
+                "check_images": False,
+            },
+            "train": {"device": ctx.settings.device},
+        },
+    )
+    samples = ds.split(split)  # a DataError naming the splits there are, should it have gone
+    classifier = build_classifier(cfg, ds.classnames, config["descriptions"])
+    probs = frozen_concept_probs(cfg, classifier, samples, ds.classnames, watch.should_stop)
+    labels = [s.label for s in samples]
+    diagnostics: dict[str, Any] = json_safe(
+        description_diagnostics(probs, labels, ds.classnames), finite=True, fallback=str
+    )
+    if not watch.renew(1):
+        raise Cancelled(f"stopped after split {split}")
+    line = summary_line(diagnostics)
+    message = f"{line[0].upper()}{line[1:]}"
+    data = {
+        "split": split,
+        "n": diagnostics["images"],
+        "concept_top1": diagnostics["concept_top1"],
+        "weak": diagnostics["weak"],
+    }
+    with ctx.sessions() as session:
+        state.add_event(session, evaluation_id, message, type="metrics", data=data)
+        session.commit()
+    return diagnostics
+
+
 def _split_event(
     ctx: WorkerContext, evaluation_id: str, split: str, metrics: Mapping[str, Any]
 ) -> None:
@@ -205,10 +282,12 @@ def _split_event(
         session.commit()
 
 
-def _record(ctx: WorkerContext, evaluation_id: str, results: Results) -> Outcome:
+def _record(
+    ctx: WorkerContext, evaluation_id: str, results: dict[str, Any], done: int, summary: str
+) -> Outcome:
     """Results and ``succeeded`` in one transaction, only while the lease is ours."""
     with ctx.sessions() as session:
-        values = {"results": results, "progress_step": len(results)}
+        values = {"results": results, "progress_step": done}
         if not state.finish(
             session, evaluation_id, ctx.owner, EvaluationStatus.SUCCEEDED, values=values
         ):
@@ -217,7 +296,6 @@ def _record(ctx: WorkerContext, evaluation_id: str, results: Results) -> Outcome
             return Outcome("cancelled", "stopped before the results were recorded")
         state.add_event(session, evaluation_id, "The evaluation has successfully completed")
         session.commit()
-    summary = ", ".join(f"{s} {m[SERVED_HEAD]['top1']:.3f}" for s, m in results.items())
     return Outcome("succeeded", summary)
 
 

@@ -253,7 +253,7 @@ def _prepare(ctx: WorkerContext, job_id: str) -> tuple[RunConfig, JobObserver]:
             local = ctx.store.local_path(key, base.digest)
             backbone = dataclasses.replace(backbone, arch=str(local))
         else:
-            _check_server_paths(ctx.settings, backbone.arch, backbone.pretrained)
+            check_server_paths(ctx.settings, backbone.arch, backbone.pretrained)
     cfg = dataclasses.replace(
         cfg,
         backbone=backbone,
@@ -268,7 +268,7 @@ def _prepare(ctx: WorkerContext, job_id: str) -> tuple[RunConfig, JobObserver]:
     return cfg, JobObserver(ctx, job_id, cfg.train.checkpoint_every)
 
 
-def _check_server_paths(settings: Settings, arch: str, pretrained: str | None) -> None:
+def check_server_paths(settings: Settings, arch: str, pretrained: str | None) -> None:
     """A model folder or weights file is confined again on this machine, as at creation."""
     folder = arch.removeprefix(LOCAL_DIR)
     candidates = (folder if folder != arch or looks_like_path(arch) else None, pretrained)

@@ -34,8 +34,9 @@ def get(session: Session, set_id: str) -> DescriptionSet:
     return required(session.get(DescriptionSet, set_id), f"no description set {set_id!r}")
 
 
-def resolve(session: Session, ref: str, param: str) -> DescriptionSet:
-    """``desc-...`` (an id), ``name`` (its latest version) or ``name/3``."""
+def resolve(session: Session, ref: str, param: str | None) -> DescriptionSet:
+    """``desc-...`` (an id), ``name`` (its latest version) or ``name/3``; unknown: a 422 on
+    ``param``, or a 404 without one (the URL names it)."""
     if ref.startswith("desc-"):
         row = session.get(DescriptionSet, ref)
     else:

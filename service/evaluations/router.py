@@ -13,6 +13,7 @@ from service.db.tables import Evaluation
 from service.deps import Ctx, Db, Page
 from service.evaluations import service
 from service.evaluations.schemas import (
+    DiagnoseRequest,
     EvaluationError,
     EvaluationEventObject,
     EvaluationObject,
@@ -67,7 +68,35 @@ def create_evaluation(
     per split, as in the model card. Retrying with the same ``Idempotency-Key`` returns the
     same evaluation."""
     row, created = service.create(db, body, sender(ctx), key.key_id, idempotency_key)
-    if not created:
+    return _created(row, created, key, response)
+
+
+@router.post(
+    "/descriptions/{set_ref:path}/diagnose", response_model=EvaluationObject, tags=["descriptions"]
+)
+def diagnose_descriptions(
+    set_ref: str,
+    body: DiagnoseRequest,
+    ctx: Ctx,
+    db: Db,
+    key: TrainKey,
+    response: Response,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+) -> EvaluationObject:
+    """Before training: does the description set (``desc-...``, ``name`` or ``name/3``) let the
+    frozen backbone recognise each class? An evaluation of kind ``descriptions``, run on a
+    worker: per class, the concept head's top-1 on the split's images, the mean p_c of the true
+    class and the class most often confused with; weak classes flagged."""
+    row, created = service.create_diagnosis(
+        db, ctx.settings, set_ref, body, sender(ctx), key.key_id, idempotency_key
+    )
+    return _created(row, created, key, response)
+
+
+def _created(
+    row: Evaluation, created: bool, key: Principal, response: Response
+) -> EvaluationObject:
+    if not created:  # an earlier request with the same Idempotency-Key
         response.headers["Idempotent-Replayed"] = "true"
     return _object(row, key)
 

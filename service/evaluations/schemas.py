@@ -5,18 +5,34 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from service.db.tables import Evaluation, EvaluationEvent
+from service.jobs.schemas import StrictHead
 from service.status import EvaluationStatus
 
 # The head ``/predict`` serves: the summary reports it; ``results`` has every head.
 SERVED_HEAD = "dual"
+# What a description diagnosis measures, and so what its summary reports.
+CONCEPT_HEAD = "concept"
 MAX_SPLITS = 64
 MAX_METADATA = 16
 EVENT_PREFIX = "evalevent-"
 
 
-class EvaluationRequest(BaseModel):
+class _WithMetadata(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    metadata: dict[str, Annotated[str, Field(max_length=512)]] = Field(default_factory=dict)
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, value: dict[str, str]) -> dict[str, str]:
+        if len(value) > MAX_METADATA:
+            raise ValueError(f"at most {MAX_METADATA} metadata pairs")
+        if any(not 0 < len(k) <= 64 for k in value):
+            raise ValueError("metadata keys must be 1 to 64 characters")
+        return value
+
+
+class EvaluationRequest(_WithMetadata):
     model: str = Field(
         min_length=1,
         max_length=300,
@@ -31,16 +47,24 @@ class EvaluationRequest(BaseModel):
         description="Splits to evaluate; default: every split but `train` (all of them when "
         "the dataset has nothing else)",
     )
-    metadata: dict[str, Annotated[str, Field(max_length=512)]] = Field(default_factory=dict)
 
-    @field_validator("metadata")
-    @classmethod
-    def _metadata(cls, value: dict[str, str]) -> dict[str, str]:
-        if len(value) > MAX_METADATA:
-            raise ValueError(f"at most {MAX_METADATA} metadata pairs")
-        if any(not 0 < len(k) <= 64 for k in value):
-            raise ValueError("metadata keys must be 1 to 64 characters")
-        return value
+
+class DiagnoseRequest(_WithMetadata):
+    """``POST /descriptions/{id}/diagnose``: the frozen backbone's concept head (the set's
+    descriptions) on a split's images, per class, before any training."""
+
+    dataset: str = Field(min_length=1, max_length=40, description="Id of a registered dataset")
+    model: str = Field(
+        min_length=1,
+        max_length=300,
+        description="A backbone as `POST /finetune` takes it: an open_clip architecture (with "
+        "`pretrained`), the offline backbone, an allowed model folder, or `models:/name[/3]`",
+    )
+    pretrained: str | None = Field(None, max_length=1000, description="As `POST /finetune`'s")
+    split: str = Field("train", min_length=1, max_length=200, description="The images to read")
+    # As a job's: the concept head reads the descriptions only, so templates change nothing
+    # measured here; accepted so a job's body can be diagnosed as it is.
+    head: StrictHead | None = None  # type: ignore[valid-type]
 
 
 class EvaluationError(BaseModel):
@@ -67,10 +91,14 @@ class EvaluationObject(BaseModel):
     dataset: str
     splits: list[str]
     served_head: str
-    # split -> head (default, concept, dual) -> the card's metrics: n, top1, macro_f1,
-    # per_class_acc, worst_group_acc (and group_acc with groups), ece, nll. None until done.
-    results: dict[str, dict[str, dict[str, Any]]] | None
-    # split -> the served head's top-1, for a glance.
+    # The description set diagnosed (kind ``descriptions``), else None.
+    description_set: str | None
+    # Kind ``model``: split -> head (default, concept, dual) -> the card's metrics: n, top1,
+    # macro_f1, per_class_acc, worst_group_acc (and group_acc with groups), ece, nll. Kind
+    # ``descriptions``: {"diagnostics": models.diagnostics.description_diagnostics's output}.
+    # None until done.
+    results: dict[str, Any] | None
+    # split -> the served head's top-1 (a diagnosis: the concept head's), for a glance.
     summary: dict[str, float] | None
     error: EvaluationError | None
     metadata: dict[str, str]
@@ -80,8 +108,11 @@ class EvaluationObject(BaseModel):
     def of(cls, row: Evaluation) -> EvaluationObject:
         # Explicit: the summary is derived, and several columns have other names here.
         results = row.results
+        diagnosis = row.kind == "descriptions"
         summary = None
-        if results is not None:
+        if results is not None and diagnosis:
+            summary = {split: results["diagnostics"]["concept_top1"] for split in row.splits}
+        elif results is not None:
             summary = {
                 split: heads[SERVED_HEAD]["top1"]
                 for split, heads in results.items()
@@ -97,7 +128,8 @@ class EvaluationObject(BaseModel):
             model_reference=row.model_reference,
             dataset=row.dataset_id,
             splits=list(row.splits),
-            served_head=SERVED_HEAD,
+            served_head=CONCEPT_HEAD if diagnosis else SERVED_HEAD,
+            description_set=row.config.get("description_set") if diagnosis else None,
             results=results,
             summary=summary,
             error=EvaluationError(**row.error) if row.error else None,

@@ -2,25 +2,31 @@
 
 An evaluation is validated completely before it is stored (the model resolved to one READY
 version, the dataset present, the splits its own, the classes the model's), committed, and only
-then sent to a worker by name, as a job is.
+then sent to a worker by name, as a job is. A description diagnosis (kind ``descriptions``) is
+one too: a backbone and a description set instead of a version, validated as a job's are.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from models.config import to_dict
 from models.json_values import stable_hash
 from service.db.queries import page, required
 from service.db.tables import Dataset, Evaluation, EvaluationEvent, ModelAlias, ModelVersion, new_id
+from service.descriptions import service as description_sets
 from service.errors import Conflict, InvalidRequest, Unavailable
 from service.evaluations import state
-from service.evaluations.schemas import EVENT_PREFIX, EvaluationRequest
+from service.evaluations.schemas import EVENT_PREFIX, DiagnoseRequest, EvaluationRequest
+from service.jobs import service as jobs
 from service.registry import service as registry
 from service.schemas import MAX_INT
+from service.settings import Settings
 from service.status import TERMINAL, EvaluationStatus
 
 Sender = Callable[[str], None]
@@ -55,15 +61,46 @@ def create(
     idempotency_key: str | None,
 ) -> tuple[Evaluation, bool]:
     """The evaluation and whether it was created now (False: an earlier request, same key)."""
-    digest = request_hash(body)
+    return _store(
+        session, partial(build, session, body), request_hash(body), send, scope, idempotency_key
+    )
+
+
+def create_diagnosis(
+    session: Session,
+    settings: Settings,
+    set_ref: str,
+    body: DiagnoseRequest,
+    send: Sender,
+    scope: str,
+    idempotency_key: str | None,
+) -> tuple[Evaluation, bool]:
+    """A description diagnosis (an evaluation of kind ``descriptions``), as ``create``."""
+    # The set is named by the URL: the same body on another set is another request.
+    digest = stable_hash({"descriptions": set_ref, **body.model_dump(mode="json")})
+    make = partial(build_diagnosis, session, settings, set_ref, body)
+    return _store(session, make, digest, send, scope, idempotency_key)
+
+
+def _store(
+    session: Session,
+    make: Callable[[], Evaluation],
+    digest: str,
+    send: Sender,
+    scope: str,
+    idempotency_key: str | None,
+) -> tuple[Evaluation, bool]:
     if idempotency_key is not None:
         existing = find_idempotent(session, scope, idempotency_key)
         if existing is not None:
             return _same_request(existing, digest), False
-    row = build(session, body)
+    row = make()
     row.idempotency_scope, row.idempotency_key, row.request_hash = scope, idempotency_key, digest
     session.add(row)
-    state.add_event(session, row.id, f"Validated {row.model} against dataset {row.dataset_id}")
+    what = row.model
+    if row.kind == "descriptions":
+        what = f"descriptions {row.config['description_set']} on {row.model}"
+    state.add_event(session, row.id, f"Validated {what} against dataset {row.dataset_id}")
     state.add_event(session, row.id, "Evaluation queued")
     try:
         session.commit()
@@ -107,6 +144,45 @@ def build(session: Session, body: EvaluationRequest) -> Evaluation:
     )
 
 
+def build_diagnosis(
+    session: Session, settings: Settings, set_ref: str, body: DiagnoseRequest
+) -> Evaluation:
+    """Validated as a job's backbone and descriptions are (``service.jobs.service``); the
+    worker reads what it needs from ``config``."""
+    description_set = description_sets.resolve(session, set_ref, None)
+    dataset = visible_dataset(session, body.dataset)
+    [split] = choose_splits(dataset, [body.split], "split")
+    descriptions = jobs.dataset_descriptions(description_set.descriptions, dataset, "dataset")
+    base = jobs.base_model(session, settings, body.model, body.pretrained)
+    if body.head is not None:
+        jobs.check_templates(body.head.templates)
+    version = session.get(ModelVersion, base.version_id) if base.version_id else None
+    return Evaluation(
+        id=new_id("eval"),
+        kind="descriptions",
+        status=EvaluationStatus.QUEUED,
+        model=base.model,
+        model_reference=body.model,
+        # A registry backbone: the version read, checked again on the worker as a model's.
+        model_name=version.name if version else None,
+        model_version=version.version if version else None,
+        version_id=version.id if version else None,
+        model_digest=version.digest if version else None,
+        dataset_id=dataset.id,
+        splits=[split],
+        config={
+            "backbone": base.backbone,
+            "head": to_dict(body.head) if body.head else {},
+            "description_set": description_set.id,
+            "descriptions": descriptions,
+        },
+        metadata_=dict(body.metadata),
+        progress_step=0,
+        progress_total=1,
+        attempts=0,
+    )
+
+
 def visible_dataset(session: Session, dataset_id: str) -> Dataset:
     """The dataset ``dataset_id`` names; a 422 on ``dataset`` saying whether it never existed
     or was deleted (its row stays, hidden, for what used it)."""
@@ -116,7 +192,9 @@ def visible_dataset(session: Session, dataset_id: str) -> Dataset:
     return row
 
 
-def choose_splits(dataset: Dataset, asked: Sequence[str] | None) -> list[str]:
+def choose_splits(
+    dataset: Dataset, asked: Sequence[str] | None, param: str = "splits"
+) -> list[str]:
     available = list(dataset.counts)
     if asked is None:
         # A dataset is registered with a train split; a shift set is read off its others.
@@ -124,15 +202,15 @@ def choose_splits(dataset: Dataset, asked: Sequence[str] | None) -> list[str]:
         return held_out or available
     repeated = sorted({s for s in asked if list(asked).count(s) > 1})
     if repeated:
-        raise InvalidRequest(f"split(s) {repeated} are listed more than once", "splits")
+        raise InvalidRequest(f"split(s) {repeated} are listed more than once", param)
     unknown = [s for s in asked if s not in available]
     if unknown:
         raise InvalidRequest(
-            f"dataset {dataset.id} has no split(s) {unknown} (it has {available})", "splits"
+            f"dataset {dataset.id} has no split(s) {unknown} (it has {available})", param
         )
     empty = [s for s in asked if not sum(dataset.counts[s].values())]
     if empty:
-        raise InvalidRequest(f"split(s) {empty} of dataset {dataset.id} have no images", "splits")
+        raise InvalidRequest(f"split(s) {empty} of dataset {dataset.id} have no images", param)
     return list(asked)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -136,10 +136,11 @@ def build(session: Session, settings: Settings, body: FineTuneRequest) -> Job:
     dataset = datasets.get(session, body.dataset, param="dataset")
     splits = _splits(body, dataset)
     descriptions, set_id = _descriptions(session, body, dataset)
-    base = _base_model(session, settings, body)
+    base = base_model(session, settings, body.model, body.pretrained)
     seed = body.seed if body.seed is not None else secrets.randbelow(MAX_SEED + 1)
     hyper = resolve_hyperparameters(body.hyperparameters, _train_count(dataset, splits[0]), base)
-    _check_templates(body)
+    if body.head is not None:
+        check_templates(body.head.templates)
     run = run_config(settings, body, dataset, splits, base, hyper, seed)
     return Job(
         id=new_id("ftjob"),
@@ -228,27 +229,37 @@ def _descriptions(
         if body.method.type == "drm":
             raise InvalidRequest("the drm method needs class descriptions", "descriptions")
         return None, None
+    return dataset_descriptions(value, dataset, "descriptions"), set_id
+
+
+def dataset_descriptions(
+    value: Mapping[str, str | Sequence[str]], dataset: Dataset, param: str
+) -> dict[str, list[str]]:
+    """``value`` as {class: [texts]}, one for each of the dataset's classes: a 422 on ``param``
+    naming the classes without a description and the descriptions of unknown classes."""
     texts = {k: [v] if isinstance(v, str) else list(v) for k, v in value.items()}
     try:
         check_descriptions(dataset.classes, texts)
     except DataError as exc:
-        raise InvalidRequest(f"{exc} (dataset {dataset.id})", "descriptions") from exc
-    return texts, set_id
+        raise InvalidRequest(f"{exc} (dataset {dataset.id})", param) from exc
+    return texts
 
 
-def _base_model(session: Session, settings: Settings, body: FineTuneRequest) -> Base:
-    if body.model.startswith(REGISTRY_PREFIX):
-        if body.pretrained is not None:
+def base_model(session: Session, settings: Settings, model: str, pretrained: str | None) -> Base:
+    """The backbone ``model`` names: a registry version (``models:/name[/3|@alias]``) or what
+    ``check_backbone`` allows."""
+    if model.startswith(REGISTRY_PREFIX):
+        if pretrained is not None:
             raise InvalidRequest("a registry model carries its own weights", "pretrained")
-        version = registry.resolve(session, body.model, "model")
+        version = registry.resolve(session, model, "model")
         ref = f"{REGISTRY_PREFIX}{version.name}/{version.version}"
         # The worker swaps the reference for a local copy of the artifact folder.
         return Base(ref, {"arch": ref, "pretrained": None}, version.id, True)
-    backbone = check_backbone(settings, body.model, body.pretrained)
+    backbone = check_backbone(settings, model, pretrained)
     arch = backbone["arch"]
     # Everything but a bare architecture carries trained weights (the auto lr keeps them).
     has_weights = backbone["pretrained"] is not None or arch not in list_architectures()
-    return Base(body.model, backbone, None, has_weights)
+    return Base(model, backbone, None, has_weights)
 
 
 def check_backbone(settings: Settings, model: str, pretrained: str | None) -> dict[str, Any]:
@@ -327,13 +338,12 @@ def hub_models_allowed(settings: Settings) -> bool:
     return settings.allow_hub_models and not offline
 
 
-def _check_templates(body: FineTuneRequest) -> None:
+def check_templates(templates: str | Sequence[str]) -> None:
     # The core resolves a template set's name only when the worker builds the heads.
-    if body.head is not None:
-        try:
-            resolve_templates(body.head.templates)
-        except ConfigError as exc:
-            raise InvalidRequest(str(exc), "head.templates") from exc
+    try:
+        resolve_templates(templates)
+    except ConfigError as exc:
+        raise InvalidRequest(str(exc), "head.templates") from exc
 
 
 def resolve_hyperparameters(hp: Hyperparameters, n_train: int, base: Base) -> dict[str, Any]:

@@ -4,7 +4,7 @@ computation, classes matched by name, double delivery, cancellation, preemption,
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,15 +14,23 @@ import torch
 from PIL import Image
 from sklearn.metrics import f1_score
 
+from models import backbone as backbone_module
 from models.artifacts import load_artifact, save_artifact
+from models.backbone import OFFLINE_BACKBONE, create_backbone
+from models.config import BackboneConfig
+from models.diagnostics import description_diagnostics
+from models.heads import Classifier
+from models.objectives import core_probabilities
+from models.offline.synthetic import DESCRIPTIONS
 from service.datasets import service as datasets
 from service.db.engine import make_engine, make_sessionmaker
 from service.db.migrate import upgrade
 from service.db.tables import Dataset, Evaluation, EvaluationEvent
+from service.descriptions import service as description_sets
 from service.errors import Conflict
 from service.evaluations import service as evaluations
 from service.evaluations import state
-from service.evaluations.schemas import EvaluationRequest
+from service.evaluations.schemas import DiagnoseRequest, EvaluationRequest
 from service.queue import TASK_EVALUATE
 from service.registry import service as registry
 from service.storage import ArtifactStore
@@ -237,3 +245,124 @@ def test_the_worker_routes_the_task_and_sends_orphaned_evaluations_again(
     with ctx.sessions() as session:
         assert orphan_deliveries(session, 0.0, Evaluation) == [(queued, 0.0)]
         assert session.query(EvaluationEvent).count() == 2
+
+
+def new_diagnosis(
+    ctx: WorkerContext,
+    shapes_root: Path,
+    descriptions: Mapping[str, Sequence[str]],
+    model: str = "test-tiny-vit",
+) -> str:
+    with ctx.sessions() as session:
+        dataset = datasets.register_path(
+            session, ctx.settings, "key-test", "shapes", str(shapes_root)
+        )
+        made = description_sets.create(
+            session, "set", {k: list(v) for k, v in descriptions.items()}
+        )
+        body = DiagnoseRequest(dataset=dataset.id, model=model, pretrained=None, split="train")
+        row, _ = evaluations.create_diagnosis(
+            session, ctx.settings, made.id, body, lambda _: None, "test", None
+        )
+        return row.id
+
+
+@torch.no_grad()
+def independent_diagnostics(
+    split_dir: Path, descriptions: Mapping[str, Sequence[str]]
+) -> dict[str, Any]:
+    """The frozen concept head's p_c image by image, with the truth read off the folder name:
+    the tiny backbone made from the seed a job's config uses (0)."""
+    torch.manual_seed(0)
+    backbone = create_backbone(BackboneConfig(arch="test-tiny-vit"))
+    classnames = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
+    classifier = Classifier(backbone, classnames, ["{c}"], descriptions).eval()
+    transform = backbone.transform(train=False)
+    scale = classifier.clip.logit_scale.exp()
+    rows, truth = [], []
+    for image in sorted(split_dir.glob("*/*.png")):
+        features = classifier.image_features(transform(Image.open(image).convert("RGB"))[None])
+        rows.append(core_probabilities(features, classifier.concept_head, scale)[0])
+        truth.append(classnames.index(image.parent.name))
+    return description_diagnostics(torch.stack(rows), truth, classnames)
+
+
+def test_a_diagnosis_matches_an_independent_computation(
+    ctx: WorkerContext, shapes_root: Path
+) -> None:
+    evaluation_id = new_diagnosis(ctx, shapes_root, DESCRIPTIONS)
+    outcome = runner.run_evaluation(ctx, evaluation_id)
+    assert outcome.status == "succeeded", outcome
+    row = row_of(ctx, evaluation_id)
+    assert row.status == "succeeded" and row.progress_step == row.progress_total == 1
+    assert row.results is not None and list(row.results) == ["diagnostics"]
+    got = row.results["diagnostics"]
+    expected = independent_diagnostics(shapes_root / "train", DESCRIPTIONS)
+    assert got["images"] == expected["images"] > 0
+    assert got["weak"] == expected["weak"]
+    assert set(got["per_class"]) == set(expected["per_class"])
+    for name, per_class in expected["per_class"].items():
+        mine = got["per_class"][name]
+        assert mine["n"] == per_class["n"] and mine["concept_top1"] == per_class["concept_top1"]
+        assert mine["confused_with"] == per_class["confused_with"], name
+        assert mine["pc_true"] == pytest.approx(per_class["pc_true"], abs=2e-4), name
+    events = messages(ctx, evaluation_id)
+    assert any(m.startswith("Description diagnostics: the frozen concept head") for m in events)
+    assert events[-1] == "The evaluation has successfully completed"
+
+
+def test_a_class_given_another_class_text_is_flagged_weak(
+    ctx: WorkerContext, shapes_root: Path
+) -> None:
+    # 'triangle' (last of the sorted classes) described as a circle: its concept-head row is
+    # the circle's, and a tie goes to the first class, so no image is ever taken for it.
+    copied = {**DESCRIPTIONS, "triangle": DESCRIPTIONS["circle"]}
+    evaluation_id = new_diagnosis(ctx, shapes_root, copied)
+    assert runner.run_evaluation(ctx, evaluation_id).status == "succeeded"
+    results = row_of(ctx, evaluation_id).results
+    assert results is not None
+    diagnostics = results["diagnostics"]
+    assert diagnostics["per_class"]["triangle"]["concept_top1"] == 0.0
+    assert "triangle" in diagnostics["weak"]
+    assert any(
+        "WEAK descriptions" in m and "triangle (0%" in m for m in messages(ctx, evaluation_id)
+    )
+
+
+def test_a_diagnosis_of_a_backbone_missing_here_fails_with_its_message(
+    ctx: WorkerContext, shapes_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(backbone_module, "DEFAULT_BACKBONE_CACHE", tmp_path / "none")
+    evaluation_id = new_diagnosis(ctx, shapes_root, DESCRIPTIONS, model=OFFLINE_BACKBONE)
+    assert runner.run_evaluation(ctx, evaluation_id).status == "failed"
+    error = row_of(ctx, evaluation_id).error
+    assert error is not None and error["code"] == "BackboneError"
+    assert "is not built yet" in error["message"]
+
+
+def test_a_cancelled_diagnosis_stops_and_stands(
+    ctx: WorkerContext, shapes_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    evaluation_id = new_diagnosis(ctx, shapes_root, DESCRIPTIONS)
+    real = runner.build_classifier
+
+    def build(*args: Any, **kwargs: Any) -> Any:
+        with ctx.sessions() as session:
+            assert state.cancel(session, evaluation_id)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "build_classifier", build)
+    assert runner.run_evaluation(ctx, evaluation_id).status == "cancelled"
+    row = row_of(ctx, evaluation_id)
+    assert row.status == "cancelled" and row.results is None
+
+
+def test_a_registered_version_can_be_the_backbone(
+    ctx: WorkerContext, shapes_root: Path, model_folder: Path
+) -> None:
+    with ctx.sessions() as session:
+        register_artifact(session, ctx.store, "shapes", model_folder, "ftjob-" + "0" * 24)
+    evaluation_id = new_diagnosis(ctx, shapes_root, DESCRIPTIONS, model="models:/shapes")
+    row = row_of(ctx, evaluation_id)
+    assert row.model == "models:/shapes/1" and row.model_version == 1
+    assert runner.run_evaluation(ctx, evaluation_id).status == "succeeded"

@@ -28,7 +28,7 @@ install: $(STAMP)
 demo: $(STAMP)
 	PY=$(PY) bash scripts/serve_demo.sh
 
-# The 30-second plumbing check: synthetic shapes and a random-init model (no robustness shown).
+# The plumbing check in under a minute: synthetic shapes and a random-init model (no robustness shown).
 demo-tiny: $(STAMP)
 	PY=$(PY) bash scripts/serve_demo.sh --tiny
 

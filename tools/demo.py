@@ -10,7 +10,7 @@ class descriptions, runs zero-shot, FLYP and DRM jobs through ``POST /finetune``
 WiSE-FT sweep), classifies the ID test and every OOD split with ``POST /predict``, prints one
 table, and writes the effective-robustness plot of all three.
 
-``--tiny``: the 30-second plumbing check on the synthetic shapes and a random-init model.
+``--tiny``: the plumbing check (under a minute) on the synthetic shapes and a random-init model.
 """
 
 from __future__ import annotations

@@ -24,8 +24,8 @@ from service.errors import Conflict, InvalidRequest, Unavailable
 from service.evaluations import state
 from service.evaluations.schemas import EVENT_PREFIX, DiagnoseRequest, EvaluationRequest
 from service.jobs import service as jobs
+from service.jobs import streams
 from service.registry import service as registry
-from service.schemas import MAX_INT
 from service.settings import Settings
 from service.status import TERMINAL, EvaluationStatus
 
@@ -299,13 +299,8 @@ def cancel(session: Session, evaluation_id: str) -> Evaluation:
 
 
 def parse_event_cursor(after: str | None, param: str = "after") -> int:
-    """An event id (``evalevent-12``, or its number) as the sequence number to read after."""
-    if after is None:
-        return 0
-    digits = after.strip().removeprefix(EVENT_PREFIX)
-    if not digits.isdecimal() or int(digits) > MAX_INT:
-        raise InvalidRequest(f"bad event cursor {after!r}: expected an event id", param)
-    return int(digits)
+    """An evaluation event id (``evalevent-12``, or its number) as the sequence number."""
+    return streams.parse_event_cursor(after, EVENT_PREFIX, param)
 
 
 def events(

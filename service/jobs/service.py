@@ -37,7 +37,7 @@ from service.db.queries import page, required
 from service.db.tables import Dataset, Job, JobCheckpoint, JobEvent, new_id
 from service.descriptions import service as description_sets
 from service.errors import Conflict, InvalidRequest, Unavailable
-from service.jobs import state
+from service.jobs import state, streams
 from service.jobs.schemas import (
     MAX_SEED,
     MAX_STEPS,
@@ -47,7 +47,6 @@ from service.jobs.schemas import (
 )
 from service.paths import under_roots
 from service.registry import service as registry
-from service.schemas import MAX_INT
 from service.settings import Settings
 from service.status import TERMINAL, JobStatus
 
@@ -451,13 +450,8 @@ def cancel(session: Session, job_id: str) -> Job:
 
 
 def parse_event_cursor(after: str | None, param: str = "after") -> int:
-    """An event id (``ftevent-12``, or its number) as the sequence number to read after."""
-    if after is None:
-        return 0
-    digits = after.strip().removeprefix("ftevent-")
-    if not digits.isdecimal() or int(digits) > MAX_INT:
-        raise InvalidRequest(f"bad event cursor {after!r}: expected an event id", param)
-    return int(digits)
+    """A job event id (``ftevent-12``, or its number) as the sequence number to read after."""
+    return streams.parse_event_cursor(after, "ftevent-", param)
 
 
 def events(

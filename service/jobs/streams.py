@@ -28,7 +28,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from service.errors import TooManyRequests
+from service.errors import InvalidRequest, TooManyRequests
+from service.schemas import MAX_INT
 from service.status import TERMINAL
 
 if TYPE_CHECKING:  # the context holds the slots: imported for types only, never at run time
@@ -129,6 +130,17 @@ def frame(event: Event) -> str:
 def cursor_of(event: Event) -> int:
     # The sequence number after the id's prefix: ``ftevent-12`` (a job), ``evalevent-12``.
     return int(event.id.rpartition("-")[2])
+
+
+def parse_event_cursor(after: str | None, prefix: str, param: str = "after") -> int:
+    """An event id (``<prefix>12``, or its number) as the sequence number to read after; 0 for
+    none. Job and evaluation events share this rule, each with its own id prefix."""
+    if after is None:
+        return 0
+    digits = after.strip().removeprefix(prefix)
+    if not digits.isdecimal() or int(digits) > MAX_INT:
+        raise InvalidRequest(f"bad event cursor {after!r}: expected an event id", param)
+    return int(digits)
 
 
 # How often an open stream reads new events.

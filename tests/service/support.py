@@ -13,9 +13,15 @@ from sqlalchemy.orm import Session
 
 from models.config import RunConfig, from_dict
 from models.pipeline import finetune
+from service.datasets import service as datasets
+from service.db.engine import make_engine, make_sessionmaker
+from service.db.migrate import upgrade
+from service.jobs import service as jobs
+from service.jobs.schemas import FineTuneRequest
 from service.registry import service as registry
 from service.settings import Settings
 from service.storage import ArtifactStore
+from worker.runner import WorkerContext
 
 API_KEY = "rcs_test_bootstrap_key_0123456789"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -131,3 +137,26 @@ def finetune_body(dataset_id: str, **overrides: Any) -> dict[str, Any]:
     }
     body.update(overrides)
     return body
+
+
+def worker_context(settings: Settings, **timing: float) -> WorkerContext:
+    """A migrated database and an in-process worker on ``settings``; the lease is renewed (and
+    cancellation seen) at every check unless ``timing`` sets it."""
+    upgrade(settings.database_url)
+    return WorkerContext(
+        settings=settings,
+        sessions=make_sessionmaker(make_engine(settings.database_url)),
+        store=ArtifactStore(settings.artifacts_url, settings.artifact_cache_dir),
+        **{"renew_every_s": 0.0, **timing},
+    )
+
+
+def new_job(ctx: WorkerContext, shapes_root: Path, **overrides: Any) -> str:
+    """A queued job on the shapes dataset (registered anew), as ``POST /finetune`` makes it."""
+    with ctx.sessions() as session:
+        dataset = datasets.register_path(
+            session, ctx.settings, "key-test", "shapes", str(shapes_root)
+        )
+        body = FineTuneRequest.model_validate(finetune_body(dataset.id, **overrides))
+        job, _ = jobs.create(session, ctx.settings, body, lambda _: None, "test", None)
+        return job.id

@@ -17,13 +17,8 @@ from fastapi.testclient import TestClient
 
 from models import backbone as backbone_module
 from models.backbone import LOCAL_DIR, OFFLINE_BACKBONE
-from service.db.engine import make_engine, make_sessionmaker
-from service.db.migrate import upgrade
 from service.db.tables import Job
-from service.jobs import service as jobs
-from service.jobs.schemas import FineTuneRequest
-from service.storage import ArtifactStore
-from tests.service.support import finetune_body, make_settings
+from tests.service.support import finetune_body, make_settings, new_job, worker_context
 from worker.runner import WorkerContext, run_job
 
 
@@ -139,26 +134,7 @@ def test_without_model_roots_server_paths_are_refused_naming_the_setting(
 
 def worker_ctx(tmp_path: Path, shapes_root: Path, model_root: Path) -> WorkerContext:
     settings = make_settings(tmp_path, shapes_root, allowed_model_roots=[model_root])
-    upgrade(settings.database_url)
-    return WorkerContext(
-        settings=settings,
-        sessions=make_sessionmaker(make_engine(settings.database_url)),
-        store=ArtifactStore(settings.artifacts_url, settings.artifact_cache_dir),
-        renew_every_s=0.0,
-        event_every_s=0.0,
-    )
-
-
-def create_job(ctx: WorkerContext, shapes_root: Path, **overrides: Any) -> str:
-    from service.datasets import service as datasets
-
-    with ctx.sessions() as session:
-        dataset = datasets.register_path(
-            session, ctx.settings, "key-test", "shapes", str(shapes_root)
-        )
-        body = FineTuneRequest.model_validate(finetune_body(dataset.id, **overrides))
-        job, _ = jobs.create(session, ctx.settings, body, lambda _: None, "test", None)
-        return job.id
+    return worker_context(settings, event_every_s=0.0)
 
 
 def job_error(ctx: WorkerContext, job_id: str) -> str:
@@ -173,7 +149,7 @@ def test_a_job_from_a_model_folder_trains_and_registers(
     tmp_path: Path, shapes_root: Path, model_root: Path
 ) -> None:
     ctx = worker_ctx(tmp_path, shapes_root, model_root)
-    job_id = create_job(ctx, shapes_root, model=f"{LOCAL_DIR}{model_root / 'tiny'}")
+    job_id = new_job(ctx, shapes_root, model=f"{LOCAL_DIR}{model_root / 'tiny'}")
     outcome = run_job(ctx, job_id)
     assert outcome.status == "succeeded", outcome
 
@@ -182,7 +158,7 @@ def test_the_worker_confines_model_paths_again(
     tmp_path: Path, shapes_root: Path, model_root: Path
 ) -> None:
     ctx = worker_ctx(tmp_path, shapes_root, model_root)
-    job_id = create_job(ctx, shapes_root, model=str(model_root / "tiny"))
+    job_id = new_job(ctx, shapes_root, model=str(model_root / "tiny"))
     ctx.settings.allowed_model_roots = [tmp_path / "elsewhere"]  # this worker allows another root
     assert run_job(ctx, job_id).status == "failed"
     assert "not under an allowed model root on this worker" in job_error(ctx, job_id)
@@ -193,7 +169,7 @@ def test_a_worker_without_the_offline_backbone_fails_the_job_saying_how_to_build
 ) -> None:
     monkeypatch.setattr(backbone_module, "DEFAULT_BACKBONE_CACHE", tmp_path / "no-cache")
     ctx = worker_ctx(tmp_path, shapes_root, model_root)
-    job_id = create_job(ctx, shapes_root, model=OFFLINE_BACKBONE)
+    job_id = new_job(ctx, shapes_root, model=OFFLINE_BACKBONE)
     assert run_job(ctx, job_id).status == "failed"
     message = job_error(ctx, job_id)
     assert "not built yet" in message and "python -m models build-offline-backbone" in message

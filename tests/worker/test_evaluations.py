@@ -23,8 +23,6 @@ from models.heads import Classifier
 from models.objectives import core_probabilities
 from models.offline.synthetic import DESCRIPTIONS
 from service.datasets import service as datasets
-from service.db.engine import make_engine, make_sessionmaker
-from service.db.migrate import upgrade
 from service.db.tables import Dataset, Evaluation, EvaluationEvent
 from service.descriptions import service as description_sets
 from service.errors import Conflict
@@ -33,9 +31,8 @@ from service.evaluations import state
 from service.evaluations.schemas import DiagnoseRequest, EvaluationRequest
 from service.queue import TASK_EVALUATE
 from service.registry import service as registry
-from service.storage import ArtifactStore
 from tests.conftest import make_classifier
-from tests.service.support import make_settings, register_artifact
+from tests.service.support import make_settings, register_artifact, worker_context
 from worker import evaluations as runner
 from worker.app import create_celery, make_context, orphan_deliveries
 from worker.runner import WorkerContext
@@ -45,14 +42,7 @@ HEADS = ("default", "concept", "dual")
 
 @pytest.fixture
 def ctx(tmp_path: Path, shapes_root: Path) -> WorkerContext:
-    settings = make_settings(tmp_path, shapes_root)
-    upgrade(settings.database_url)
-    return WorkerContext(
-        settings=settings,
-        sessions=make_sessionmaker(make_engine(settings.database_url)),
-        store=ArtifactStore(settings.artifacts_url, settings.artifact_cache_dir),
-        renew_every_s=0.0,
-    )
+    return worker_context(make_settings(tmp_path, shapes_root))
 
 
 @pytest.fixture(scope="module")

@@ -13,15 +13,12 @@ from pydantic import ValidationError
 from sqlalchemy import select
 
 from service.datasets import service as datasets
-from service.db.engine import make_engine, make_sessionmaker
-from service.db.migrate import upgrade
 from service.db.tables import Job, JobEvent, ModelVersion
 from service.jobs import service as jobs
 from service.jobs import state
 from service.jobs.schemas import FineTuneRequest
 from service.queue import FinetunePayload
-from service.storage import ArtifactStore
-from tests.service.support import finetune_body, make_settings
+from tests.service.support import finetune_body, make_settings, new_job, worker_context
 from worker.runner import WorkerContext, run_job
 
 pytestmark = pytest.mark.slow
@@ -30,24 +27,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def ctx(tmp_path: Path, shapes_root: Path) -> WorkerContext:
     settings = make_settings(tmp_path, shapes_root, checkpoint_every=2)
-    upgrade(settings.database_url)
-    return WorkerContext(
-        settings=settings,
-        sessions=make_sessionmaker(make_engine(settings.database_url)),
-        store=ArtifactStore(settings.artifacts_url, settings.artifact_cache_dir),
-        renew_every_s=0.0,
-        event_every_s=0.0,
-    )
-
-
-def new_job(ctx: WorkerContext, shapes_root: Path, **overrides: Any) -> str:
-    with ctx.sessions() as session:
-        dataset = datasets.register_path(
-            session, ctx.settings, "key-test", "shapes", str(shapes_root)
-        )
-        body = FineTuneRequest.model_validate(finetune_body(dataset.id, **overrides))
-        job, _ = jobs.create(session, ctx.settings, body, lambda _: None, "test", None)
-        return job.id
+    return worker_context(settings, event_every_s=0.0)
 
 
 def job_row(ctx: WorkerContext, job_id: str) -> Job:

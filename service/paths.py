@@ -15,15 +15,14 @@ def under_roots(roots: Sequence[Path], raw: str, param: str, what: str, setting:
     ``what`` names the kind of root in errors ("dataset", "model"), ``setting`` the variable
     that lists them; ``param`` is the request field the error points at.
     """
-    real_roots = [Path(os.path.realpath(r)) for r in roots]
-    if not real_roots:
+    if not roots:
         raise InvalidRequest(
             f"{what} paths on the server are disabled on this server ({setting} is empty)", param
         )
     if "\x00" in raw:
         raise InvalidRequest("the path contains a NUL character", param)
     path = Path(os.path.realpath(raw))
-    if not any(path == root or path.is_relative_to(root) for root in real_roots):
+    if not is_under(path, roots):
         raise InvalidRequest(f"{raw} is not under an allowed {what} root ({setting})", param)
     try:
         exists = path.exists()
@@ -32,3 +31,12 @@ def under_roots(roots: Sequence[Path], raw: str, param: str, what: str, setting:
     if not exists:
         raise InvalidRequest(f"{raw} does not exist", param)
     return path
+
+
+def is_under(path: Path, roots: Sequence[Path]) -> bool:
+    """Whether ``path`` resolves (symlinks followed) to one of ``roots`` or inside one."""
+    real = Path(os.path.realpath(path))
+    for root in (Path(os.path.realpath(r)) for r in roots):
+        if real == root or real.is_relative_to(root):
+            return True
+    return False

@@ -33,6 +33,7 @@ from models.train import KEEP_CHECKPOINTS, Progress
 from service.db.tables import Dataset, Job, JobCheckpoint, ModelVersion
 from service.errors import redact
 from service.jobs import state
+from service.paths import is_under
 from service.registry import service as registry
 from service.settings import Settings
 from service.status import TERMINAL, JobStatus, VersionStatus
@@ -273,9 +274,7 @@ def check_server_paths(settings: Settings, arch: str, pretrained: str | None) ->
     folder = arch.removeprefix(LOCAL_DIR)
     candidates = (folder if folder != arch or looks_like_path(arch) else None, pretrained)
     for value in (v for v in candidates if v is not None and looks_like_path(v)):
-        real = Path(os.path.realpath(value))
-        roots = [Path(os.path.realpath(r)) for r in settings.allowed_model_roots]
-        if not any(real == root or real.is_relative_to(root) for root in roots):
+        if not is_under(Path(value), settings.allowed_model_roots):
             raise ModelsError(
                 f"{value} is not under an allowed model root on this worker "
                 "(RCS_ALLOWED_MODEL_ROOTS)"

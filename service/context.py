@@ -17,6 +17,7 @@ from service.storage import ArtifactStore
 if TYPE_CHECKING:
     from celery import Celery
 
+    from service.lookups import Lookups
     from service.observability import Metrics
     from service.predict.batcher import Batcher
     from service.predict.cache import ModelCache
@@ -32,6 +33,7 @@ class AppContext:
     models: ModelCache
     metrics: Metrics
     batcher: Batcher
+    lookups: Lookups
     # Set once the default model is loaded and has answered one forward pass.
     default_model_ready: bool = False
     default_model_error: str | None = None

@@ -58,6 +58,10 @@ class Settings(BaseSettings):
     auto_migrate: bool = True
 
     auth_disabled: bool = False
+    # Seconds an API key's scopes and a model reference's version are remembered (service/
+    # lookups.py): a change made through another process is seen after at most this long; one
+    # made through this process, at once. 0: look both up in the database on every request.
+    lookup_cache_s: float = Field(default=1.0, ge=0, le=60)
     # Inserted (hashed) at start with both scopes, so a fresh deployment has a first key.
     bootstrap_api_key: str | None = None
 
@@ -65,6 +69,10 @@ class Settings(BaseSettings):
     # HF_HUB_OFFLINE=1), so a job cannot ask an offline or locked-down server to fetch weights.
     allow_hub_models: bool = False
 
+    # Processes of `python -m service serve` (its --workers wins). Each holds its own copy of
+    # the models it serves and batches its own requests; on CPU, one per core with
+    # RCS_TORCH_THREADS=1 serves the most images (bench/peer.py).
+    api_workers: int = Field(default=1, ge=1)
     default_model: str | None = None
     model_cache_bytes: int = 2 * 1024**3
     device: str = "auto"
@@ -91,6 +99,11 @@ class Settings(BaseSettings):
     predict_max_wait_ms: float = Field(default=5.0, ge=0)
     # Images admitted per model (decoding, queued or in a pass) before /predict answers 429.
     predict_max_queue: int = Field(default=256, ge=1)
+    # On: a JPEG whose shorter side is at least 4 times the model's input size is decoded at a
+    # reduced scale that keeps at least twice the input size (service/predict/service.py). Off
+    # by default: it changes probabilities by up to a few hundredths (bench/decode.py), so
+    # served answers would differ from the evaluation the version was selected on.
+    predict_jpeg_draft: bool = False
     # Threads that decode and preprocess images off the event loop (0: min(4, CPU count)).
     predict_decode_threads: int = Field(default=0, ge=0)
 

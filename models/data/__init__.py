@@ -15,7 +15,14 @@ from models.data.descriptions import check_descriptions, load_descriptions
 from models.data.fingerprints import fingerprint_samples
 from models.data.folders import load_image_folder
 from models.data.imagenet import IMAGENET_SUBSET_VARIANTS, IMAGENET_VARIANTS, load_imagenet_variants
-from models.data.images import ImageError, ImageLimits, image_problem, open_image, read_image
+from models.data.images import (
+    ImageError,
+    ImageLimits,
+    image_problem,
+    open_image,
+    read_image,
+    to_rgb,
+)
 from models.data.listing import IMAGE_EXTENSIONS, dataset_root
 from models.data.manifests import MANIFEST_COLUMNS, load_manifest
 from models.data.sources import open_dataset
@@ -59,6 +66,7 @@ __all__ = [
     "load_wilds",
     "open_dataset",
     "open_image",
+    "to_rgb",
     "read_image",
     "validate_splits",
 ]

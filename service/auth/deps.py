@@ -6,7 +6,7 @@ protected operation references them, and ``/docs``' Authorize button sends the k
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -28,7 +28,7 @@ HeaderKey = Annotated[str | None, Depends(API_KEY)]
 
 # Each key-check dependency and the scopes it admits: how the error handlers find a route's key
 # check, to run it before the body is judged (``check_key_first``).
-KEY_CHECKS: dict[Callable[..., Principal], tuple[str, ...]] = {}
+KEY_CHECKS: dict[Callable[..., Awaitable[Principal]], tuple[str, ...]] = {}
 
 
 def presented_key(
@@ -41,25 +41,52 @@ def presented_key(
 
 def authorize(ctx: AppContext, key: str | None, scopes: Iterable[str]) -> Principal:
     """The key's principal if it holds any of ``scopes`` (any valid key when empty)."""
-    if ctx.settings.auth_disabled:
-        return LOCAL
-    if not key:
-        raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
+    principal = cached_principal(ctx, key, scopes)
+    if principal is not None:
+        return principal
+    assert key  # cached_principal raised otherwise
+    generation = ctx.lookups.generation
     with ctx.sessions() as session:
         principal = authenticate(session, key)
     if principal is None:
         raise Unauthorized("invalid or revoked API key")
+    ctx.lookups.remember_principal(key, principal, generation)
+    return _with_scope(principal, scopes)
+
+
+def cached_principal(ctx: AppContext, key: str | None, scopes: Iterable[str]) -> Principal | None:
+    """``authorize`` without the database: the principal when known, None when it must be read.
+
+    Raises as ``authorize`` does for a missing key and for a known key without the scope.
+    """
+    if ctx.settings.auth_disabled:
+        return LOCAL
+    if not key:
+        raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
+    principal = ctx.lookups.principal(key)
+    return None if principal is None else _with_scope(principal, scopes)
+
+
+def _with_scope(principal: Principal, scopes: Iterable[str]) -> Principal:
     wanted = tuple(scopes)
     if wanted and not principal.scopes.intersection(wanted):
         raise Forbidden(f"this API key lacks the '{' or '.join(wanted)}' scope")
     return principal
 
 
-def require(*scopes: str) -> Callable[..., Principal]:
-    """A dependency that admits keys holding any of ``scopes`` (any valid key when empty)."""
+def require(*scopes: str) -> Callable[..., Awaitable[Principal]]:
+    """A dependency that admits keys holding any of ``scopes`` (any valid key when empty).
 
-    def dependency(ctx: Ctx, bearer: Bearer, header_key: HeaderKey) -> Principal:
-        return authorize(ctx, presented_key(bearer, header_key), scopes)
+    A key seen in the last ``lookup_cache_s`` is checked on the event loop; any other on a
+    worker thread, with the database.
+    """
+
+    async def dependency(ctx: Ctx, bearer: Bearer, header_key: HeaderKey) -> Principal:
+        key = presented_key(bearer, header_key)
+        principal = cached_principal(ctx, key, scopes)
+        if principal is not None:
+            return principal
+        return await run_in_threadpool(authorize, ctx, key, scopes)
 
     KEY_CHECKS[dependency] = scopes
     return dependency

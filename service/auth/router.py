@@ -9,7 +9,7 @@ from fastapi import APIRouter, Path, Query
 from service.auth import service
 from service.auth.deps import AdminKey
 from service.auth.schemas import CreatedKey, KeyCreate, KeyObject
-from service.deps import Db
+from service.deps import Ctx, Db
 from service.schemas import ERROR_RESPONSES, ListResponse
 
 router = APIRouter(tags=["keys"], responses=ERROR_RESPONSES)
@@ -33,6 +33,11 @@ def create_key(body: KeyCreate, db: Db, _: AdminKey) -> CreatedKey:
 
 
 @router.delete("/keys/{key_id}", response_model=KeyObject)
-def revoke_key(key_id: KeyId, db: Db, _: AdminKey) -> KeyObject:
-    """Revoke a key at once (revoking it again changes nothing). 409 for the last admin key."""
-    return KeyObject.of(service.revoke_key(db, key_id))
+def revoke_key(key_id: KeyId, ctx: Ctx, db: Db, _: AdminKey) -> KeyObject:
+    """Revoke a key (revoking it again changes nothing). 409 for the last admin key.
+
+    Answered once no API process accepts the key any more (``RCS_LOOKUP_CACHE_S`` after the
+    change is stored)."""
+    row = service.revoke_key(db, key_id)
+    ctx.lookups.settle()
+    return KeyObject.of(row)

@@ -6,6 +6,7 @@ prompts and a request runs the image tower only.
 
 from __future__ import annotations
 
+import gc
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -105,6 +106,22 @@ def to_input(model: LoadedModel, images: torch.Tensor) -> torch.Tensor:
     return x.float().div(255).sub_(model.mean).div_(model.std)
 
 
+def settle_heap() -> None:
+    """Collect, then move every object now alive out of the garbage collector's sight.
+
+    A loaded model, torch and the libraries are hundreds of thousands of long-lived objects;
+    left in the oldest generation, each full collection walks them all: 350 ms pauses, every
+    few seconds under load, which were the /predict p99 (``bench/peer.py``). Frozen, a full
+    collection walks only what requests made. Called after a model is loaded or dropped
+    (``unfreeze`` first, so a dropped model's reference cycles are collected); the collection
+    itself pauses the process once, then. The first load (the default model's, at start) also
+    freezes what the imports made.
+    """
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+
+
 def warm_up(model: LoadedModel) -> None:
     """One forward pass: the first one pays for lazy initialisation, not a user's request."""
     height, width = model.classifier.backbone.image_size
@@ -144,6 +161,16 @@ class ModelCache:
             model = load(name, version, folder(), self.device)
             warm_up(model)
             self._insert(key, model)
+            settle_heap()
+            return model
+
+    def peek(self, name: str, version: int, identity: str = "") -> LoadedModel | None:
+        """The model if it is loaded now (counted as a use); never loads."""
+        key = (name, version, identity)
+        with self._lock:
+            model = self._models.get(key)
+            if model is not None:
+                self._models.move_to_end(key)
             return model
 
     def _insert(self, key: Key, model: LoadedModel) -> None:
@@ -157,8 +184,11 @@ class ModelCache:
     def evict(self, name: str, version: int) -> None:
         """Drop every copy of ``name/version`` (whatever artifact it was loaded from)."""
         with self._lock:
-            for key in [k for k in self._models if k[:2] == (name, version)]:
+            dropped = [k for k in self._models if k[:2] == (name, version)]
+            for key in dropped:
                 del self._models[key]
+        if dropped:
+            settle_heap()
 
     def keys(self) -> list[tuple[str, int]]:
         """The loaded models as (name, version), least recently used first."""

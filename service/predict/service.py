@@ -15,9 +15,14 @@ from torch import Tensor
 from models.data import ImageError, ImageLimits, open_image
 from service.context import AppContext
 from service.errors import InvalidRequest, PayloadTooLarge, TooManyRequests
+from service.lookups import Resolved
 from service.predict.cache import LoadedModel, to_input
 from service.predict.schemas import Label, Prediction, PredictResponse
 from service.registry import service as registry
+
+# A reduced-scale JPEG decode keeps at least this many times the model's input size, so the
+# transform's own antialiased resize still does the last step (RCS_PREDICT_JPEG_DRAFT).
+DRAFT_MARGIN = 2
 
 
 @dataclass(frozen=True)
@@ -53,27 +58,43 @@ def _base64_image(text: str, i: int) -> bytes:
         raise InvalidRequest(f"image {i} is not valid base64: {exc}", param) from exc
 
 
-def decode(image: ImageInput, max_pixels: int) -> Image.Image:
-    """The image under the library's image policy, its refusals mapped to 413 and 422."""
+def decode(image: ImageInput, max_pixels: int, at_least: int | None = None) -> Image.Image:
+    """The image under the library's image policy, its refusals mapped to 413 and 422;
+    ``at_least``: as ``open_image`` takes it (a large JPEG decoded at a reduced scale)."""
     name = f"'{image.filename}'" if image.filename else image.param
     try:
-        return open_image(image.data, ImageLimits(max_pixels=max_pixels))
+        return open_image(image.data, ImageLimits(max_pixels=max_pixels), at_least=at_least)
     except ImageError as exc:
         error = PayloadTooLarge if exc.too_large else InvalidRequest
         raise error(f"image {name} {exc.problem}", image.param) from exc
 
 
 def model_for(ctx: AppContext, session: Session, ref: str) -> LoadedModel:
+    """The loaded model ``ref`` names now, per the registry (loading it if it is not)."""
+    generation = ctx.lookups.generation
     row = registry.resolve(session, ref)
     key = registry.version_key(row.name, row.version)
-    # Resolved in the database on every request, so a version deleted by another process is a
-    # 404 here too; the cache then only answers for the exact artifact the registry lists.
-    return ctx.models.get(
-        row.name,
-        row.version,
-        lambda: ctx.store.local_path(key, row.digest),
-        registry.cache_key(row),
+    # The cache only answers for the exact artifact the registry lists (its identity).
+    resolved = Resolved(row.name, row.version, registry.cache_key(row))
+    model = ctx.models.get(
+        row.name, row.version, lambda: ctx.store.local_path(key, row.digest), resolved.identity
     )
+    ctx.lookups.remember_ref(ref, resolved, generation)
+    return model
+
+
+def cached_model(ctx: AppContext, ref: str) -> LoadedModel | None:
+    """The loaded model ``ref`` named in the last ``lookup_cache_s``, without the database or
+    a thread; None when it must be resolved (and perhaps loaded) by ``resolve``.
+
+    A version deleted or an alias moved is seen at once: through this process, the lookups
+    are cleared on commit; through another one, its answer waits until no entry older than
+    the change is left (``service/lookups.py``).
+    """
+    resolved = ctx.lookups.refs.get(ref)
+    if resolved is None:
+        return None
+    return ctx.models.peek(resolved.name, resolved.version, resolved.identity)
 
 
 def check_count(images: list[ImageInput], limit: int) -> None:
@@ -83,11 +104,18 @@ def check_count(images: list[ImageInput], limit: int) -> None:
         raise InvalidRequest("no images given", "images")
 
 
-def preprocess(model: LoadedModel, images: list[ImageInput], max_pixels: int) -> Tensor:
+def preprocess(
+    model: LoadedModel, images: list[ImageInput], max_pixels: int, draft: bool = False
+) -> Tensor:
     """Decode and transform every image on the CPU, ready to batch: uint8 (N, H, W, C) when
-    the model's transform splits (normalised later, per batch), else float (N, C, H, W)."""
+    the model's transform splits (normalised later, per batch), else float (N, C, H, W).
+
+    ``draft``: a JPEG far larger than the model's input is decoded at a reduced scale that
+    keeps DRAFT_MARGIN times the input size, which the transform then resizes as before.
+    """
     transform = model.pixels or model.transform
-    return torch.stack([transform(decode(image, max_pixels)) for image in images])
+    at_least = DRAFT_MARGIN * max(model.classifier.backbone.image_size) if draft else None
+    return torch.stack([transform(decode(image, max_pixels, at_least)) for image in images])
 
 
 def forward(model: LoadedModel, images: Tensor) -> Tensor:
@@ -120,7 +148,11 @@ def respond(
 
 
 def resolve(ctx: AppContext, ref: str) -> LoadedModel:
-    """``model_for`` in a session of its own (one worker-thread hop per request, not three)."""
+    """``cached_model``, else ``model_for`` in a session of its own (one worker-thread hop per
+    request, not three)."""
+    model = cached_model(ctx, ref)
+    if model is not None:
+        return model
     with ctx.sessions() as session:
         return model_for(ctx, session, ref)
 
@@ -129,7 +161,10 @@ def predict(ctx: AppContext, ref: str, images: list[ImageInput], top_k: int) -> 
     """The whole request on the calling thread, with a forward pass of its own (no batching)."""
     check_count(images, ctx.settings.max_images_per_request)
     model = resolve(ctx, ref)
-    probs = forward(model, preprocess(model, images, ctx.settings.max_image_pixels))
+    settings = ctx.settings
+    probs = forward(
+        model, preprocess(model, images, settings.max_image_pixels, settings.predict_jpeg_draft)
+    )
     ctx.metrics.observe_batch(len(images))
     return respond(model, images, probs, top_k)
 
@@ -142,7 +177,9 @@ async def predict_batched(
     Admission comes before decoding, so a full queue refuses a request (429) cheaply.
     """
     check_count(images, ctx.settings.max_images_per_request)
-    model = await run_in_threadpool(resolve, ctx, ref)
+    model = cached_model(ctx, ref)
+    if model is None:
+        model = await run_in_threadpool(resolve, ctx, ref)
     batcher = ctx.batcher
     queue = batcher.queue_for(model)
     try:
@@ -151,7 +188,7 @@ async def predict_batched(
         ctx.metrics.predict_rejected.inc()
         raise
     with admission:
-        max_pixels = ctx.settings.max_image_pixels
-        batch = await batcher.preprocess(lambda: preprocess(model, images, max_pixels))
+        max_pixels, draft = ctx.settings.max_image_pixels, ctx.settings.predict_jpeg_draft
+        batch = await batcher.preprocess(lambda: preprocess(model, images, max_pixels, draft))
         probs = await queue.submit(batch)
     return respond(model, images, probs, top_k)

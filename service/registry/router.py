@@ -119,12 +119,16 @@ def delete_version(name: str, version: Version, ctx: Ctx, db: Db, _: TrainKey) -
     row = service.delete_version(db, name, version)
     ctx.models.evict(row.name, row.version)
     ctx.store.delete(service.version_key(row.name, row.version))
+    ctx.lookups.settle()  # answered once no API process can serve it from a cached lookup
     return Response(status_code=204)
 
 
 @router.put("/{name}/aliases/{alias}", response_model=AliasObject)
-def set_alias(name: str, alias: str, body: AliasUpdate, db: Db, _: TrainKey) -> AliasObject:
+def set_alias(
+    name: str, alias: str, body: AliasUpdate, ctx: Ctx, db: Db, _: TrainKey
+) -> AliasObject:
     row = service.set_alias(db, name, alias, body.version)
+    ctx.lookups.settle()  # answered once every API process resolves the alias anew
     return AliasObject.model_validate(row)
 
 
@@ -139,8 +143,9 @@ def get_by_alias(name: str, alias: str, db: Db, key: AnyKey) -> ModelVersionObje
 
 
 @router.delete("/{name}/aliases/{alias}", status_code=204)
-def delete_alias(name: str, alias: str, db: Db, _: TrainKey) -> Response:
+def delete_alias(name: str, alias: str, ctx: Ctx, db: Db, _: TrainKey) -> Response:
     service.delete_alias(db, name, alias)
+    ctx.lookups.settle()
     return Response(status_code=204)
 
 

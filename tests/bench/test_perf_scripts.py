@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -79,3 +80,15 @@ def test_gpu_check_dry_run_on_cpu(tmp_path: Path) -> None:
     assert rows[("batched", 8)]["mean_batch"] > 1.0
     assert rows[("naive", 8)]["mean_batch"] == 1.0
     assert result["cache"]["reload_s"] > 0
+
+
+def test_the_decode_benchmark_times_and_compares_both_decodes() -> None:
+    cmd = ["bench/decode.py", "--model", "test-tiny-vit", "--sizes", "640x480", "--seconds", "0.05"]
+    done = subprocess.run(
+        [sys.executable, *cmd], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    row = next(line for line in done.stdout.splitlines() if line.startswith("| 640x480 |"))
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert float(cells[1]) > 0 and float(cells[2]) > 0 and float(cells[4]) >= 0
+    assert cells[5] in ("yes", "NO")  # a random-init model: only that it was compared

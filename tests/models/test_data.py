@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import shutil
 from collections.abc import Mapping, Sequence
@@ -305,6 +306,30 @@ def test_one_image_policy_refuses_by_size_and_shape_before_decoding(tmp_path: Pa
         open_image(thin.read_bytes())
     assert not info.value.too_large and info.value.file is None
     assert open_image(make_image(tmp_path / "ok.png").read_bytes()).mode == "RGB"
+
+
+def _jpeg(size: tuple[int, int], mode: str = "RGB") -> bytes:
+    image = Image.linear_gradient("L").resize(size).convert(mode)
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def test_a_large_jpeg_decodes_at_a_reduced_scale_that_keeps_the_size_asked_for() -> None:
+    data = _jpeg((2000, 1200))
+    assert open_image(data).size == (2000, 1200)
+    reduced = open_image(data, at_least=280)  # 1/4 gives 500x300; 1/8 would be under 280
+    assert reduced.size == (500, 300) and reduced.mode == "RGB"
+    assert open_image(data, at_least=600).size == (1000, 600)  # exactly twice: 1/2
+    assert open_image(data, at_least=700).size == (2000, 1200)  # under twice: decoded whole
+    assert open_image(_jpeg((2000, 1200), "L"), at_least=280).mode == "RGB"
+    # Not a JPEG: decoded whole, whatever is asked for.
+    buffer = io.BytesIO()
+    Image.new("RGB", (2000, 1200)).save(buffer, format="PNG")
+    assert open_image(buffer.getvalue(), at_least=280).size == (2000, 1200)
+    # The limits hold before any decoding, at any scale.
+    with pytest.raises(ImageError, match="over the 1000000 limit"):
+        open_image(data, ImageLimits(max_pixels=1_000_000), at_least=280)
 
 
 def test_the_policy_defaults_are_the_services() -> None:

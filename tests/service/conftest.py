@@ -53,3 +53,12 @@ def dataset(client: TestClient, shapes_root: Path) -> dict[str, Any]:
     assert response.status_code == 200, response.text
     body: dict[str, Any] = response.json()
     return body
+
+
+@pytest.fixture
+def second_client(client: TestClient, ctx: AppContext) -> Iterator[TestClient]:
+    """Another app on the same settings: what a second API process sees."""
+    with TestClient(create_app(ctx.settings)) as other:
+        other.app.state.ctx.broker = FakeBroker()  # type: ignore[attr-defined]
+        other.headers.update(AUTH)
+        yield other

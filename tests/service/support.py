@@ -38,6 +38,9 @@ def make_settings(tmp: Path, data_root: Path, **overrides: Any) -> Settings:
         "bootstrap_api_key": API_KEY,
         "device": "cpu",
         "checkpoint_every": 4,
+        # Short, so the routes that wait out the lookup caches (service/lookups.py) answer fast;
+        # tests/service/test_lookups.py checks the caches at their default too.
+        "lookup_cache_s": 0.2,
     }
     values.update(overrides)
     return Settings(**values)

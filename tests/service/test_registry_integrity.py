@@ -15,15 +15,13 @@ from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, select, text
 
 from models.artifacts import read_card
-from service.app import create_app
 from service.context import AppContext
 from service.db.engine import make_engine, make_sessionmaker
 from service.db.migrate import upgrade
 from service.db.tables import ModelVersion, RegisteredModel
 from service.registry import service as registry
-from service.settings import Settings
 from service.status import VersionStatus
-from tests.service.support import AUTH, FakeBroker, b64, png_bytes, register_artifact
+from tests.service.support import b64, png_bytes, register_artifact
 
 
 def register(ctx: AppContext, folder: Path, name: str = "m") -> int:
@@ -130,16 +128,6 @@ def test_the_migration_starts_the_counter_at_the_highest_version(tmp_path: Path)
 
 
 # --- two API processes over one database and one artifact store ---
-
-
-@pytest.fixture
-def second_client(client: TestClient, ctx: AppContext) -> Iterator[TestClient]:
-    """Another app on the same settings: what a second API process sees."""
-    settings: Settings = ctx.settings
-    with TestClient(create_app(settings)) as other:
-        other.app.state.ctx.broker = FakeBroker()  # type: ignore[attr-defined]
-        other.headers.update(AUTH)
-        yield other
 
 
 def relabelled(artifact_folder: Path, out: Path) -> Path:

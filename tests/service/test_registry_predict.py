@@ -105,6 +105,36 @@ def test_predict_json_matches_the_artifact(
     assert labels[0]["probability"] == pytest.approx(float(probs.max()), abs=1e-5)
 
 
+def test_a_large_jpeg_is_decoded_at_a_reduced_scale_with_the_same_answer(
+    client: TestClient, ctx: AppContext, versions: list[int], shapes_root: Path
+) -> None:
+    from PIL import Image
+
+    from service.predict.service import DRAFT_MARGIN, ImageInput, decode, resolve
+
+    # A test image enlarged to 16 times the model's input, as a camera would send it.
+    size = max(resolve(ctx, "shapes/1").classifier.backbone.image_size)
+    image = Image.open(shapes_root / "test" / "circle" / "0000.png").convert("RGB")
+    buffer = io.BytesIO()
+    image.resize((16 * size,) * 2, Image.Resampling.BICUBIC).save(buffer, "JPEG", quality=92)
+    data = buffer.getvalue()
+    decoded = decode(ImageInput(data, None, "images[0]"), 10**8, DRAFT_MARGIN * size)
+    assert decoded.size == (2 * size,) * 2  # 1/8 of the side: still twice the input
+    body = {"model": "shapes/1", "images": [b64(data)], "top_k": 1}
+
+    def top() -> tuple[str, float]:
+        response = client.post("/predict", json=body)
+        assert response.status_code == 200, response.text
+        label = response.json()["data"][0]["labels"][0]
+        return label["label"], label["probability"]
+
+    whole = top()  # off by default
+    ctx.settings.predict_jpeg_draft = True
+    reduced = top()
+    assert reduced[0] == whole[0]
+    assert reduced[1] == pytest.approx(whole[1], abs=0.02)
+
+
 def test_predict_multipart_by_alias(client: TestClient, versions: list[int]) -> None:
     client.put("/models/shapes/aliases/champion", json={"version": 1})
     files = [
@@ -182,6 +212,26 @@ def test_model_cache_is_lru_bounded_by_bytes(artifact_folder: Path) -> None:
     assert cache.get("m", 4, lambda: Path("/nonexistent")) is cache.get(
         "m", 4, lambda: artifact_folder
     )
+
+
+def test_a_loaded_model_is_kept_from_the_collector_and_a_dropped_one_is_collected(
+    artifact_folder: Path,
+) -> None:
+    import gc
+    import weakref
+
+    from service.predict.cache import ModelCache
+
+    cache = ModelCache(max_bytes=1 << 40)
+    model = cache.get("m", 1, lambda: artifact_folder)
+    # Full collections then walk only what requests make, not the model (the p99 pauses).
+    assert gc.get_freeze_count() > 0
+    model.classifier.cycle = model  # type: ignore[attr-defined]  # a reference cycle
+    dropped = weakref.ref(model)
+    del model
+    cache.evict("m", 1)
+    assert dropped() is None  # not kept alive by the freeze
+    gc.unfreeze()
 
 
 def test_report_and_its_plot_are_served_for_every_version(

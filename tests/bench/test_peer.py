@@ -1,0 +1,171 @@
+"""bench/peer.py: its requests are what each server parses, its load generator counts what the
+servers answer, its profile stages name the right code, its goals come from the same run; and
+(slow) a whole run against BentoML with the tiny model."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench import peer
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_each_request_is_a_complete_http_request_the_server_can_parse() -> None:
+    from starlette.requests import Request
+
+    for server in peer.SERVERS:
+        for fmt in peer.FORMATS:
+            raw = peer.request_bytes(server, fmt, "127.0.0.1:1", b"\xff\xd8jpeg", "k" * 20)
+            head, _, body = raw.partition(b"\r\n\r\n")
+            lines = head.decode().split("\r\n")
+            headers = dict(line.split(": ", 1) for line in lines[1:])
+            assert int(headers["Content-Length"]) == len(body)
+            assert headers["Authorization"] == "Bearer " + "k" * 20
+            if fmt == "json":
+                images = json.loads(body)["images"]
+                assert len(images) == 1
+                continue
+            scope = {
+                "type": "http",
+                "method": "POST",
+                "path": lines[0].split()[1],
+                "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+            }
+
+            async def receive(body: bytes = body) -> dict[str, Any]:
+                return {"type": "http.request", "body": body, "more_body": False}
+
+            async def parse(scope: dict[str, Any] = scope) -> Any:
+                return await Request(scope, receive).form()
+
+            form = asyncio.run(parse())
+            field = "files" if server == "ours" else "images"
+            upload = form[field]
+            assert asyncio.run(upload.read()) == b"\xff\xd8jpeg"  # type: ignore[union-attr]
+            if server == "ours":
+                assert form["model"] == peer.REGISTERED and form["top_k"] == str(peer.TOP_K)
+
+
+def test_the_load_generator_counts_answers_errors_and_closed_connections() -> None:
+    """Against a small HTTP server: keep-alive, chunked bodies, errors and closes are counted."""
+    answered = {"n": 0}
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+                await reader.readexactly(length)
+                answered["n"] += 1
+                n = answered["n"]
+                if n % 7 == 0:  # an error status
+                    writer.write(b"HTTP/1.1 503 Busy\r\nContent-Length: 2\r\n\r\nno")
+                elif n % 5 == 0:  # chunked
+                    writer.write(
+                        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"
+                    )
+                elif n % 3 == 0:  # answered, then the connection is closed
+                    writer.write(
+                        b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"
+                    )
+                    await writer.drain()
+                    writer.close()
+                    return
+                else:
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    async def run() -> dict[str, Any]:
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with server:
+            return await peer.drive(f"http://127.0.0.1:{port}", "ours", "json", 4, 60, None)
+
+    result = asyncio.run(run())
+    assert result["requests"] == 60
+    assert result["errors"] == result["error_kinds"]["503"] > 0
+    assert result["images_per_s"] > 0 and result["p99_ms"] >= result["p50_ms"]
+
+
+def test_profile_samples_are_put_in_the_stage_that_names_them(tmp_path: Path) -> None:
+    thread = "Thread.run (threading.py:982);_worker (concurrent/futures/thread.py:83)"
+    auth = "dependency (service/auth/deps.py:88);authorize (service/auth/deps.py:48)"
+    sql = "Session.execute (sqlalchemy/orm/session.py:2300)"
+    raw = tmp_path / "raw.txt"
+    raw.write_text(
+        f"{thread};{auth};{sql} 5\n"
+        f"{thread};predict_batched (service/predict/service.py:170);"
+        "preprocess (service/predict/service.py:95);decode (service/predict/service.py:70);"
+        "open_image (models/data/images.py:60);_rgb (models/data/images.py:80) 3\n"
+        "Runner.run (asyncio/runners.py:118) 2\n"
+        "main (somewhere.py:1) 1\n"
+    )
+    assert peer.breakdown(raw) == {
+        "auth (API key)": 5,
+        "decode": 3,
+        "event loop": 2,
+        "other": 1,
+    }
+
+
+def _row(server: str, fmt: str, clients: int, rate: float, p50: float = 10, p99: float = 20) -> Any:
+    return {
+        "server": server,
+        "format": fmt,
+        "clients": clients,
+        "images_per_s": rate,
+        "p50_ms": p50,
+        "p99_ms": p99,
+        "errors": 0,
+        "server_cpu_ms_per_image": 3.0,
+        "mean_batch": 8.0 if server == "ours" else None,
+    }
+
+
+def test_goals_compare_the_two_servers_of_the_same_run() -> None:
+    result = {
+        "arch": "offline-lite0-minilm",
+        "limit": {"images_per_s": 500.0},
+        "rows": [
+            _row("ours", "json", 32, 300.0),
+            _row("bentoml", "json", 32, 200.0),
+            _row("ours", "json", 64, 290.0, p50=10, p99=50),
+            _row("bentoml", "json", 64, 250.0),
+        ],
+    }
+    lines = peer.goals(result)
+    assert "- met: json, 32 clients: 1.50x BentoML (goal >= 1.3)" in lines
+    assert "- MISSED: json, 64 clients: 1.16x BentoML (goal >= 1.3)" in lines
+    assert "- MISSED: json, 64 clients: p99/p50 5.00 (goal < 4)" in lines
+    assert "- met: json, 32 clients: 0.60 of the own limit (goal >= 0.5)" in lines
+    assert "- MISSED: json: 64 clients at 0.97x of 32 clients (goal >= 1)" in lines
+    # Rounds are averaged per level before they are compared.
+    result["rows"] += [_row("ours", "json", 32, 100.0), _row("bentoml", "json", 32, 200.0)]
+    assert "- MISSED: json, 32 clients: 1.00x BentoML (goal >= 1.3)" in peer.goals(result)
+
+
+@pytest.mark.slow
+def test_a_whole_run_against_bentoml_with_the_tiny_model(tmp_path: Path) -> None:
+    pytest.importorskip("bentoml", reason="the peer extra (make install) is not installed")
+    out = tmp_path / "peer.json"
+    cmd = [sys.executable, "bench/peer.py", "--models", "test-tiny-vit", "--clients", "1,4"]
+    cmd += ["--requests", "24", "--limit-seconds", "0.5", "--json", str(out)]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())["results"][0]
+    assert {(r["server"], r["format"], r["clients"]) for r in result["rows"]} == {
+        (s, f, c) for s in peer.SERVERS for f in peer.FORMATS for c in (1, 4)
+    }
+    assert all(r["errors"] == 0 and r["requests"] == 24 for r in result["rows"])
+    assert "give the same top-1 label for all 16 sample images" in done.stdout
+    assert "| json | 4 |" in done.stdout and "errors of ours at every level: 0" in done.stdout

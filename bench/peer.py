@@ -8,8 +8,9 @@ For each model it
 3. starts each server on the same artifact with the same transform and the same batch size:
    - ``ours``: ``python -m service serve`` (uvicorn, dynamic batching), with API keys on and a
      predict key in every request, as deployed;
-   - ``bentoml``: ``bentoml serve bench.peer_bento:PeerClassifier``, one worker, adaptive
-     batching (``bench/peer_bento.py``);
+   - ``bentoml``: ``bentoml serve bench.peer_bento:PeerClassifier``, adaptive batching
+     (``bench/peer_bento.py``);
+   both with ``--workers`` processes (1 unless told) and ``--torch-threads`` each;
    checks that both give the same labels and probabilities for every sample image, then drives
    it from one load generator (a separate process: raw HTTP/1.1 on asyncio, keep-alive, closed
    loop, one JPEG per request, 256 px unless ``--image-size``, untimed warm-up) at each client

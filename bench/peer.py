@@ -57,6 +57,7 @@ from bench.serve import (  # noqa: E402
     register,
     run_models,
     sample_images,
+    server_env,
     write_artifact,
 )
 
@@ -235,27 +236,21 @@ async def drive(
 
 def tree_cpu_s(pid: int) -> float:
     """User + system CPU seconds so far of ``pid`` and every live descendant."""
-    parents: dict[int, int] = {}
+    stats: dict[int, tuple[int, float]] = {}  # pid -> (parent, CPU seconds), one read each
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        parents[int(stat.parent.name)] = int(fields[1])
+        cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        stats[int(stat.parent.name)] = (int(fields[1]), cpu)
     tree, frontier = {pid}, [pid]
     while frontier:
         parent = frontier.pop()
-        children = [p for p, pp in parents.items() if pp == parent and p not in tree]
+        children = [p for p, (pp, _) in stats.items() if pp == parent and p not in tree]
         tree.update(children)
         frontier += children
-    total = 0.0
-    for p in tree:
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
+    return sum(stats[p][1] for p in tree if p in stats)
 
 
 def common_env(device: str, torch_threads: int) -> dict[str, str]:
@@ -276,18 +271,13 @@ def common_env(device: str, torch_threads: int) -> dict[str, str]:
 
 
 def our_env(tmp: Path, args: argparse.Namespace) -> dict[str, str]:
-    device = args.device
+    # bench/serve.py's settings for the server, with API keys on, over the environment both
+    # servers share here.
+    settings = server_env(tmp, args.device, args.max_batch, batching=True)
     return {
-        **common_env(device, args.torch_threads),
-        "RCS_ENV": "local",
+        **common_env(args.device, args.torch_threads),
+        **{name: value for name, value in settings.items() if name.startswith("RCS_")},
         "RCS_AUTH_DISABLED": "false",
-        "RCS_DATABASE_URL": f"sqlite:///{tmp / 'rcs.db'}",
-        "RCS_BROKER_URL": f"sqla+sqlite:///{tmp / 'broker.db'}",
-        "RCS_ARTIFACTS_URL": str(tmp / "artifacts"),
-        "RCS_WORK_DIR": str(tmp / "work"),
-        "RCS_DEFAULT_MODEL": REGISTERED,
-        "RCS_DEVICE": device,
-        "RCS_PREDICT_MAX_BATCH": str(args.max_batch),
         "RCS_PREDICT_JPEG_DRAFT": "true" if args.jpeg_draft else "false",
     }
 
@@ -377,7 +367,7 @@ def run_levels(
             drive_args = ["--drive", url, "--server", server, "--format", fmt]
             drive_args += ["--image-size", str(args.image_size)]
             drive_args += ["--clients", str(clients), "--requests", str(n)]
-            out = _self_peer(drive_args + (["--key", key] if key else []))
+            out = _self(drive_args + (["--key", key] if key else []), __file__)
             cpu = tree_cpu_s(pid) - cpu_before
             images_after, passes_after = batch_counts(url) if ours else (0.0, 0.0)
             passes = passes_after - passes_before
@@ -397,18 +387,6 @@ def run_levels(
             )
             rows.append(row)
     return rows
-
-
-def _self_peer(args: list[str]) -> dict[str, Any]:
-    import subprocess
-
-    done = subprocess.run(
-        [sys.executable, __file__, *args], capture_output=True, text=True, cwd=ROOT
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(args[:2])} failed:\n{done.stderr[-3000:]}")
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
 
 
 def bench_model(arch: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
@@ -494,7 +472,7 @@ def profile_level(
     cpu_before = tree_cpu_s(pid)
     drive_args = ["--drive", url, "--server", "ours", "--format", fmt]
     drive_args += ["--clients", str(clients), "--requests", str(requests)]
-    result = _self_peer(drive_args + (["--key", key] if key else []))
+    result = _self(drive_args + (["--key", key] if key else []), __file__)
     cpu = tree_cpu_s(pid) - cpu_before
     spy.send_signal(2)  # SIGINT: py-spy writes what it has
     spy.wait(60)

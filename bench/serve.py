@@ -327,9 +327,10 @@ def load_levels(
     return rows
 
 
-def _self(args: list[str]) -> dict[str, Any]:
-    """Run this script in a fresh process (one measurement each) and read its JSON line."""
-    cmd = [sys.executable, __file__, *args]
+def _self(args: list[str], script: str = __file__) -> dict[str, Any]:
+    """Run ``script`` (this one unless told) in a fresh process (one measurement each) and read
+    its JSON line."""
+    cmd = [sys.executable, script, *args]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(args[:2])} failed:\n{done.stderr[-3000:]}")

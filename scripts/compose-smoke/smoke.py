@@ -71,6 +71,12 @@ def step(title: str, action: Callable[[], T]) -> T:
     return result
 
 
+def run_offline(args: list[str], *, quiet: bool = False) -> str:
+    """``docker run --rm --network none`` with ``args`` (options, image, command): a one-off
+    container with no network, for reading and writing the stack's volumes."""
+    return run(["docker", "run", "--rm", "--network", "none", *args], quiet=quiet)
+
+
 def run(args: list[str], *, quiet: bool = False, check: bool = True) -> str:
     done = subprocess.run(
         args, cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
@@ -379,13 +385,8 @@ def _run_stack(stack: Stack, figures: dict[str, float], state: Path) -> None:
         with tempfile.TemporaryDirectory(prefix="rcs-smoke-data-") as tmp:
             image = "robust-clip-api:smoke"
             # The project's own synthetic shapes, written by the API image.
-            run(
+            run_offline(
                 [
-                    "docker",
-                    "run",
-                    "--rm",
-                    "--network",
-                    "none",
                     "--user",
                     f"{os.getuid()}:{os.getgid()}",
                     "-v",
@@ -398,13 +399,8 @@ def _run_stack(stack: Stack, figures: dict[str, float], state: Path) -> None:
                 ]
             )
             # Into the datasets volume (mounted read-only by the services).
-            run(
+            run_offline(
                 [
-                    "docker",
-                    "run",
-                    "--rm",
-                    "--network",
-                    "none",
                     "--user",
                     "0",
                     "-v",
@@ -507,13 +503,8 @@ def _run_stack(stack: Stack, figures: dict[str, float], state: Path) -> None:
     # The checkpoint a resumed run must start after: the one on disk once the worker is dead
     # (what models.train.latest_checkpoint returns; the list may be one ahead of the files).
     checkpoint = int(
-        run(
+        run_offline(
             [
-                "docker",
-                "run",
-                "--rm",
-                "--network",
-                "none",
                 "-v",
                 f"{stack.project}_work:/data/work:ro",
                 "robust-clip-worker:smoke",

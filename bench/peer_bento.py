@@ -30,6 +30,7 @@ import torch
 from PIL import Image
 
 from models.data import ImageLimits, open_image, to_rgb
+from models.data.images import ACCEPTED_FORMATS
 from service.predict.cache import LoadedModel, load, warm_up
 from service.predict.service import DRAFT_MARGIN, forward
 
@@ -57,7 +58,11 @@ class PeerClassifier:
 
     @bentoml.api(batchable=True, max_batch_size=MAX_BATCH, max_latency_ms=MAX_LATENCY_MS)
     def classify(self, images: list[Image.Image]) -> list[list[dict[str, Any]]]:
-        # BentoML hands over PIL images opened from the parts; they decode here, as RGB.
+        # BentoML hands over PIL images opened from the parts (by any of Pillow's plugins);
+        # they decode here, as RGB, and only in the formats our policy opens.
+        for image in images:
+            if image.format not in ACCEPTED_FORMATS:
+                raise ValueError(f"{image.format} is not an accepted image format")
         return self._top_k([to_rgb(image, self.at_least) for image in images])
 
     @bentoml.api(batchable=True, max_batch_size=MAX_BATCH, max_latency_ms=MAX_LATENCY_MS)

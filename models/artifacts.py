@@ -11,8 +11,8 @@ An artifact folder holds
 - ``artifact.json``: the model card (classes, prompts, beta, alpha curve, metrics, provenance,
   and ``files``: the sha256 of every other file).
 Folders are written under a temporary name and renamed into place: a reader never sees half.
-``check_artifact`` is what a folder from elsewhere (an uploaded archive) must pass; it loads
-safetensors and JSON only, never anything pickled.
+``check_artifact`` is what a folder from elsewhere (an uploaded archive) must pass; it reads
+JSON and safetensors headers only, never anything pickled, and builds no model (``sizing``).
 """
 
 from __future__ import annotations
@@ -27,13 +27,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import open_clip
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from models.backbone import (
+    HF_CONFIG,
     HF_TEXT_FILES,
+    LOCAL_DIR,
     OPEN_CLIP_CONFIG,
     build_from_open_clip_config,
     write_open_clip_config,
@@ -41,6 +44,18 @@ from models.backbone import (
 from models.errors import ArtifactError
 from models.heads import Classifier
 from models.json_values import json_safe
+from models.sizing import (
+    DEFAULT_MAX_PARAMS,
+    FLOAT_DTYPES,
+    TensorInfo,
+    check_layers,
+    check_limit,
+    compare,
+    config_floor,
+    expected_state,
+    parameter_count,
+    read_header,
+)
 from models.wiseft import merge
 
 FORMAT = "robust-clip-artifact/1"
@@ -51,6 +66,9 @@ FINETUNED = "finetuned.safetensors"
 ZEROSHOT = "zeroshot.safetensors"
 # What a card's ``files`` may list: anything else in a folder from elsewhere is refused.
 LISTABLE = frozenset({OPEN_CLIP_CONFIG, WEIGHTS, HEADS, FINETUNED, ZEROSHOT, *HF_TEXT_FILES})
+# The resolved run config `python -m models finetune` writes beside the artifact's files, to
+# repeat the run: not part of the artifact (the card holds the same config).
+RUN_CONFIG = "config.yaml"
 # Formats that run code when loaded (pickle, torch.save, joblib, numpy object arrays).
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".pt", ".pth", ".bin", ".ckpt", ".npy", ".npz", ".joblib")
 MAX_CARD_BYTES = 64 * 1024**2
@@ -255,14 +273,26 @@ def verify_files(folder: str | Path) -> dict[str, Any]:
 # --- artifacts from elsewhere ---
 
 
-def check_artifact(folder: str | Path) -> Artifact:
-    """Load an artifact that came from elsewhere (an uploaded archive) only once it passed:
+@dataclass(frozen=True)
+class CheckedArtifact:
+    """An artifact from elsewhere that passed ``check_artifact``, and its size."""
+
+    card: dict[str, Any]
+    parameters: int  # of the served model: its weights and heads
+    weight_bytes: int  # of its safetensors files, as stored
+
+
+def check_artifact(folder: str | Path, max_params: int = DEFAULT_MAX_PARAMS) -> CheckedArtifact:
+    """Check an artifact that came from elsewhere (an uploaded archive) without building it:
 
     no pickled file anywhere (refused by name or content, never opened), no file or folder the
-    card does not list, every listed file's sha256, a card with the fields loading needs, the
-    weights' shapes against the architecture of ``open_clip_config.json`` (strict), the heads
-    against the classes and the embedding width, and the WiSE-FT ends against the model.
-    Every refusal is an ArtifactError naming the file (or key) at fault.
+    card does not list, a card with the fields loading needs, the model's size (from the config's
+    numbers, then the safetensors headers: ``ArtifactTooLarge`` past ``max_params`` parameters),
+    every listed file's sha256, the weights' names and shapes against the architecture of
+    ``open_clip_config.json`` (built on the meta device: no storage), the heads against the
+    classes and the embedding width, and the WiSE-FT ends against the model. Every refusal is
+    an ArtifactError naming the file (or key) at fault. ``models.sizing`` says why a strict
+    load of the real model would check nothing more.
     """
     path = Path(folder)
     _refuse_pickles(path)
@@ -271,16 +301,130 @@ def check_artifact(folder: str | Path) -> Artifact:
     card = read_card(path)
     _check_listing(path, card)
     _check_card_fields(card)
+    config = _read_json(path / OPEN_CLIP_CONFIG)
+    model_cfg = _check_config(config)
+    headers = {name: read_header(path / name) for name in _weight_files(card)}
+    parameters = _check_size(path, model_cfg, headers, max_params)
+    _verify_files(path, card)
+    state = expected_state(path)
+    compare(WEIGHTS, headers[WEIGHTS], state)
+    heads = _check_heads(headers[HEADS], len(card["classnames"]), model_cfg["embed_dim"])
+    whole = {**{f"clip.{key}": tensor for key, tensor in state.items()}, **heads}
+    for name in (FINETUNED, ZEROSHOT):
+        if name in headers:
+            compare(name, headers[name], whole)
+    _check_tokenizer(path)
+    weight_bytes = sum((path / name).stat().st_size for name in headers)
+    return CheckedArtifact(card, parameters, weight_bytes)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
     try:
-        artifact = load_artifact(path, verify=True)
-    except ArtifactError:
-        raise
+        if path.stat().st_size > MAX_CARD_BYTES:
+            raise ArtifactError(f"{path.name} is over {MAX_CARD_BYTES} bytes")
+        with open(path, encoding="utf-8") as fh:
+            value = json.load(fh)
+    except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are both
+        raise ArtifactError(f"{path.name} cannot be read: {exc}") from exc
+    if not isinstance(value, dict):
+        raise ArtifactError(f"{path.name} is not a JSON object")
+    return value
+
+
+def _check_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The config's ``model_cfg`` once its shape and image size are usable (the image size
+    before anything is built: a served image is resized to it, and it sizes the positional
+    embedding)."""
+    model_cfg, preprocess = config.get("model_cfg"), config.get("preprocess_cfg")
+    if not (
+        isinstance(model_cfg, dict)
+        and isinstance(preprocess, dict)
+        and isinstance(model_cfg.get("vision_cfg"), dict)
+        and isinstance(model_cfg.get("text_cfg"), dict)
+    ):
+        raise ArtifactError(
+            f"{OPEN_CLIP_CONFIG} does not describe a usable model: it needs 'model_cfg' (with "
+            "'vision_cfg' and 'text_cfg') and 'preprocess_cfg'"
+        )
+    if not _positive_ints([model_cfg.get("embed_dim")], None):
+        raise ArtifactError(f"{OPEN_CLIP_CONFIG}: 'embed_dim' is not a positive integer")
+    for size in (preprocess.get("size"), model_cfg["vision_cfg"].get("image_size", 224)):
+        if not _positive_ints(size if isinstance(size, list) else [size], MAX_IMAGE_SIDE):
+            raise ArtifactError(
+                f"{OPEN_CLIP_CONFIG}: image size missing or over {MAX_IMAGE_SIDE} pixels a side"
+            )
+    return model_cfg
+
+
+def _positive_ints(values: list[Any], most: int | None) -> bool:
+    return all(
+        isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= (most or v) for v in values
+    )
+
+
+def _weight_files(card: Mapping[str, Any]) -> list[str]:
+    return [name for name in (WEIGHTS, HEADS, FINETUNED, ZEROSHOT) if name in card["files"]]
+
+
+def _check_size(
+    path: Path,
+    model_cfg: Mapping[str, Any],
+    headers: Mapping[str, Mapping[str, TensorInfo]],
+    max_params: int,
+) -> int:
+    """The served model's parameter count, once the config's floor and every file are within
+    ``max_params`` and the weights hold at least what the config needs."""
+    floor, layers = config_floor(model_cfg, _hf_config(path, model_cfg))
+    check_limit(f"{OPEN_CLIP_CONFIG} describes at least", floor, max_params)
+    held = parameter_count(headers[WEIGHTS])
+    served = held + parameter_count(headers[HEADS])
+    check_limit(f"{WEIGHTS} and {HEADS} hold", served, max_params)
+    for name in (FINETUNED, ZEROSHOT):  # each is the whole model again, at one WiSE-FT end
+        if name in headers:
+            check_limit(f"{name} holds", parameter_count(headers[name]), max_params)
+    if floor > held:
+        raise ArtifactError(
+            f"{OPEN_CLIP_CONFIG} describes at least {floor:,} parameters, but the weights hold "
+            f"{held:,} ({WEIGHTS}): not this model's config"
+        )
+    check_layers(layers, len(headers[WEIGHTS]))
+    return served
+
+
+def _hf_config(path: Path, model_cfg: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A Hugging Face text tower's config.json, which must travel with the weights: without it,
+    open_clip would fetch the tower's name from the network."""
+    if not model_cfg["text_cfg"].get("hf_model_name"):
+        return None
+    if not (path / HF_CONFIG).is_file():
+        raise ArtifactError(
+            f"{OPEN_CLIP_CONFIG} names a Hugging Face text tower, but the artifact has no "
+            f"{HF_CONFIG} for it"
+        )
+    return _read_json(path / HF_CONFIG)
+
+
+def _check_heads(heads: Mapping[str, TensorInfo], classes: int, width: int) -> dict[str, Tensor]:
+    """The heads' shapes, as meta tensors, once the file holds exactly those."""
+    if set(heads) != {"default_head", "concept_head"}:
+        raise ArtifactError(f"{HEADS} must hold exactly default_head and concept_head")
+    wanted = (classes, width)
+    for name, info in sorted(heads.items()):
+        if info.shape != wanted:
+            raise ArtifactError(
+                f"{HEADS}: {name} is {info.shape}, expected {wanted} (classes x embedding width)"
+            )
+        if info.dtype not in FLOAT_DTYPES:
+            raise ArtifactError(f"{HEADS}: {name} is stored as {info.dtype}")
+    return {name: torch.empty(wanted, device="meta") for name in heads}
+
+
+def _check_tokenizer(path: Path) -> None:
+    """Serving encodes no prompt (the heads are stored), but loading builds the tokenizer."""
+    try:
+        open_clip.get_tokenizer(LOCAL_DIR + str(path))
     except (KeyError, TypeError, ValueError, RuntimeError, OSError) as exc:
-        # A config open_clip cannot build: hostile or from another version of the code.
-        raise ArtifactError(f"{OPEN_CLIP_CONFIG} does not describe a usable model: {exc}") from exc
-    _check_heads(artifact)
-    _check_ends(artifact)
-    return artifact
+        raise ArtifactError(f"the artifact's tokenizer cannot be built: {exc}") from exc
 
 
 def _refuse_pickles(root: Path) -> None:
@@ -348,47 +492,6 @@ def _check_card_fields(card: Mapping[str, Any]) -> None:
     classes = card["classnames"]
     if len(set(classes)) != len(classes):
         raise ArtifactError(f"{CARD}: 'classnames' repeats a class")
-
-
-def _check_heads(artifact: Artifact) -> None:
-    heads = load_weights(artifact.path / HEADS)
-    if set(heads) != {"default_head", "concept_head"}:
-        raise ArtifactError(f"{HEADS} must hold exactly default_head and concept_head")
-    classifier = artifact.classifier
-    # A served image is resized to this: a hostile size would make every request huge.
-    if not all(1 <= side <= MAX_IMAGE_SIDE for side in classifier.backbone.image_size):
-        raise ArtifactError(f"{OPEN_CLIP_CONFIG}: image size over {MAX_IMAGE_SIDE} pixels a side")
-    width = classifier.backbone.model_cfg.get("embed_dim")
-    wanted = (len(classifier.classnames), width)
-    for name, rows in heads.items():
-        if tuple(rows.shape) != wanted:
-            raise ArtifactError(
-                f"{HEADS}: {name} is {tuple(rows.shape)}, expected {wanted} "
-                "(classes x embedding width)"
-            )
-
-
-def _check_ends(artifact: Artifact) -> None:
-    """The ends are merged with the model's state: same keys, same shapes (headers only)."""
-    state = artifact.classifier.state_dict()
-    for name in (FINETUNED, ZEROSHOT):
-        if name not in artifact.card["files"]:
-            continue
-        try:
-            with safe_open(str(artifact.path / name), framework="pt") as fh:
-                shapes = {key: tuple(fh.get_slice(key).get_shape()) for key in fh.keys()}  # noqa: SIM118
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise ArtifactError(f"{name} is not a readable safetensors file: {exc}") from exc
-        if set(shapes) != set(state):
-            extra, absent = sorted(set(shapes) - set(state)), sorted(set(state) - set(shapes))
-            raise ArtifactError(
-                f"{name} does not match the model: extra keys {extra[:5]}, missing {absent[:5]}"
-            )
-        for key, shape in shapes.items():
-            if shape != tuple(state[key].shape):
-                raise ArtifactError(
-                    f"{name}: {key} is {shape}, the model's is {tuple(state[key].shape)}"
-                )
 
 
 # --- re-merging at another alpha ---

@@ -18,7 +18,14 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from models.artifacts import FINETUNED, ZEROSHOT, load_artifact, merge_artifact, read_card
+from models.artifacts import (
+    FINETUNED,
+    RUN_CONFIG,
+    ZEROSHOT,
+    load_artifact,
+    merge_artifact,
+    read_card,
+)
 from models.backbone import list_architectures
 from models.config import RunConfig, from_dict, load_run_config, to_dict
 from models.data import open_dataset, read_image
@@ -163,7 +170,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     finally:
         bar.close()
     # The resolved config goes beside the outputs, so the run can be repeated as it was.
-    with open(out / "config.yaml", "w", encoding="utf-8") as fh:
+    with open(out / RUN_CONFIG, "w", encoding="utf-8") as fh:
         yaml.safe_dump(to_dict(cfg), fh, sort_keys=False)
     metrics = result.card["metrics"]["selected"]
     print(f"artifact: {result.artifact.path}")

@@ -60,13 +60,15 @@ def encode_texts(backbone: Backbone, texts: Sequence[str], device: torch.device)
 def class_embeddings(
     backbone: Backbone, prompts: Sequence[Sequence[str]], device: torch.device
 ) -> Tensor:
-    """One row per class: the renormalised mean of its normalised prompt embeddings."""
-    flat = [p for group in prompts for p in group]
-    embedded = encode_texts(backbone, flat, device)
-    rows, start = [], 0
-    for group in prompts:
-        rows.append(embedded[start : start + len(group)].mean(dim=0))
-        start += len(group)
+    """One row per class: the renormalised mean of its normalised prompt embeddings.
+
+    Each distinct text is encoded once, so classes given the same texts get bit-identical rows
+    (a text's embedding otherwise varies in its last bits with its place in a batch).
+    """
+    unique = list(dict.fromkeys(p for group in prompts for p in group))
+    embedded = encode_texts(backbone, unique, device)
+    index = {text: i for i, text in enumerate(unique)}
+    rows = [embedded[[index[p] for p in group]].mean(dim=0) for group in prompts]
     return F.normalize(torch.stack(rows), dim=-1)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from typing import TYPE_CHECKING
 
@@ -26,6 +25,12 @@ def main(argv: list[str] | None = None) -> None:
         help="API processes (default RCS_API_WORKERS, 1); on CPU, one per core serves the most "
         "images (README, 'Serving')",
     )
+    serve.add_argument(
+        "--log-level",
+        default=None,
+        choices=["critical", "error", "warning", "info", "debug", "trace"],
+        help="uvicorn's log level (default info)",
+    )
     sub.add_parser("migrate", help="apply the database migrations")
     key = sub.add_parser("create-key", help="create an API key and print it once")
     key.add_argument("--name", required=True)
@@ -36,27 +41,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     if args.command == "serve":
-        settings = settings_from_env()  # a bad setting: one line naming it, before uvicorn starts
-        workers = args.workers or settings.api_workers
-        if workers > 1 and settings.auto_migrate:
-            # Once, here, rather than in every process at once (two migrations would race).
-            from service.db.migrate import upgrade
+        from service import server
 
-            upgrade(settings.database_url)
-            os.environ["RCS_AUTO_MIGRATE"] = "false"
-        # Before torch loads OpenMP: its idle threads must sleep, not spin, or they starve the
-        # threads that decode images and run other requests' passes (on CPU, p95 latency grew
-        # twentyfold with spinning). An explicit setting wins.
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-        import uvicorn
-
-        uvicorn.run(
-            "service.app:app_from_env",
-            factory=True,
-            host=args.host,
-            port=args.port,
-            workers=workers,
-        )
+        server.serve(args.host, args.port, args.workers, args.log_level)
     elif args.command == "migrate":
         from service.db.migrate import upgrade
 

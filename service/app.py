@@ -18,7 +18,7 @@ from service import errors
 from service.auth.deps import check_key_first
 from service.auth.me import router as me_router
 from service.auth.router import router as keys_router
-from service.auth.service import ensure_bootstrap_key
+from service.auth.service import apply_bootstrap_setting
 from service.context import AppContext
 from service.datasets.router import router as datasets_router
 from service.db.engine import make_engine, make_sessionmaker
@@ -51,9 +51,8 @@ def build_context(settings: Settings) -> AppContext:
     sessions = make_sessionmaker(engine)
     lookups = Lookups(settings.lookup_cache_s)
     lookups.watch(sessions)
-    if settings.bootstrap_api_key:
-        with sessions() as session:
-            ensure_bootstrap_key(session, settings.bootstrap_api_key)
+    with sessions() as session:
+        apply_bootstrap_setting(session, settings.bootstrap_api_key)
     broker = Celery("rcs-api", set_as_current=False)
     broker.conf.update(celery_config(settings.broker_url, settings.visibility_timeout_s))
     metrics = Metrics()

@@ -19,6 +19,7 @@ from sqlalchemy.exc import DataError as DatabaseValueError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from models.errors import ArtifactError, BackboneError, ConfigError, DataError
 from service.settings import Settings
@@ -81,6 +82,14 @@ class PayloadTooLarge(ServiceError):
 class Unavailable(ServiceError):
     status = 503
     code = "unavailable"
+
+
+class InsufficientStorage(ServiceError):
+    """The volume a write went to is full (or over its quota): the operator's to fix, and the
+    same request may succeed once space is freed (``service.storage.space_needed``)."""
+
+    status = 507
+    code = "insufficient_storage"
 
 
 class TooManyRequests(ServiceError):
@@ -233,6 +242,14 @@ def install(app: FastAPI, check_key_first: Callable[[Request], Awaitable[None]])
                 return refused
         param, message = describe_validation(errors)
         return _answer(request, 422, "invalid_request", message, param)
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(_: Request, exc: ClientDisconnect) -> JSONResponse:
+        # The client left before its body arrived, or the server ended the connection because
+        # the body came too slowly (service/server.py, 408): nobody reads this answer, and it
+        # is no server error.
+        message = "the connection ended before the request body arrived"
+        return error_body(400, "client_disconnected", message, None)
 
     @app.exception_handler(ConfigError)
     async def config_error(request: Request, exc: ConfigError) -> JSONResponse:

@@ -19,7 +19,8 @@ A withdrawal (revoking a key, deleting a version, setting or removing an alias) 
 ``ttl_s`` after its commit before it is answered (``settle``): by then no process holds an entry
 read before the change, so once the client has its answer no API process accepts the revoked
 key or serves the withdrawn version. A new version under a name is seen by other processes'
-bare-name references (``name``, ``name@latest``) within ``ttl_s``.
+bare-name references (``name``, ``name@latest``) within ``ttl_s``. An open event stream asks for
+its key again after every poll (``service.auth.deps.key_check``), so it ends by the same bound.
 """
 
 from __future__ import annotations

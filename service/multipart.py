@@ -11,12 +11,16 @@ from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
 
 from service.errors import BadRequest, PayloadTooLarge
+from service.storage import space_needed
 
 
 async def read_form(request: Request, *, max_files: int, max_fields: int = 16) -> FormData:
     """The parsed form; the caller closes it (``await form.close()``)."""
     try:
-        return await request.form(max_files=max_files, max_fields=max_fields)
+        # A file part over 1 MB is spooled to the system's temporary folder (Starlette removes
+        # it when parsing fails): a full one is a 507, not a 500.
+        with space_needed("TMPDIR", "receive the upload"):
+            return await request.form(max_files=max_files, max_fields=max_fields)
     except HTTPException as exc:
         detail = str(exc.detail)
         if detail.startswith("Too many files"):

@@ -80,6 +80,10 @@ class Settings(BaseSettings):
 
     max_upload_bytes: int = 2 * 1024**3
     max_extracted_bytes: int = 8 * 1024**3
+    # Parameters a model import may have (POST /models/{name}/versions), counted from its config
+    # and weight headers before anything is built: about 4 bytes each once served. A ViT-L-14
+    # (428 M) fits; past it, 413.
+    max_import_params: int = Field(default=500_000_000, ge=1)
     # Dataset archives: members at most, and unpacked/packed size ratio at most (zip bombs).
     max_archive_files: int = Field(default=100_000, ge=1)
     max_archive_ratio: float = Field(default=100.0, gt=1)
@@ -111,6 +115,19 @@ class Settings(BaseSettings):
     # and in all, before a new one is refused with 429.
     stream_max_per_key: int = Field(default=20, ge=1)
     stream_max_total: int = Field(default=100, ge=1)
+
+    # What one connection may cost before the app sees its request (service/server.py): a head
+    # (request line and headers) over max_header_bytes or with more than max_headers fields is
+    # 431; a head not complete header_timeout_s after it began, or a body with nothing for
+    # body_timeout_s or slower than body_min_bytes_per_s after it (0: no rate floor), is 408.
+    # Connections one client address may hold open to each API process (0: no cap); behind a
+    # reverse proxy every client has the proxy's address, so raise it or let the proxy cap.
+    max_header_bytes: int = Field(default=32 * 1024, ge=1024, le=1024**2)
+    max_headers: int = Field(default=100, ge=10, le=10_000)
+    header_timeout_s: float = Field(default=20.0, gt=0, le=3600)
+    body_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    body_min_bytes_per_s: float = Field(default=500.0, ge=0)
+    max_connections_per_client: int = Field(default=128, ge=0)
 
     # Must exceed the longest job: Redis re-delivers unacknowledged messages after it.
     visibility_timeout_s: int = 48 * 3600

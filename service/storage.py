@@ -7,9 +7,12 @@ is written last, and the registry marks a version READY only after ``put_folder`
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import shutil
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,10 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from models.artifacts import CARD, swap_into_place
+from service.errors import InsufficientStorage
+
+# A write refused for want of space: the volume is full, or the user's quota on it is.
+FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 class ArtifactStore:
@@ -66,6 +73,22 @@ class ArtifactStore:
         shutil.rmtree(self.cache_dir / key, ignore_errors=True)
 
 
+@contextmanager
+def space_needed(setting: str, what: str) -> Iterator[None]:
+    """Turn a full volume under the block into a 507 naming ``setting``, the one that chose
+    where ``what`` is written; the block's own cleanup (on the way out) keeps nothing half
+    written. Other OS errors pass unchanged."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in FULL:
+            raise
+        raise InsufficientStorage(
+            f"no space left to {what}: the volume behind {setting} is full ({exc.strerror}); "
+            f"free space there or point {setting} at a larger one, then retry"
+        ) from exc
+
+
 def card_digest(folder: Path) -> str:
     """sha256 of an artifact's card, which holds the sha256 of every other file it has."""
     return hashlib.sha256((folder / CARD).read_bytes()).hexdigest()
@@ -81,7 +104,19 @@ def _local_atomic_copy(source: Path, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
-        shutil.copytree(source, tmp)
+        _copy_files(source, tmp)
         swap_into_place(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _copy_files(source: Path, target: Path) -> None:
+    """``shutil.copytree``, stopping at the first failure with its own OSError: copytree goes on
+    past a full disk and raises one ``shutil.Error`` without an errno for all of them."""
+    target.mkdir()
+    for path in sorted(source.rglob("*")):
+        copy = target / path.relative_to(source)
+        if path.is_dir():
+            copy.mkdir()
+        else:
+            shutil.copy2(path, copy)

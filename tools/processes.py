@@ -79,12 +79,12 @@ class Process:
 
 
 def api_process(settings: Mapping[str, str], port: int, log_path: Path) -> Process:
+    # As deployed (service/server.py): the same HTTP protocol and limits as every server.
     args = [
         sys.executable,
         "-m",
-        "uvicorn",
-        "--factory",
-        "service.app:app_from_env",
+        "service",
+        "serve",
         "--host",
         "127.0.0.1",
         "--port",

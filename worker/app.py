@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from celery import Celery, Task
@@ -16,7 +18,7 @@ from celery.exceptions import Reject
 from celery.signals import worker_ready, worker_shutting_down
 from pydantic import ValidationError
 from sqlalchemy import select
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import InterfaceError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session
 
 from service.db.engine import make_engine, make_sessionmaker
@@ -37,6 +39,15 @@ from worker.runner import Outcome, WorkerContext, run_job
 log = logging.getLogger(__name__)
 # Seconds before a job interrupted by a database outage is delivered again.
 DB_RETRY_S = 15
+# A starting worker's recovery scan on a database that cannot answer it yet (unreachable, or
+# fresh: no tables until the API migrates it at its start) is tried again every
+# RECOVERY_RETRY_S seconds for up to RECOVERY_WAIT_S. ProgrammingError is a missing table or
+# column: a migration not applied yet.
+RECOVERY_WAIT_S = 600.0
+RECOVERY_RETRY_S = 2.0
+NOT_READY = (OperationalError, InterfaceError, ProgrammingError)
+# Sends a task by name: (task, payload, countdown in seconds or None for now).
+Send = Callable[[str, dict[str, Any], float | None], Any]
 
 
 def make_context(settings: Settings) -> WorkerContext:
@@ -69,6 +80,77 @@ def orphan_deliveries(
             wait = math.ceil(lease_until - now) + 1.0
         deliveries.append((job_id, wait))
     return deliveries
+
+
+def resend_orphans(ctx: WorkerContext, send: Send) -> tuple[int, int]:
+    """Send again the jobs and evaluations a dead worker may have left, instead of waiting for
+    the broker's visibility timeout (a duplicate delivery is harmless: leases); how many."""
+    with ctx.sessions() as session:
+        jobs = orphan_deliveries(session, time.time())
+        evaluations = orphan_deliveries(session, time.time(), Evaluation)
+    for job_id, countdown in jobs:
+        send(TASK_FINETUNE, {"job_id": job_id}, countdown or None)  # no ETA for "now"
+    for evaluation_id, countdown in evaluations:
+        send(TASK_EVALUATE, {"evaluation_id": evaluation_id}, countdown or None)
+    return len(jobs), len(evaluations)
+
+
+def recover_at_start(
+    scan: Callable[[], tuple[int, int]],
+    stopping: threading.Event,
+    wait_s: float = RECOVERY_WAIT_S,
+    retry_s: float = RECOVERY_RETRY_S,
+) -> threading.Thread | None:
+    """Run the start-up recovery ``scan`` now; if the database cannot answer it yet, say so in
+    one line and keep trying from a thread (returned), so that the worker consumes, and stops
+    on SIGTERM, meanwhile. Nothing is lost while it waits: a database without tables has no
+    job to recover, and one out of reach keeps its jobs for the scan that succeeds."""
+    started = time.monotonic()
+    try:
+        _scanned(scan(), started)
+        return None
+    except NOT_READY as exc:
+        log.warning(
+            "start-up recovery scan: the database cannot answer it yet (%s); trying again "
+            "every %g s for up to %g s (a fresh database has no tables until the API, or "
+            "`python -m service migrate`, migrates it)",
+            _reason(exc),
+            retry_s,
+            wait_s,
+        )
+
+    def retry() -> None:
+        while not stopping.wait(retry_s):
+            try:
+                _scanned(scan(), started)
+                return
+            except NOT_READY as exc:
+                if time.monotonic() - started >= wait_s:
+                    log.error(
+                        "start-up recovery scan given up after %g s: %s; jobs a dead worker "
+                        "left wait for the broker to deliver them again",
+                        wait_s,
+                        _reason(exc),
+                    )
+                    return
+
+    thread = threading.Thread(target=retry, name="recovery-scan", daemon=True)
+    thread.start()
+    return thread
+
+
+def _scanned(counts: tuple[int, int], started: float) -> None:
+    log.info(
+        "start-up recovery scan done after %.0f s: %d jobs and %d evaluations sent again",
+        time.monotonic() - started,
+        *counts,
+    )
+
+
+def _reason(exc: Exception) -> str:
+    """The database's own first line (``relation "jobs" does not exist``), not the SQL."""
+    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 def create_celery(ctx: WorkerContext) -> Celery:
@@ -131,29 +213,13 @@ def create_celery(ctx: WorkerContext) -> Celery:
     def stopping(**_: Any) -> None:
         ctx.stopping.set()
 
-    def requeue_orphans(**_: Any) -> None:
-        """Jobs a dead worker may have left: send them again instead of waiting for the
-        broker's visibility timeout. A duplicate delivery is harmless (leases)."""
-        with ctx.sessions() as session:
-            for job_id, countdown in orphan_deliveries(session, time.time()):
-                app.send_task(
-                    TASK_FINETUNE,
-                    kwargs={"payload": {"job_id": job_id}},
-                    queue=queue,
-                    countdown=countdown or None,  # no ETA on a message meant for now
-                )
-            for evaluation_id, countdown in orphan_deliveries(session, time.time(), Evaluation):
-                app.send_task(
-                    TASK_EVALUATE,
-                    kwargs={"payload": {"evaluation_id": evaluation_id}},
-                    queue=queue,
-                    countdown=countdown or None,
-                )
+    def send(task: str, payload: dict[str, Any], countdown: float | None) -> None:
+        app.send_task(task, kwargs={"payload": payload}, queue=queue, countdown=countdown)
 
     def on_ready(sender: Any = None, **_: Any) -> None:
         if sender is not None:
             consumers.append(sender)
-        requeue_orphans()
+        recover_at_start(lambda: resend_orphans(ctx, send), ctx.stopping)
 
     worker_shutting_down.connect(stopping, weak=False)
     worker_ready.connect(on_ready, weak=False)

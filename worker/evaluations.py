@@ -4,7 +4,9 @@
 As a job, it tolerates being delivered twice: the claim is a conditional UPDATE with a lease, a
 finished evaluation is skipped, and the results are written with the terminal status in one
 transaction that only the lease's holder can commit. There is nothing to resume: a released
-or taken-over evaluation starts over, which costs one pass over its splits.
+or taken-over evaluation starts over, which costs one pass over its splits. Every write is
+fenced by the claim's attempt, as a job's are (``worker.runner``): a worker that lost the
+evaluation to another writes no event, result or status once it resumes.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from service.evaluations import state
 from service.evaluations.schemas import SERVED_HEAD
 from service.registry import service as registry
 from service.status import TERMINAL, EvaluationStatus, VersionStatus
-from worker.runner import Outcome, WorkerContext, check_server_paths
+from worker.runner import Lease, Outcome, WorkerContext, check_server_paths
 
 log = logging.getLogger(__name__)
 Results = dict[str, dict[str, dict[str, Any]]]
@@ -46,17 +48,33 @@ class LeaseWatch:
     (or a long split would look abandoned and be taken over) and says stop once the
     evaluation was cancelled or taken over, or the worker is stopping."""
 
-    def __init__(self, ctx: WorkerContext, evaluation_id: str) -> None:
-        self.ctx, self.evaluation_id = ctx, evaluation_id
+    def __init__(self, ctx: WorkerContext, lease: Lease) -> None:
+        self.ctx, self.lease = ctx, lease
         self.last_renew = 0.0
-        self.lost = False
+
+    @property
+    def lost(self) -> bool:
+        return self.lease.lost
 
     def renew(self, done: int | None = None) -> bool:
         self.last_renew = time.monotonic()
         with self.ctx.sessions() as session:
-            owner, lease_s = self.ctx.owner, self.ctx.settings.lease_s
-            self.lost = not state.renew(session, self.evaluation_id, owner, lease_s, done)
+            lease, lease_s = self.lease, self.ctx.settings.lease_s
+            if not state.renew(session, lease.task_id, lease.attempt, lease_s, done):
+                lease.lose()
         return not self.lost
+
+    def record(self, message: str, data: dict[str, Any]) -> None:
+        """A metrics event, only while the attempt holds the evaluation; a stale attempt
+        stops here (Cancelled) without writing."""
+        with self.ctx.sessions() as session:
+            lease = self.lease
+            if not state.record(
+                session, lease.task_id, lease.attempt, message, type="metrics", data=data
+            ):
+                lease.lose()
+                raise Cancelled("the evaluation is no longer this attempt's")
+            session.commit()
 
     def should_stop(self) -> bool:
         if not self.lost and time.monotonic() - self.last_renew >= self.ctx.renew_every_s:
@@ -84,41 +102,45 @@ def run_evaluation(ctx: WorkerContext, evaluation_id: str) -> Outcome:
             return Outcome("skipped", f"already {row.status}")
         if ctx.stopping.is_set():
             return Outcome("released", "worker stopping; not started")
-        if not state.claim(session, evaluation_id, ctx.owner, ctx.settings.lease_s):
+        attempt = state.claim(session, evaluation_id, ctx.owner, ctx.settings.lease_s)
+        if attempt is None:
             session.refresh(row)
             if row.status in TERMINAL:
                 return Outcome("skipped", f"already {row.status}")
             wait = max(1.0, (row.lease_until or 0) - time.time() + 1)
             return Outcome("busy", f"held by {row.lease_owner}", retry_in_s=wait)
-        session.refresh(row)
-        message = f"Evaluation started on {ctx.owner} (attempt {row.attempts})"
-        state.add_event(session, evaluation_id, message)
+        lease = Lease(evaluation_id, attempt)
+        message = f"Evaluation started on {ctx.owner} (attempt {attempt.number})"
+        if not state.record(session, evaluation_id, attempt, message):
+            lease.lose()  # cancelled (or taken over) in the instant since the claim
+            return Outcome("cancelled", "stopped before it started")
         session.commit()
         kind = row.kind
-    return _evaluate_and_record(ctx, evaluation_id, kind)
+    return _evaluate_and_record(ctx, lease, kind)
 
 
-def _evaluate_and_record(ctx: WorkerContext, evaluation_id: str, kind: str) -> Outcome:
-    watch = LeaseWatch(ctx, evaluation_id)
+def _evaluate_and_record(ctx: WorkerContext, lease: Lease, kind: str) -> Outcome:
+    watch = LeaseWatch(ctx, lease)
+    evaluation_id = lease.task_id
     try:
         if kind == "descriptions":
             diagnostics = diagnose(ctx, evaluation_id, watch)
             summary = summary_line(diagnostics)
-            return _record(ctx, evaluation_id, {"diagnostics": diagnostics}, 1, summary)
+            return _record(ctx, lease, {"diagnostics": diagnostics}, 1, summary)
         results = evaluate(ctx, evaluation_id, watch)
         summary = ", ".join(f"{s} {m[SERVED_HEAD]['top1']:.3f}" for s, m in results.items())
-        return _record(ctx, evaluation_id, results, len(results), summary)
+        return _record(ctx, lease, results, len(results), summary)
     except Cancelled as exc:
-        return _stopped(ctx, evaluation_id, watch, str(exc))
+        return _stopped(ctx, watch, str(exc))
     except (OperationalError, InterfaceError):
         # Not the evaluation's fault: it stays ours (the lease runs out if we die) and the
         # task is delivered again.
         raise
     except ModelsError as exc:
-        return _failed(ctx, evaluation_id, type(exc).__name__, str(exc))
+        return _failed(ctx, lease, type(exc).__name__, str(exc))
     except Exception as exc:  # a bug or an environment failure: fail it, keep the worker
         log.exception("evaluation %s failed", evaluation_id)
-        return _failed(ctx, evaluation_id, "internal_error", f"{type(exc).__name__}: {exc}")
+        return _failed(ctx, lease, "internal_error", f"{type(exc).__name__}: {exc}")
 
 
 def _plan(ctx: WorkerContext, evaluation_id: str) -> Plan:
@@ -215,7 +237,7 @@ def evaluate(ctx: WorkerContext, evaluation_id: str, watch: LeaseWatch) -> Resul
         results[split] = json_safe(metrics, finite=True, fallback=str)
         if not watch.renew(done):
             raise Cancelled(f"stopped after split {split}")
-        _split_event(ctx, evaluation_id, split, results[split])
+        _split_event(watch, split, results[split])
     return results
 
 
@@ -264,56 +286,54 @@ def diagnose(ctx: WorkerContext, evaluation_id: str, watch: LeaseWatch) -> dict[
         "concept_top1": diagnostics["concept_top1"],
         "weak": diagnostics["weak"],
     }
-    with ctx.sessions() as session:
-        state.add_event(session, evaluation_id, message, type="metrics", data=data)
-        session.commit()
+    watch.record(message, data)
     return diagnostics
 
 
-def _split_event(
-    ctx: WorkerContext, evaluation_id: str, split: str, metrics: Mapping[str, Any]
-) -> None:
+def _split_event(watch: LeaseWatch, split: str, metrics: Mapping[str, Any]) -> None:
     top1 = {head: m.get("top1") for head, m in metrics.items()}
     served = metrics[SERVED_HEAD]
     message = f"{split}: top-1 {served['top1']:.4f} ({SERVED_HEAD} head) on {served['n']} images"
-    with ctx.sessions() as session:
-        data = {"split": split, "n": served["n"], "top1": top1}
-        state.add_event(session, evaluation_id, message, type="metrics", data=data)
-        session.commit()
+    watch.record(message, {"split": split, "n": served["n"], "top1": top1})
 
 
 def _record(
-    ctx: WorkerContext, evaluation_id: str, results: dict[str, Any], done: int, summary: str
+    ctx: WorkerContext, lease: Lease, results: dict[str, Any], done: int, summary: str
 ) -> Outcome:
     """Results and ``succeeded`` in one transaction, only while the lease is ours."""
     with ctx.sessions() as session:
         values = {"results": results, "progress_step": done}
-        if not state.finish(
-            session, evaluation_id, ctx.owner, EvaluationStatus.SUCCEEDED, values=values
-        ):
+        succeeded = EvaluationStatus.SUCCEEDED
+        if not state.finish(session, lease.task_id, lease.attempt, succeeded, values=values):
             # Cancelled (or taken over) after the last batch: the cancel stands.
             session.rollback()
+            lease.lose()
             return Outcome("cancelled", "stopped before the results were recorded")
-        state.add_event(session, evaluation_id, "The evaluation has successfully completed")
+        state.add_event(session, lease.task_id, "The evaluation has successfully completed")
         session.commit()
     return Outcome("succeeded", summary)
 
 
-def _stopped(ctx: WorkerContext, evaluation_id: str, watch: LeaseWatch, where: str) -> Outcome:
+def _stopped(ctx: WorkerContext, watch: LeaseWatch, where: str) -> Outcome:
+    lease = watch.lease
     with ctx.sessions() as session:
-        if not watch.lost and ctx.stopping.is_set():
-            state.release(session, evaluation_id, ctx.owner)
-            state.add_event(session, evaluation_id, "Worker stopping: back in the queue")
-            session.commit()
-            return Outcome("released", "preempted")
+        if not lease.lost and ctx.stopping.is_set():
+            if state.release(session, lease.task_id, lease.attempt):
+                state.add_event(session, lease.task_id, "Worker stopping: back in the queue")
+                session.commit()
+                return Outcome("released", "preempted")
+            lease.lose()
     return Outcome("cancelled", where)
 
 
-def _failed(ctx: WorkerContext, evaluation_id: str, code: str, message: str) -> Outcome:
+def _failed(ctx: WorkerContext, lease: Lease, code: str, message: str) -> Outcome:
     message = redact(message)
     with ctx.sessions() as session:
         error = {"code": code, "message": message}
-        if state.finish(session, evaluation_id, ctx.owner, EvaluationStatus.FAILED, error=error):
-            state.add_event(session, evaluation_id, f"Evaluation failed: {message}", level="error")
-        session.commit()
+        failed = EvaluationStatus.FAILED
+        if state.finish(session, lease.task_id, lease.attempt, failed, error=error):
+            state.add_event(session, lease.task_id, f"Evaluation failed: {message}", level="error")
+            session.commit()
+        else:
+            lease.lose()  # cancelled or taken over: the evaluation's state is not ours
     return Outcome("failed", message)

@@ -2,10 +2,17 @@
 
 Everything here tolerates being run twice for the same job: the claim is a conditional UPDATE
 with a lease, training resumes from the job's checkpoints, and registration is keyed by job id.
+
+Every write is fenced by the claim's attempt (``service.jobs.state.hold``): a worker paused past
+its lease while another took the job over writes nothing once it resumes, neither an event nor
+a status nor a version. Its files are its own: an attempt trains in ``attempt-N/`` under the
+job's folder, and a checkpoint it saved moves into the job's ``checkpoints/``, where the next
+attempt resumes from, only inside a fenced transaction. A stale attempt's folder is removed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -29,7 +36,7 @@ from models.data import dataset_root, open_dataset
 from models.errors import Cancelled, ModelsError
 from models.json_values import json_safe
 from models.pipeline import RunResult, finetune
-from models.train import KEEP_CHECKPOINTS, Progress
+from models.train import KEEP_CHECKPOINTS, LATEST, Progress, latest_checkpoint
 from service.db.tables import Dataset, Job, JobCheckpoint, ModelVersion
 from service.errors import redact
 from service.jobs import state
@@ -64,66 +71,207 @@ class Outcome:
     retry_in_s: float | None = None
 
 
-class JobObserver:
-    """The training callback: progress events, lease renewal, cancellation between steps."""
+@dataclass
+class Lease:
+    """This worker's claim of one job (or evaluation): the attempt its writes are fenced by,
+    and whether a write found the attempt stale, said once in the log."""
 
-    def __init__(self, ctx: WorkerContext, job_id: str, checkpoint_every: int) -> None:
-        self.ctx, self.job_id, self.checkpoint_every = ctx, job_id, checkpoint_every
+    task_id: str
+    attempt: state.Attempt
+    lost: bool = False
+
+    def lose(self) -> None:
+        if not self.lost:
+            log.warning(
+                "%s: attempt %d no longer holds it (cancelled, or taken over after its lease "
+                "ran out); stopping without writing anything more",
+                self.task_id,
+                self.attempt.number,
+            )
+        self.lost = True
+
+
+class JobObserver:
+    """The training callback: progress events, lease renewal, cancellation between steps, and
+    the checkpoints this attempt saved moved where the next attempt resumes from."""
+
+    def __init__(self, ctx: WorkerContext, lease: Lease, checkpoint_every: int) -> None:
+        self.ctx, self.lease, self.checkpoint_every = ctx, lease, checkpoint_every
+        self.job_id = lease.task_id
         self.last_renew = self.last_event = 0.0
-        self.lost = False
+        # The losses at each step the loop saves a checkpoint after, until it is published.
+        self.saving: dict[int, dict[str, float]] = {}
+
+    @property
+    def lost(self) -> bool:
+        return self.lease.lost
+
+    @property
+    def folder(self) -> Path:
+        """Where the loop saves this attempt's checkpoints: its own, nobody else writes there."""
+        return attempt_dir(self.ctx, self.lease) / "checkpoints"
 
     def note(self, message: str) -> None:
         with self.ctx.sessions() as session:
-            state.add_event(session, self.job_id, message)
-            session.commit()
+            if state.record(session, self.job_id, self.lease.attempt, message):
+                session.commit()
+            else:
+                self.lease.lose()
 
     def __call__(self, progress: Progress) -> str | None:
+        if self.lost:
+            return "cancel"
         now = time.monotonic()
-        with self.ctx.sessions() as session:
-            self._record(session, progress, now)
-            session.commit()
-            if (
-                now - self.last_renew >= self.ctx.renew_every_s
-                or progress.step == progress.total_steps
-            ):
-                self.last_renew = now
+        stopping = self.ctx.stopping.is_set()
+        if (self.checkpoint_every and progress.step % self.checkpoint_every == 0) or stopping:
+            self.saving[progress.step] = progress.losses  # the loop saves right after this
+        last = progress.step == progress.total_steps
+        renew = now - self.last_renew >= self.ctx.renew_every_s or last
+        event = progress.event == "eval" or now - self.last_event >= self.ctx.event_every_s
+        event = event or progress.step in (1, progress.total_steps)
+        if renew or event or self._unpublished():
+            with self.ctx.sessions() as session:
                 step = (progress.step, progress.total_steps, progress.eta_s)
-                if not state.renew(
-                    session, self.job_id, self.ctx.owner, self.ctx.settings.lease_s, step
-                ):
-                    self.lost = True  # cancelled, or another worker took the job over
-                    return "cancel"
-        return "preempt" if self.ctx.stopping.is_set() else None
+                if not self._hold(session, renew, now, step):
+                    return "cancel"  # cancelled, or another worker took the job over
+                if event:
+                    self.last_event = now
+                    self._event(session, progress)
+                self.publish(session)
+                session.commit()
+        return "preempt" if stopping else None
 
     def should_stop(self) -> bool:
         """Asked between evaluation batches and WiSE-FT alphas, where no step calls back: it
         renews the lease too, or a long sweep would look abandoned and be taken over."""
         now = time.monotonic()
         if not self.lost and now - self.last_renew >= self.ctx.renew_every_s:
-            self.last_renew = now
             with self.ctx.sessions() as session:
-                owner, lease_s = self.ctx.owner, self.ctx.settings.lease_s
-                self.lost = not state.renew(session, self.job_id, owner, lease_s)
+                if self._hold(session, True, now, None):
+                    self.publish(session)  # the last step's checkpoint, saved after training
+                    session.commit()
         return self.lost or self.ctx.stopping.is_set()
 
-    def _record(self, session: Session, progress: Progress, now: float) -> None:
-        due = now - self.last_event >= self.ctx.event_every_s
-        if progress.event == "eval" or due or progress.step in (1, progress.total_steps):
-            self.last_event = now
-            data = {k: v for k, v in dataclasses.asdict(progress).items() if v is not None}
-            loss = progress.losses.get("loss", float("nan"))
-            message = f"Step {progress.step}/{progress.total_steps}: loss={loss:.4f}"
-            # JSON columns refuse NaN (finite) and odd values are kept as their text (str).
-            safe = json_safe(data, finite=True, fallback=str)
-            state.add_event(session, self.job_id, message, type="metrics", data=safe)
-        # The loop saves its periodic checkpoint right after this callback returns.
-        if self.checkpoint_every and progress.step % self.checkpoint_every == 0:
-            state.add_checkpoint(session, self.job_id, progress.step, {"losses": progress.losses})
-            # The loop saves this step's checkpoint next and then keeps only its last few:
-            # stop listing the ones it is about to remove before they go, never after.
-            on_disk = saved_steps(job_dir(self.ctx, self.job_id) / "checkpoints")
-            kept = sorted({*on_disk, progress.step})[-KEEP_CHECKPOINTS:]
-            forget_checkpoints(session, self.job_id, keep=set(kept))
+    def _hold(
+        self,
+        session: Session,
+        renew: bool,
+        now: float,
+        step: tuple[int, int | None, float | None] | None,
+    ) -> bool:
+        """The fence for this transaction's writes: the lease renewed when due (only while the
+        job runs), else the row locked while the attempt still holds it."""
+        attempt = self.lease.attempt
+        if renew:
+            self.last_renew = now
+            lease_s = self.ctx.settings.lease_s
+            held = state.renew(session, self.job_id, attempt, lease_s, step, commit=False)
+        else:
+            held = state.hold(session, self.job_id, attempt)
+        if not held:
+            self.lease.lose()
+        return held
+
+    def _event(self, session: Session, progress: Progress) -> None:
+        data = {k: v for k, v in dataclasses.asdict(progress).items() if v is not None}
+        loss = progress.losses.get("loss", float("nan"))
+        message = f"Step {progress.step}/{progress.total_steps}: loss={loss:.4f}"
+        # JSON columns refuse NaN (finite) and odd values are kept as their text (str).
+        safe = json_safe(data, finite=True, fallback=str)
+        state.add_event(session, self.job_id, message, type="metrics", data=safe)
+
+    def _unpublished(self) -> dict[int, Path]:
+        """This attempt's saved checkpoints newer than the job's latest published one."""
+        if not self.saving:
+            return {}
+        newest = max(saved_steps(published_dir(self.ctx, self.job_id)), default=-1)
+        return {s: p for s, p in step_folders(self.folder).items() if s > newest}
+
+    def publish(self, session: Session) -> None:
+        """Move this attempt's new checkpoints into the job's folder, list them, and forget the
+        ones the job no longer keeps. The caller holds the fence (the job's row is locked, so
+        no other attempt can claim the job meanwhile) and commits."""
+        ready = self._unpublished()
+        if not ready:
+            return
+        published = published_dir(self.ctx, self.job_id)
+        published.mkdir(parents=True, exist_ok=True)
+        for step, folder in sorted(ready.items()):
+            target = published / folder.name
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(folder, target)
+            losses = self.saving.pop(step, None)
+            state.add_checkpoint(session, self.job_id, step, {"losses": losses or {}})
+        newest = max(ready)
+        point_latest(published, ready[newest].name)
+        self.saving = {s: losses for s, losses in self.saving.items() if s > newest}
+        kept = prune(published, KEEP_CHECKPOINTS)
+        forget_checkpoints(session, self.job_id, keep=kept)
+
+
+def attempt_dir(ctx: WorkerContext, lease: Lease) -> Path:
+    """The attempt's own scratch (its checkpoints as it saves them, its artifact)."""
+    return job_dir(ctx, lease.task_id) / f"attempt-{lease.attempt.number}"
+
+
+def published_dir(ctx: WorkerContext, job_id: str) -> Path:
+    """The job's checkpoints that a next attempt resumes from: written only under the fence."""
+    return job_dir(ctx, job_id) / "checkpoints"
+
+
+def step_folders(folder: Path) -> dict[int, Path]:
+    """The checkpoints ``models.train`` saved in ``folder`` (``step-00000200``), by step."""
+    found = {}
+    for path in folder.glob("step-*"):
+        number = path.name.removeprefix("step-")
+        if number.isdigit() and path.is_dir():
+            found[int(number)] = path
+    return found
+
+
+def point_latest(folder: Path, name: str) -> None:
+    """Point ``latest`` (what ``models.train`` resumes from) at ``name``, atomically."""
+    pointer = folder / f".{LATEST}.tmp"
+    pointer.write_text(name)
+    os.replace(pointer, folder / LATEST)
+
+
+def prune(folder: Path, keep: int) -> set[int]:
+    """Remove all but the ``keep`` latest checkpoints in ``folder``; the steps kept."""
+    steps = step_folders(folder)
+    kept = sorted(steps)[-keep:]
+    for step, path in steps.items():
+        if step not in kept:
+            shutil.rmtree(path, ignore_errors=True)
+    return set(kept)
+
+
+def resume_point(ctx: WorkerContext, lease: Lease) -> None:
+    """Start the attempt's own checkpoints from the job's latest published one (hard links:
+    a checkpoint's files are never rewritten once in place)."""
+    latest = latest_checkpoint(published_dir(ctx, lease.task_id))
+    if latest is None:
+        return
+    own = attempt_dir(ctx, lease) / "checkpoints"
+    own.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(latest, own / latest.name, copy_function=_link, dirs_exist_ok=True)
+    point_latest(own, latest.name)
+
+
+def _link(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # a filesystem without hard links
+        shutil.copy2(source, target)
+
+
+def remove_stale_attempts(ctx: WorkerContext, lease: Lease) -> None:
+    """Earlier attempts' folders: their workers died, or are zombies whose writes are refused
+    (one still running removes its own folder when it stops)."""
+    for folder in job_dir(ctx, lease.task_id).glob("attempt-*"):
+        number = folder.name.removeprefix("attempt-")
+        if number.isdigit() and int(number) < lease.attempt.number:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def job_dir(ctx: WorkerContext, job_id: str) -> Path:
@@ -132,8 +280,7 @@ def job_dir(ctx: WorkerContext, job_id: str) -> Path:
 
 def saved_steps(folder: Path) -> set[int]:
     """The steps of the checkpoints ``models.train`` keeps in ``folder`` (``step-00000200``)."""
-    names = (p.name.removeprefix("step-") for p in folder.glob("step-*") if p.is_dir())
-    return {int(n) for n in names if n.isdigit()}
+    return set(step_folders(folder))
 
 
 def forget_checkpoints(session: Session, job_id: str, keep: set[int]) -> None:
@@ -182,69 +329,89 @@ def run_job(ctx: WorkerContext, job_id: str) -> Outcome:
             # A message fetched while stopping (the job just released, or a duplicate): leave
             # the job to the next worker instead of claiming it to train one step.
             return Outcome("released", "worker stopping; not started")
-        if not state.claim(session, job_id, ctx.owner, ctx.settings.lease_s):
+        attempt = state.claim(session, job_id, ctx.owner, ctx.settings.lease_s)
+        if attempt is None:
             session.refresh(job)
             if job.status in TERMINAL:
                 return Outcome("skipped", f"already {job.status}")
             wait = max(1.0, (job.lease_until or 0) - time.time() + 1)
             return Outcome("busy", f"held by {job.lease_owner}", retry_in_s=wait)
-        session.refresh(job)
-        state.add_event(session, job_id, f"Job started on {ctx.owner} (attempt {job.attempts})")
+        lease = Lease(job_id, attempt)
+        message = f"Job started on {ctx.owner} (attempt {attempt.number})"
+        if not state.record(session, job_id, attempt, message):
+            lease.lose()  # cancelled (or taken over) in the instant since the claim
+            return Outcome("cancelled", "stopped before it started")
         session.commit()
-    return _train_and_register(ctx, job_id)
+    return _train_and_register(ctx, lease)
 
 
-def _train_and_register(ctx: WorkerContext, job_id: str) -> Outcome:
+def _train_and_register(ctx: WorkerContext, lease: Lease) -> Outcome:
     observer = None
     try:
-        cfg, observer = _prepare(ctx, job_id)
+        cfg, observer = _prepare(ctx, lease)
         result = finetune(
             cfg,
             callback=observer,
-            checkpoint_dir=job_dir(ctx, job_id) / "checkpoints",
+            checkpoint_dir=observer.folder,
             note=observer.note,
             should_stop=observer.should_stop,
         )
-        outcome = register(ctx, job_id, result)
+        outcome = register(ctx, lease, result, observer)
     except Cancelled as exc:
-        outcome = _stopped(ctx, job_id, observer, str(exc))
+        outcome = _stopped(ctx, lease, observer, str(exc))
     except (OperationalError, InterfaceError):
         # The database went away, which is not the job's fault: it stays ours (the lease runs
         # out if we die) and its checkpoints stay, so the task can try it again and resume.
         raise
     except ModelsError as exc:
-        outcome = _failed(ctx, job_id, type(exc).__name__, str(exc))
+        outcome = _failed(ctx, lease, type(exc).__name__, str(exc))
     except Exception as exc:  # a bug or an environment failure: fail the job, keep the worker
-        log.exception("job %s failed", job_id)
-        outcome = _failed(ctx, job_id, "internal_error", f"{type(exc).__name__}: {exc}")
-    if outcome.status != "released":
-        _remove_checkpoints(ctx, job_id)
+        log.exception("job %s failed", lease.task_id)
+        outcome = _failed(ctx, lease, "internal_error", f"{type(exc).__name__}: {exc}")
+    _clean_up(ctx, lease, released=outcome.status == "released")
     return outcome
 
 
-def _remove_checkpoints(ctx: WorkerContext, job_id: str) -> None:
-    """A finished job's scratch, its checkpoints with it; the final one lives in the registry."""
+def _clean_up(ctx: WorkerContext, lease: Lease, released: bool) -> None:
+    """The attempt's own folder always goes. The job's, with the checkpoints published for a
+    next attempt, only when the job ended under this attempt: a released job resumes from them,
+    and a job taken over is the new attempt's."""
+    shutil.rmtree(attempt_dir(ctx, lease), ignore_errors=True)
+    if released:
+        return
+    with ctx.sessions() as session:
+        if state.hold(session, lease.task_id, lease.attempt):
+            job = session.get(Job, lease.task_id)
+            if job is not None and job.status in TERMINAL:
+                _remove_checkpoints(ctx, lease.task_id, session)
+
+
+def _remove_checkpoints(ctx: WorkerContext, job_id: str, session: Session | None = None) -> None:
+    """A finished job's scratch, its checkpoints with it; the final one lives in the registry.
+    In ``session`` (which holds the fence) if given, else in a session of its own."""
     shutil.rmtree(job_dir(ctx, job_id), ignore_errors=True)
-    with ctx.sessions() as session:
-        forget_checkpoints(session, job_id, keep=set())
-        session.commit()
+    with ctx.sessions() if session is None else contextlib.nullcontext(session) as own:
+        forget_checkpoints(own, job_id, keep=set())
+        own.commit()
 
 
-def _prepare(ctx: WorkerContext, job_id: str) -> tuple[RunConfig, JobObserver]:
-    """The job's RunConfig with this machine's paths and device filled in."""
-    folder = job_dir(ctx, job_id)
+def _prepare(ctx: WorkerContext, lease: Lease) -> tuple[RunConfig, JobObserver]:
+    """The job's RunConfig with this machine's paths and device filled in, its checkpoints
+    starting from the job's latest published one."""
+    folder = attempt_dir(ctx, lease)
     folder.mkdir(parents=True, exist_ok=True)
+    remove_stale_attempts(ctx, lease)
+    resume_point(ctx, lease)
     with ctx.sessions() as session:
-        job = session.get(Job, job_id)
+        job = session.get(Job, lease.task_id)
         dataset = session.get(Dataset, job.dataset_id) if job else None
         if job is None or dataset is None:
-            raise ModelsError(f"job {job_id} or its dataset disappeared")
+            raise ModelsError(f"job {lease.task_id} or its dataset disappeared")
         cfg = from_dict(RunConfig, job.run_config)
         _check_fingerprint(dataset)
         descriptions = None
         if job.descriptions:
-            descriptions = folder / "descriptions.json"
-            descriptions.write_text(json.dumps(job.descriptions), encoding="utf-8")
+            descriptions = _write_descriptions(ctx, lease, job.descriptions)
         backbone = cfg.backbone
         if job.base_version_id is not None:
             base = session.get(ModelVersion, job.base_version_id)
@@ -266,7 +433,18 @@ def _prepare(ctx: WorkerContext, job_id: str) -> tuple[RunConfig, JobObserver]:
         train=dataclasses.replace(cfg.train, device=ctx.settings.device),
         output_dir=str(folder / "artifact"),
     )
-    return cfg, JobObserver(ctx, job_id, cfg.train.checkpoint_every)
+    return cfg, JobObserver(ctx, lease, cfg.train.checkpoint_every)
+
+
+def _write_descriptions(ctx: WorkerContext, lease: Lease, descriptions: Any) -> Path:
+    """The job's descriptions as a file at the job's folder: one path for every attempt, since
+    the path is part of the run's key that a checkpoint must match to be resumed. The same
+    bytes each time, renamed into place, so attempts writing it at once do no harm."""
+    target = job_dir(ctx, lease.task_id) / "descriptions.json"
+    tmp = attempt_dir(ctx, lease) / "descriptions.json"
+    tmp.write_text(json.dumps(descriptions), encoding="utf-8")
+    os.replace(tmp, target)
+    return target
 
 
 def check_server_paths(settings: Settings, arch: str, pretrained: str | None) -> None:
@@ -292,21 +470,38 @@ def _check_fingerprint(dataset: Dataset) -> None:
         )
 
 
-def register(ctx: WorkerContext, job_id: str, result: RunResult) -> Outcome:
-    """PENDING version -> artifact copied to storage -> READY and job succeeded, together."""
+def register(
+    ctx: WorkerContext, lease: Lease, result: RunResult, observer: JobObserver | None = None
+) -> Outcome:
+    """PENDING version -> artifact copied to storage -> READY and job succeeded, together; each
+    step only while this attempt holds the job."""
+    job_id, attempt = lease.task_id, lease.attempt
     card = json_safe(
         {k: v for k, v in result.card.items() if k != "files"}, finite=True, fallback=str
     )
     with ctx.sessions() as session:
         job = session.get(Job, job_id)
         assert job is not None
+        # The version is created under the fence (the lease renewed, uncommitted). The registry
+        # commits as it goes (a new model's row first), so the lease is renewed again, for the
+        # copy, once the version exists.
+        lease_s = ctx.settings.lease_s
+        if not state.renew(session, job_id, attempt, lease_s, commit=False):
+            lease.lose()
+            return Outcome("cancelled", "stopped before registration")
         version = registry.begin_version(session, job.registered_model_name, job_id, card)
         key = registry.version_key(version.name, version.version)
+        if not state.renew(session, job_id, attempt, lease_s):
+            _abandon(ctx, session, lease, version, key)
+            return Outcome("cancelled", "stopped before registration")
         try:
             source = ctx.store.put_folder(result.artifact.path, key)
         except Exception as exc:
             # Never leave a version PENDING forever: the job fails, and so does its version.
-            registry.mark_failed(session, version, redact(f"storing the artifact failed: {exc}"))
+            if state.hold(session, job_id, attempt):
+                registry.mark_failed(
+                    session, version, redact(f"storing the artifact failed: {exc}")
+                )
             raise
         registry.mark_ready(
             session, version, source, registry.artifact_digest(result.artifact.path)
@@ -319,13 +514,13 @@ def register(ctx: WorkerContext, job_id: str, result: RunResult) -> Outcome:
             "progress_step": steps,
         }
         if not state.finish(
-            session, job_id, ctx.owner, JobStatus.SUCCEEDED, values=values, commit=False
+            session, job_id, attempt, JobStatus.SUCCEEDED, values=values, commit=False
         ):
-            # Cancelled (or taken over) while registering: the version must not go READY.
             session.rollback()
-            registry.mark_failed(session, version, "the job stopped before registration finished")
-            ctx.store.delete(key)
+            _abandon(ctx, session, lease, version, key)
             return Outcome("cancelled", "stopped before registration")
+        if observer is not None:
+            observer.publish(session)  # the last step's losses, for the final checkpoint
         selected = {"selected": (card.get("metrics") or {}).get("selected")}
         _final_checkpoint(session, job_id, steps, selected, ref)
         state.add_event(
@@ -336,29 +531,45 @@ def register(ctx: WorkerContext, job_id: str, result: RunResult) -> Outcome:
     return Outcome("succeeded", ref)
 
 
-def _stopped(ctx: WorkerContext, job_id: str, observer: JobObserver | None, where: str) -> Outcome:
+def _abandon(
+    ctx: WorkerContext, session: Session, lease: Lease, version: ModelVersion, key: str
+) -> None:
+    """The job stopped while it registered: cancelled under this attempt, its version must not
+    go READY (it fails, and its copy goes); taken over, the version and its key are the new
+    attempt's to finish, and this one touches neither."""
+    if state.hold(session, lease.task_id, lease.attempt):
+        registry.mark_failed(session, version, "the job stopped before registration finished")
+        ctx.store.delete(key)
+    else:
+        lease.lose()
+
+
+def _stopped(ctx: WorkerContext, lease: Lease, observer: JobObserver | None, where: str) -> Outcome:
+    job_id, attempt = lease.task_id, lease.attempt
     with ctx.sessions() as session:
-        if observer is not None and not observer.lost and ctx.stopping.is_set():
-            state.release(session, job_id, ctx.owner)
-            state.add_event(session, job_id, "Worker stopping: checkpointed, back in the queue")
+        if observer is not None and not lease.lost and ctx.stopping.is_set():
+            # The checkpoint just saved is published with the release, in one transaction.
+            if state.release(session, job_id, attempt, commit=False):
+                observer.publish(session)
+                state.add_event(session, job_id, "Worker stopping: checkpointed, back in the queue")
+                session.commit()
+                return Outcome("released", "preempted")
+            session.rollback()
+        if state.record(session, job_id, attempt, "Training stopped"):
             session.commit()
-            return Outcome("released", "preempted")
-        state.add_event(session, job_id, "Training stopped")
-        session.commit()
+        else:
+            lease.lose()
     return Outcome("cancelled", where)
 
 
-def _failed(ctx: WorkerContext, job_id: str, code: str, message: str) -> Outcome:
+def _failed(ctx: WorkerContext, lease: Lease, code: str, message: str) -> Outcome:
     message = redact(message)
     with ctx.sessions() as session:
-        if state.finish(
-            session,
-            job_id,
-            ctx.owner,
-            JobStatus.FAILED,
-            error={"code": code, "message": message},
-            commit=False,
-        ):
-            state.add_event(session, job_id, f"Job failed: {message}", level="error")
-        session.commit()
+        error = {"code": code, "message": message}
+        failed = JobStatus.FAILED
+        if state.finish(session, lease.task_id, lease.attempt, failed, error=error, commit=False):
+            state.add_event(session, lease.task_id, f"Job failed: {message}", level="error")
+            session.commit()
+        else:
+            lease.lose()  # cancelled or taken over: the job's state is not this attempt's
     return Outcome("failed", message)

@@ -1,8 +1,9 @@
 """The one image-opening policy: training, dataset validation, the CLI and the service use it.
 
-An image is refused before it is decoded when it has more pixels than ``max_pixels`` or is more
-than ``max_aspect_ratio`` times longer than wide; decompression bombs and truncated or
-unrecognised files are refused while decoding. Every refusal is an ``ImageError``.
+Only the formats of ``ACCEPTED_FORMATS`` are opened: any other is refused from its first bytes,
+before its decoder runs. An image is refused before it is decoded when it has more pixels than
+``max_pixels`` or is more than ``max_aspect_ratio`` times longer than wide; decompression bombs
+and truncated files are refused while decoding. Every refusal is an ``ImageError``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,14 @@ from PIL import Image
 from models.errors import DataError
 
 T = TypeVar("T")
+
+# The formats an image may be in (Pillow's names), and the only decoders a file can reach: the
+# photo and web formats. Pillow knows some forty others, each more code a hostile file reaches.
+# EPS runs Ghostscript, where it is installed, on the PostScript inside: code from whoever sent
+# the file. TIFF is left out too: one container for many codecs (libtiff's), float samples that
+# mean nothing as RGB, and pages. A GIF (or an animated WebP) is read as its first frame.
+ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
+_ACCEPTED = ", ".join(ACCEPTED_FORMATS)
 
 # Validation decodes at most this size: JPEG can then skip most of the IDCT work while still
 # reading every byte of the file, so truncation is still caught.
@@ -114,13 +123,15 @@ def _guarded(source: str | Path | bytes, limits: ImageLimits, use: Callable[[Ima
             # several threads may leave this one filter in place after they return, which only
             # makes PIL refuse, anywhere in the process, what this policy refuses anyway.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(stream) as image:
+            with Image.open(stream, formats=ACCEPTED_FORMATS) as image:
                 _check_limits(image, limits, file)
                 return use(image)
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageError(f"is too large: {exc}", too_large=True, file=file) from exc
+    except Image.UnidentifiedImageError as exc:
+        raise _unidentified(exc, _head(source), file) from exc
     except Exception as exc:  # PIL plugins raise OSError, SyntaxError, struct.error, ...
         raise _undecodable(exc, file) from exc
 
@@ -140,8 +151,43 @@ def _check_limits(image: Image.Image, limits: ImageLimits, file: str | None) -> 
 
 def _undecodable(exc: Exception, file: str | None) -> ImageError:
     detail = f"{type(exc).__name__}: {exc}"
-    if isinstance(exc, Image.UnidentifiedImageError):
-        # PIL's own message names an in-memory buffer object, which tells a client nothing.
-        problem = "cannot be decoded: not a recognised image format"
-        return ImageError(problem, detail=detail, file=file)
     return ImageError(f"cannot be decoded: {exc}", detail=detail, file=file)
+
+
+def _unidentified(exc: Exception, head: bytes, file: str | None) -> ImageError:
+    # PIL's own message names an in-memory buffer object, which tells a client nothing.
+    found = format_of(head)
+    if found is not None and found not in ACCEPTED_FORMATS:
+        # "Looks like": a signature is a few bytes (a TGA file can start as a CUR file does).
+        problem = f"is not an accepted image format: it looks like {found} (accepted: {_ACCEPTED})"
+        return ImageError(problem, file=file)
+    if found is None:
+        problem = f"cannot be decoded: not a recognised image format (accepted: {_ACCEPTED})"
+    else:  # its signature, then its decoder refused the header
+        problem = f"cannot be decoded: not a valid {found} file"
+    return ImageError(problem, detail=f"{type(exc).__name__}: {problem}", file=file)
+
+
+def format_of(head: bytes) -> str | None:
+    """The format whose signature ``head`` (a file's first 16 bytes) carries, by the plugins'
+    own signature checks (pure tests of these bytes: no decoder runs); None when none does."""
+    Image.init()
+    for name in Image.ID:
+        accept = Image.OPEN[name][1]
+        try:
+            found = accept is not None and accept(head)
+        except Exception:  # a check that trips over a short head is no match
+            continue
+        if found and not isinstance(found, str):  # a str is a warning, as Image.open reads it
+            return name
+    return None
+
+
+def _head(source: str | Path | bytes) -> bytes:
+    if isinstance(source, bytes):
+        return source[:16]
+    try:
+        with open(source, "rb") as fh:
+            return fh.read(16)
+    except OSError:
+        return b""

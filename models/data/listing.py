@@ -11,6 +11,9 @@ from models.data.fingerprints import fingerprint_samples
 from models.data.splits import DatasetSplits, Sample, quoted
 from models.errors import DataError
 
+# The files a dataset lists as images. TIFF is listed though ``images.ACCEPTED_FORMATS`` refuses
+# it: a dataset of TIFFs is then refused naming a file and the accepted formats, where skipping
+# them would leave its classes empty without saying why.
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"})
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageFilter
 
+from models.data.images import open_image
 from models.offline.data import DOMAINS, ImageSet
 from models.templates import GENERIC
 
@@ -305,7 +306,7 @@ def _corrupt(image: np.ndarray, style: Style, rng: np.random.Generator) -> np.nd
     else:  # jpeg
         buffer = io.BytesIO()
         pil.save(buffer, format="JPEG", quality=int(round(20 - 14 * s)))
-        pil = Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+        pil = open_image(buffer.getvalue())  # its own bytes, but every open is the policy's
     return np.asarray(pil, dtype=np.uint8)
 
 

@@ -92,6 +92,30 @@ def require(*scopes: str) -> Callable[..., Awaitable[Principal]]:
     return dependency
 
 
+def key_check(ctx: AppContext, key: str | None) -> Callable[[], Awaitable[bool]]:
+    """Whether ``key`` is still accepted, asked again and again by a response that outlives
+    its request (an event stream). Through the lookup cache the requests use: a key revoked
+    through this process is seen at once, through another one within ``lookup_cache_s``; the
+    database is read only once the cached entry has expired. Always true with
+    ``RCS_AUTH_DISABLED``."""
+
+    async def valid() -> bool:
+        try:
+            if cached_principal(ctx, key, ()) is None:
+                await run_in_threadpool(authorize, ctx, key, ())
+        except Unauthorized:
+            return False
+        return True
+
+    return valid
+
+
+async def _key_check(
+    ctx: Ctx, bearer: Bearer, header_key: HeaderKey
+) -> Callable[[], Awaitable[bool]]:
+    return key_check(ctx, presented_key(bearer, header_key))
+
+
 def _scopes_of(call: object) -> tuple[str, ...] | None:
     # By identity: a route's other dependencies need not be hashable.
     return next((scopes for check, scopes in KEY_CHECKS.items() if check is call), None)
@@ -116,3 +140,5 @@ AnyKey = Annotated[Principal, Depends(require())]
 TrainKey = Annotated[Principal, Depends(require("train"))]
 PredictKey = Annotated[Principal, Depends(require("predict"))]
 AdminKey = Annotated[Principal, Depends(require(ADMIN))]
+# The check of the request's own key, for a response that outlives it (after ``AnyKey``).
+KeyStillValid = Annotated[Callable[[], Awaitable[bool]], Depends(_key_check)]

@@ -4,6 +4,7 @@ is shown once, when it is created."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -14,6 +15,8 @@ from sqlalchemy.orm import Session
 
 from service.db.tables import ApiKey, new_id, now
 from service.errors import Conflict, NotFound
+
+log = logging.getLogger(__name__)
 
 # admin: list, create and revoke keys; predict: classify and read; train: also change things.
 SCOPES = ("admin", "predict", "train")
@@ -94,9 +97,45 @@ def revoke_key(session: Session, key_id: str) -> ApiKey:
 
 
 def _active_admins(session: Session) -> list[str]:
+    return [k.id for k in _active_admin_rows(session)]
+
+
+def _active_admin_rows(session: Session) -> list[ApiKey]:
     # Locked (PostgreSQL): two admins revoking each other at once must not both succeed.
     query = select(ApiKey).where(ApiKey.revoked_at.is_(None)).with_for_update()
-    return [k.id for k in session.scalars(query) if ADMIN in k.scopes.split(",")]
+    return [k for k in session.scalars(query) if ADMIN in k.scopes.split(",")]
+
+
+def retire_bootstrap_keys(session: Session) -> tuple[list[str], list[str]]:
+    """With RCS_BOOTSTRAP_API_KEY unset: revoke the bootstrap keys earlier starts stored, as a
+    changed setting revokes the previous key (an operator who removes the key from the server's
+    settings means it to stop working); but never the last active admin key, as ``revoke_key``
+    refuses it: without one, keys could only be managed from the server's command line.
+    The ids revoked, and those kept (at most one) for the caller to warn about."""
+    admins = _active_admin_rows(session)
+    bootstrap = sorted((k for k in admins if k.bootstrap), key=lambda k: (k.created_at, k.id))
+    kept = bootstrap[-1:] if bootstrap and len(bootstrap) == len(admins) else []
+    revoked = [k for k in bootstrap if k not in kept]
+    for row in revoked:
+        row.revoked_at = now()
+    session.commit()  # also when nothing changed: it ends the locking read
+    return [k.id for k in revoked], [k.id for k in kept]
+
+
+def apply_bootstrap_setting(session: Session, key: str | None) -> None:
+    """RCS_BOOTSTRAP_API_KEY at the API's start: stored when set, retired when unset."""
+    if key:
+        ensure_bootstrap_key(session, key)
+        return
+    revoked, kept = retire_bootstrap_keys(session)
+    if revoked:
+        log.info("RCS_BOOTSTRAP_API_KEY is unset: revoked bootstrap key %s", ", ".join(revoked))
+    for key_id in kept:
+        log.warning(
+            "RCS_BOOTSTRAP_API_KEY is unset, but bootstrap key %s is the only active admin key: "
+            "it stays valid. Create another admin key, then revoke it (or restart)",
+            key_id,
+        )
 
 
 def ensure_bootstrap_key(session: Session, key: str) -> ApiKey:

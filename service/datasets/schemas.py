@@ -4,13 +4,16 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.validation import Name
+
 MAX_NAME = 200  # the column's length
 
 
 class DatasetFromPath(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=MAX_NAME)
+    # Unique among live datasets (case and lookalikes folded: ``service.validation``).
+    name: Name = Field(min_length=1, max_length=MAX_NAME)
     path: str = Field(min_length=1, description="A folder or manifest under an allowed root")
 
 

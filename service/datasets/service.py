@@ -1,4 +1,8 @@
-"""Validate and register datasets. Every image is decoded once here, so jobs fail early."""
+"""Validate and register datasets. Every image is decoded once here, so jobs fail early.
+
+Two live datasets never share a name (``service.validation.name_key``: case and lookalikes
+folded); a deleted dataset's name is free again.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +10,14 @@ import os
 import shutil
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from sqlalchemy import func, select
+from sqlalchemy import CursorResult, func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from models.data import (
@@ -24,12 +29,14 @@ from models.data import (
 )
 from models.errors import DataError
 from service.datasets import archives
-from service.db.queries import page, required
+from service.db.queries import missing, page, required
 from service.db.tables import Dataset, Evaluation, Job, new_id, now
 from service.errors import Conflict, InvalidRequest, TooManyRequests
 from service.paths import under_roots
 from service.settings import Settings
 from service.status import ACTIVE
+from service.storage import space_needed
+from service.validation import clean_name, distinct, name_key, spelled
 
 MAX_REPORTED_PROBLEMS = 20
 
@@ -53,6 +60,9 @@ def inspect(path: Path, param: str, within: Path) -> DatasetSplits:
         raise InvalidRequest(str(exc), param) from exc
     if not ds.classnames:
         raise InvalidRequest("the dataset has no classes", param)
+    problem = class_name_problem(ds.classnames)
+    if problem is not None:
+        raise InvalidRequest(problem, param)
     if "train" not in ds.splits:
         found = ", ".join(repr(name) for name in ds.splits) or "none"
         raise InvalidRequest(f"the dataset has no 'train' split (found: {found})", param)
@@ -66,6 +76,31 @@ def inspect(path: Path, param: str, within: Path) -> DatasetSplits:
         suffix = f" (and {more} more)" if more > 0 else ""
         raise InvalidRequest(f"{len(problems)} unreadable image(s): {listed}{suffix}", param)
     return ds
+
+
+def class_name_problem(classes: Sequence[str]) -> str | None:
+    """Why the dataset's class names break the name policy, or None.
+
+    They are folder names (or manifest labels) that the worker reads again, so they cannot be
+    normalised here: one that is not already its clean NFC form is refused, as are two that
+    are one name (``Cat`` and ``cat``, ``café`` composed and decomposed).
+    """
+    for name in classes:
+        try:
+            cleaned = clean_name(name)
+        except ValueError as exc:
+            return f"class {spelled(name)} {exc}; rename its folder (or label)"
+        if cleaned != name:
+            return (
+                f"class {spelled(name)} is not in Unicode NFC form without surrounding spaces, "
+                f"the form descriptions and model cards use: rename its folder (or label) to "
+                f"{spelled(cleaned)}"
+            )
+    try:
+        distinct(classes, "classes")
+    except ValueError as exc:
+        return f"{exc}; rename one of the folders (or labels)"
+    return None
 
 
 def unreadable(ds: DatasetSplits) -> list[str]:
@@ -89,6 +124,7 @@ def save(
     row = Dataset(
         id=dataset_id,
         name=name,
+        name_key=name_key(name),
         source=origin.source,
         path=str(path),
         classes=list(ds.classnames),
@@ -99,8 +135,27 @@ def save(
         size_bytes=origin.size_bytes,
     )
     session.add(row)
-    session.commit()
+    try:
+        session.commit()
+    except IntegrityError:
+        # The live-name index: a concurrent registration took the name since ``name_free``.
+        session.rollback()
+        name_free(session, name)
+        raise
     return row
+
+
+def name_free(session: Session, name: str) -> None:
+    """A 409 naming the live dataset already called ``name`` (in any case), if there is one."""
+    taken = session.scalars(
+        select(Dataset).where(Dataset.name_key == name_key(name), Dataset.deleted_at.is_(None))
+    ).first()
+    if taken is not None:
+        raise Conflict(
+            f"dataset {taken.id!r} is already named {taken.name!r}: choose another name, or "
+            "delete that dataset first",
+            "name",
+        )
 
 
 def register_path(
@@ -108,6 +163,7 @@ def register_path(
 ) -> Dataset:
     path = allowed_path(settings, raw)
     ds = inspect(path, "path", dataset_root(path))
+    name_free(session, name)  # after the request's own checks: a bad dataset is a 422 first
     return save(session, new_id("ds"), name, Origin("path", key_id), path, ds)
 
 
@@ -120,6 +176,10 @@ def register_upload(
     fileobj: BinaryIO,
 ) -> Dataset:
     """Unpack an uploaded .zip/.tar(.gz) into the uploads folder, then validate it."""
+    try:  # a form field: the schema's name policy, applied here
+        name = clean_name(name)
+    except ValueError as exc:
+        raise InvalidRequest(f"name: {exc}", "name") from exc
     with _upload_slot(key_id, settings.max_concurrent_uploads):
         limits = archives.Limits.of(settings, fileobj, quota_left(session, settings, key_id))
         dataset_id = new_id("ds")
@@ -127,9 +187,11 @@ def register_upload(
         tmp = settings.uploads_dir / f".{dataset_id}.tmp"
         tmp.mkdir(parents=True)
         try:
-            size = archives.extract(filename, fileobj, tmp, limits)
+            with space_needed("RCS_WORK_DIR", "unpack the dataset"):
+                size = archives.extract(filename, fileobj, tmp, limits)
             root = _single_child(tmp)
             inspect(root, "file", root)
+            name_free(session, name)
             os.replace(tmp, target)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -137,7 +199,11 @@ def register_upload(
     path = target / root.relative_to(tmp)
     # Opened again at its final place: the samples' paths must point there.
     ds = open_dataset(path, within=path)
-    return save(session, dataset_id, name, Origin("upload", key_id, size), path, ds)
+    try:
+        return save(session, dataset_id, name, Origin("upload", key_id, size), path, ds)
+    except Conflict:  # a concurrent registration took the name meanwhile
+        shutil.rmtree(target, ignore_errors=True)  # no row will ever name these files
+        raise
 
 
 def quota_left(session: Session, settings: Settings, key_id: str) -> int:
@@ -189,35 +255,76 @@ def _single_child(folder: Path) -> Path:
 
 
 def delete(session: Session, settings: Settings, dataset_id: str) -> None:
-    """Hide the dataset and free an upload's files; a path dataset's files are the user's."""
+    """Hide the dataset and free an upload's files; a path dataset's files are the user's.
+
+    One decision in the database, against a job or evaluation being created on the dataset at
+    the same moment: the UPDATE that marks the row deleted locks it (PostgreSQL's row lock,
+    SQLite's write lock) and the users are looked for after it, in the same transaction. A
+    create takes the same lock before it commits (``hold_live``), so either it committed
+    first and is found here (409), or it waits and then finds the row deleted (422).
+    """
     row = get(session, dataset_id)
+    marked = session.execute(
+        update(Dataset)
+        .where(Dataset.id == row.id, Dataset.deleted_at.is_(None))
+        .values(deleted_at=now())
+    )
+    if not _changed(marked):  # deleted by a concurrent request meanwhile
+        session.rollback()
+        raise missing(f"no dataset {dataset_id!r}")
+    conflict = _in_use(session, row.id)
+    if conflict is not None:
+        session.rollback()
+        raise conflict
+    # The row stays (finished jobs name it). Its files go only now that the decision is
+    # committed: a create from here on finds the row deleted, so nothing can come to use them.
+    session.commit()
+    folder = upload_folder(settings, row)
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _in_use(session: Session, dataset_id: str) -> Conflict | None:
+    """The 409 naming a queued or running job or evaluation on the dataset, if there is one."""
     user = session.scalars(
-        select(Job).where(Job.dataset_id == row.id, Job.status.in_(ACTIVE)).limit(1)
+        select(Job).where(Job.dataset_id == dataset_id, Job.status.in_(ACTIVE)).limit(1)
     ).first()
     if user is not None:
-        raise Conflict(
-            f"dataset {row.id!r} is used by job {user.id!r} ({user.status}); "
+        return Conflict(
+            f"dataset {dataset_id!r} is used by job {user.id!r} ({user.status}); "
             "cancel the job or wait for it to finish",
             "dataset_id",
         )
     evaluation = session.scalars(
         select(Evaluation)
-        .where(Evaluation.dataset_id == row.id, Evaluation.status.in_(ACTIVE))
+        .where(Evaluation.dataset_id == dataset_id, Evaluation.status.in_(ACTIVE))
         .limit(1)
     ).first()
     if evaluation is not None:
-        raise Conflict(
-            f"dataset {row.id!r} is used by evaluation {evaluation.id!r} ({evaluation.status}); "
-            "cancel it or wait for it to finish",
+        return Conflict(
+            f"dataset {dataset_id!r} is used by evaluation {evaluation.id!r} "
+            f"({evaluation.status}); cancel it or wait for it to finish",
             "dataset_id",
         )
-    # The row stays (finished jobs name it); marked first, so a failed removal leaves no row
-    # pointing at half-deleted files.
-    row.deleted_at = now()
-    session.commit()
-    folder = upload_folder(settings, row)
-    if folder is not None:
-        shutil.rmtree(folder, ignore_errors=True)
+    return None
+
+
+def hold_live(session: Session, dataset_id: str, param: str) -> None:
+    """Lock the dataset's row for the caller's transaction, which is about to commit a job or
+    an evaluation that uses it: a concurrent ``delete`` waits for that commit and then sees
+    the user. A 422 on ``param`` (the transaction rolled back) if it was deleted meanwhile."""
+    kept = session.execute(
+        update(Dataset)
+        .where(Dataset.id == dataset_id, Dataset.deleted_at.is_(None))
+        .values(deleted_at=Dataset.deleted_at)
+    )
+    if not _changed(kept):
+        session.rollback()
+        raise InvalidRequest(f"dataset {dataset_id!r} was deleted", param)
+
+
+def _changed(result: object) -> bool:
+    return isinstance(result, CursorResult) and result.rowcount == 1
 
 
 def upload_folder(settings: Settings, row: Dataset) -> Path | None:

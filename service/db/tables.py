@@ -21,6 +21,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     false,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -32,6 +33,11 @@ def new_id(prefix: str) -> str:
 
 def now() -> int:
     return int(time.time())
+
+
+# ``service.validation.name_key`` of a name: what uniqueness and lookups compare (case and
+# lookalikes folded). Case folding can triple a character ("ΐ"), so it is wider than a name.
+NAME_KEY_LENGTH = 600
 
 
 class Base(DeclarativeBase):
@@ -54,9 +60,20 @@ class ApiKey(Base):
 
 class Dataset(Base):
     __tablename__ = "datasets"
+    __table_args__ = (
+        # Two live datasets never share a name; a deleted one's name may be taken again.
+        Index(
+            "uq_datasets_live_name_key",
+            "name_key",
+            unique=True,
+            sqlite_where=text("deleted_at IS NULL"),
+            postgresql_where=text("deleted_at IS NULL"),
+        ),
+    )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
+    name_key: Mapped[str] = mapped_column(String(NAME_KEY_LENGTH))
     source: Mapped[str] = mapped_column(String(20))  # "path" | "upload"
     path: Mapped[str] = mapped_column(Text)
     classes: Mapped[list[Any]] = mapped_column(JSON)
@@ -74,10 +91,16 @@ class Dataset(Base):
 
 class DescriptionSet(Base):
     __tablename__ = "description_sets"
-    __table_args__ = (UniqueConstraint("name", "version", name="uq_description_sets_version"),)
+    __table_args__ = (
+        UniqueConstraint("name", "version", name="uq_description_sets_version"),
+        # Every version of a name is stored under the spelling its first version had. Unique
+        # indexes, not constraints, here and below: SQLite adds an index without copying the table.
+        Index("uq_description_sets_name_key_version", "name_key", "version", unique=True),
+    )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     name: Mapped[str] = mapped_column(String(200), index=True)
+    name_key: Mapped[str] = mapped_column(String(NAME_KEY_LENGTH))
     version: Mapped[int] = mapped_column(Integer)
     descriptions: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[int] = mapped_column(Integer, default=now)
@@ -151,8 +174,10 @@ class JobCheckpoint(Base):
 
 class RegisteredModel(Base):
     __tablename__ = "registered_models"
+    __table_args__ = (Index("uq_registered_models_name_key", "name_key", unique=True),)
 
     name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    name_key: Mapped[str] = mapped_column(String(NAME_KEY_LENGTH))
     description: Mapped[str] = mapped_column(Text, default="")
     tags: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[int] = mapped_column(Integer, default=now)
@@ -184,11 +209,13 @@ class ModelVersion(Base):
 
 class ModelAlias(Base):
     __tablename__ = "model_aliases"
+    __table_args__ = (Index("uq_model_aliases_alias_key", "name", "alias_key", unique=True),)
 
     name: Mapped[str] = mapped_column(
         ForeignKey("registered_models.name", ondelete="CASCADE"), primary_key=True
     )
     alias: Mapped[str] = mapped_column(String(100), primary_key=True)
+    alias_key: Mapped[str] = mapped_column(String(NAME_KEY_LENGTH))
     version: Mapped[int] = mapped_column(Integer)
     updated_at: Mapped[int] = mapped_column(Integer, default=now)
 

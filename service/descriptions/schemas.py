@@ -1,38 +1,52 @@
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from service.db.tables import DescriptionSet
 from service.schemas import NAME_PATTERN
+from service.validation import Name, clean_name, clean_text, distinct, spelled
 
 Descriptions = dict[str, str | list[str]]
 
 
 def normalise(value: Descriptions) -> dict[str, list[str]]:
-    """``{class: text | [texts]}`` -> ``{class: [texts]}``; every class needs a non-empty text."""
+    """``{class: text | [texts]}`` -> ``{class: [texts]}``; every class needs a non-empty text.
+
+    Class names and texts follow the name policy (``service.validation``): NFC, no control or
+    invisible characters; two classes that are one name (``Cat`` and ``cat``) are refused.
+    """
     if not value:
         raise ValueError("must name at least one class")
     result: dict[str, list[str]] = {}
-    for name, texts in value.items():
-        items = [texts] if isinstance(texts, str) else texts
-        cleaned = [t.strip() for t in items if t.strip()]
-        if not name.strip():
+    for raw, texts in value.items():
+        name = _clean(clean_name, raw, f"class {spelled(raw.strip())}")
+        if not name:
             raise ValueError("class names must be non-empty")
-        if not cleaned or len(cleaned) != len(items):
+        items = [texts] if isinstance(texts, str) else texts
+        cleaned = [_clean(clean_text, t, f"class {name!r}: a description").strip() for t in items]
+        if not cleaned or not all(cleaned):
             raise ValueError(f"class {name!r}: every description must be a non-empty text")
-        if name.strip() in result:
-            # Two keys that differ only in surrounding spaces: one would silently replace the other.
-            raise ValueError(f"class {name.strip()!r} is given twice")
-        result[name.strip()] = cleaned
+        result[name] = cleaned
+    # Two keys that differ only in spaces, case or normalisation: one would replace the other.
+    distinct(value, "classes")
     return result
+
+
+def _clean(clean: Callable[[str], str], value: str, what: str) -> str:
+    # The error's param is the whole field: the message says which class and text it is about.
+    try:
+        return clean(value)
+    except ValueError as exc:
+        raise ValueError(f"{what} {exc}") from exc
 
 
 class DescriptionSetCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(pattern=NAME_PATTERN)
+    name: Name = Field(pattern=NAME_PATTERN)
     descriptions: Descriptions
 
     @field_validator("descriptions")

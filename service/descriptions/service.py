@@ -1,27 +1,41 @@
-"""Store description sets as versions of a name, and resolve references to them."""
+"""Store description sets as versions of a name, and resolve references to them.
+
+Names are compared by key (``service.validation.name_key``): ``Shapes`` adds a version to the
+set first stored as ``shapes``, keeps that spelling, and ``SHAPES/2`` finds it.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from service.db.queries import insert_with_retry, page, required
 from service.db.tables import DescriptionSet, new_id
 from service.errors import Conflict, InvalidRequest
 from service.schemas import MAX_INT
+from service.validation import name_key
 
 
 def create(session: Session, name: str, descriptions: dict[str, list[str]]) -> DescriptionSet:
-    """A new version of ``name``; concurrent creators retry on the (name, version) key."""
+    """A new version of ``name``, spelled as its first version was; concurrent creators retry
+    on the (name key, version) key."""
+    key = name_key(name)
 
     def build() -> DescriptionSet:
-        latest = session.scalar(
-            select(func.max(DescriptionSet.version)).where(DescriptionSet.name == name)
-        )
+        latest = session.execute(
+            select(DescriptionSet.name, DescriptionSet.version)
+            .where(DescriptionSet.name_key == key)
+            .order_by(DescriptionSet.version.desc())
+            .limit(1)
+        ).first()
         return DescriptionSet(
-            id=new_id("desc"), name=name, version=(latest or 0) + 1, descriptions=descriptions
+            id=new_id("desc"),
+            name=latest.name if latest else name,
+            name_key=key,
+            version=latest.version + 1 if latest else 1,
+            descriptions=descriptions,
         )
 
     row = insert_with_retry(session, build)
@@ -41,7 +55,7 @@ def resolve(session: Session, ref: str, param: str | None) -> DescriptionSet:
         row = session.get(DescriptionSet, ref)
     else:
         name, _, version = ref.partition("/")
-        query = select(DescriptionSet).where(DescriptionSet.name == name)
+        query = select(DescriptionSet).where(DescriptionSet.name_key == name_key(name))
         if version:
             if not version.isdecimal() or not 1 <= int(version) <= MAX_INT:
                 raise InvalidRequest(f"bad description set reference {ref!r}", param)
@@ -55,7 +69,7 @@ def list_all(
 ) -> tuple[list[DescriptionSet], bool]:
     query: Any = select(DescriptionSet)
     if name is not None:
-        query = query.where(DescriptionSet.name == name)
+        query = query.where(DescriptionSet.name_key == name_key(name))
     query = query.order_by(DescriptionSet.id.desc())
     if after is not None:
         query = query.where(DescriptionSet.id < after)

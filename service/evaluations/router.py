@@ -6,7 +6,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Path, Query, Response
 from fastapi.responses import StreamingResponse
 
-from service.auth.deps import AnyKey, TrainKey
+from service.auth.deps import AnyKey, KeyStillValid, TrainKey
 from service.auth.service import Principal
 from service.context import AppContext
 from service.db.tables import Evaluation
@@ -128,8 +128,8 @@ def list_version_evaluations(
 ) -> ListResponse[EvaluationObject]:
     """A version's evaluations, newest first (``GET /evaluations?model=name/3`` also lists
     those of a version since deleted)."""
-    registry.get_version(db, name, version)
-    rows, more = service.list_evaluations(db, page.after, page.limit, model=(name, version))
+    stored = registry.get_version(db, name, version).name
+    rows, more = service.list_evaluations(db, page.after, page.limit, model=(stored, version))
     return ListResponse(data=[_object(r, key) for r in rows], has_more=more)
 
 
@@ -153,6 +153,7 @@ def list_events(
     evaluation_id: str,
     ctx: Ctx,
     principal: AnyKey,
+    key_valid: KeyStillValid,
     after: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     stream: bool = False,
@@ -161,7 +162,7 @@ def list_events(
     """Events oldest first; ``?stream=true``: server-sent events until the evaluation ends,
     resuming after ``Last-Event-ID``, within the same per-key and total caps as a job's."""
     if stream:
-        return _open_stream(ctx, principal.key_id, evaluation_id, after, last_event_id)
+        return _open_stream(ctx, principal.key_id, key_valid, evaluation_id, after, last_event_id)
     # A session of its own rather than the request's: no connection outlives the read.
     with ctx.sessions() as db:
         service.get(db, evaluation_id)
@@ -171,7 +172,12 @@ def list_events(
 
 
 def _open_stream(
-    ctx: AppContext, key: str, evaluation_id: str, after: str | None, last_event_id: str | None
+    ctx: AppContext,
+    key: str,
+    key_valid: streams.KeyCheck,
+    evaluation_id: str,
+    after: str | None,
+    last_event_id: str | None,
 ) -> StreamingResponse:
     with ctx.sessions() as db:
         service.get(db, evaluation_id)
@@ -179,15 +185,14 @@ def _open_stream(
         cursor = service.parse_event_cursor(last_event_id, "Last-Event-ID")
     else:
         cursor = service.parse_event_cursor(after)
-    return streams.open_stream(ctx, key, partial(_poll, ctx, evaluation_id), cursor)
+    poll = partial(_poll, ctx, evaluation_id)
+    return streams.open_stream(ctx, key, poll, cursor, key_valid)
 
 
-def _poll(
-    ctx: AppContext, evaluation_id: str, cursor: int
-) -> tuple[list[EvaluationEventObject], str]:
+def _poll(ctx: AppContext, evaluation_id: str, cursor: int) -> streams.Batch:
     with ctx.sessions() as session:
         # Status first: the worker commits its last events with the terminal status (see the
         # jobs router), so events read afterwards include them.
         status = service.get(session, evaluation_id).status
-        rows, _ = service.events(session, evaluation_id, cursor, 500)
-        return [EvaluationEventObject.of(r) for r in rows], status
+        rows, more = service.events(session, evaluation_id, cursor, streams.STREAM_BATCH)
+        return streams.Batch([EvaluationEventObject.of(r) for r in rows], status, more)

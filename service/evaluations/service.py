@@ -17,8 +17,9 @@ from sqlalchemy.orm import Session
 
 from models.config import to_dict
 from models.json_values import stable_hash
+from service.datasets import service as datasets
 from service.db.queries import page, required
-from service.db.tables import Dataset, Evaluation, EvaluationEvent, ModelAlias, ModelVersion, new_id
+from service.db.tables import Dataset, Evaluation, EvaluationEvent, ModelVersion, new_id
 from service.descriptions import service as description_sets
 from service.errors import Conflict, InvalidRequest, Unavailable
 from service.evaluations import state
@@ -95,6 +96,8 @@ def _store(
         if existing is not None:
             return _same_request(existing, digest), False
     row = make()
+    # As a job's: a concurrent DELETE of the dataset sees this evaluation or wins first (422).
+    datasets.hold_live(session, row.dataset_id, "dataset")
     row.idempotency_scope, row.idempotency_key, row.request_hash = scope, idempotency_key, digest
     session.add(row)
     what = row.model
@@ -255,10 +258,8 @@ def model_filter(session: Session, text: str) -> tuple[str, int | None]:
         raise InvalidRequest(
             f"{text!r} is not a model reference (name, name/3 or name@alias)", "model"
         )
-    if ref.alias is not None and ref.alias != "latest":
-        alias = session.get(ModelAlias, (ref.name, ref.alias))
-        message = f"model {ref.name!r} has no alias {ref.alias!r}"
-        return ref.name, required(alias, message, "model").version
+    # Evaluations keep the version's stored spelling: ``M1@CHAMP`` selects those of m1's champ.
+    ref = registry.stored_ref(session, ref, "model")
     return ref.name, ref.version
 
 

@@ -6,7 +6,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import StreamingResponse
 
-from service.auth.deps import AnyKey, TrainKey
+from service.auth.deps import AnyKey, KeyStillValid, TrainKey
 from service.context import AppContext
 from service.db.tables import now
 from service.deps import Ctx, Db, Page
@@ -88,6 +88,7 @@ def list_events(
     job_id: str,
     ctx: Ctx,
     principal: AnyKey,
+    key_valid: KeyStillValid,
     after: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     stream: bool = False,
@@ -96,7 +97,7 @@ def list_events(
     """Events oldest first. ``?stream=true``: server-sent events until the job finishes,
     resuming after ``Last-Event-ID`` when a client reconnects with it."""
     if stream:
-        return _open_stream(ctx, principal.key_id, job_id, after, last_event_id)
+        return _open_stream(ctx, principal.key_id, key_valid, job_id, after, last_event_id)
     # A session of its own rather than the request's: no connection outlives the read.
     with ctx.sessions() as db:
         service.get(db, job_id)
@@ -106,7 +107,12 @@ def list_events(
 
 
 def _open_stream(
-    ctx: AppContext, key: str, job_id: str, after: str | None, last_event_id: str | None
+    ctx: AppContext,
+    key: str,
+    key_valid: streams.KeyCheck,
+    job_id: str,
+    after: str | None,
+    last_event_id: str | None,
 ) -> StreamingResponse:
     with ctx.sessions() as db:
         service.get(db, job_id)
@@ -115,17 +121,17 @@ def _open_stream(
         cursor = service.parse_event_cursor(last_event_id, "Last-Event-ID")
     else:
         cursor = service.parse_event_cursor(after)
-    return streams.open_stream(ctx, key, partial(_poll, ctx, job_id), cursor)
+    return streams.open_stream(ctx, key, partial(_poll, ctx, job_id), cursor, key_valid)
 
 
-def _poll(ctx: AppContext, job_id: str, cursor: int) -> tuple[list[EventObject], str]:
+def _poll(ctx: AppContext, job_id: str, cursor: int) -> streams.Batch:
     with ctx.sessions() as session:
         # Status first: the worker commits its last events with the terminal status, so events
         # read afterwards include them. Read the other way round, a job finishing between the
         # two reads would end the stream without its final events.
         status = service.get(session, job_id).status
-        rows, _ = service.events(session, job_id, cursor, 500)
-        return [EventObject.of(r) for r in rows], status
+        rows, more = service.events(session, job_id, cursor, streams.STREAM_BATCH)
+        return streams.Batch([EventObject.of(r) for r in rows], status, more)
 
 
 @router.get("/jobs/{job_id}/checkpoints", response_model=ListResponse[CheckpointObject])

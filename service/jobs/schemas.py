@@ -9,7 +9,7 @@ from service.db.tables import Job, JobCheckpoint, JobEvent
 from service.descriptions.schemas import Descriptions, normalise
 from service.schemas import NAME_PATTERN
 from service.status import JobStatus
-from service.validation import strict
+from service.validation import Name, strict
 
 Auto = Literal["auto"]
 StrictObjective = strict(ObjectiveConfig)
@@ -102,7 +102,7 @@ class FineTuneRequest(BaseModel):
     head: StrictHead | None = None  # type: ignore[valid-type]
     wise_ft: StrictWise | None = None  # type: ignore[valid-type]
     splits: Splits = Field(default_factory=Splits)
-    registered_model_name: str = Field(pattern=NAME_PATTERN)
+    registered_model_name: Name = Field(pattern=NAME_PATTERN)
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
     metadata: dict[str, Annotated[str, Field(max_length=512)]] = Field(default_factory=dict)
 

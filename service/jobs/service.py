@@ -107,6 +107,9 @@ def create(
         if existing is not None:
             return _same_request(existing, digest), False
     job = build(session, settings, body)
+    # Locked for this transaction before anything is written: a concurrent DELETE of the
+    # dataset then either sees this job (409) or has committed first (422 here).
+    datasets.hold_live(session, job.dataset_id, "dataset")
     job.idempotency_scope, job.idempotency_key, job.request_hash = scope, idempotency_key, digest
     session.add(job)
     state.add_event(session, job.id, f"Validated dataset {job.dataset_id} and descriptions")

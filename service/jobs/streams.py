@@ -8,7 +8,9 @@ stream is refused with 429 and ``Retry-After``.
 
 Authentication stays with the route: a browser's ``EventSource`` cannot send an
 ``Authorization`` header, so a dashboard will need another credential there (a short-lived
-token in the query, say), and only the route's dependency changes.
+token in the query, say), and only the route's dependency changes. The route also hands over a
+check of the key the stream was opened with, asked after every poll: a stream outlives its
+request, and a revoked key must not keep one open (it ends with an ``error`` event).
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ import json
 import logging
 import threading
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -62,8 +64,19 @@ class Event(Protocol):
     def model_dump_json(self) -> str: ...
 
 
+class Batch(NamedTuple):
+    """One poll's answer: the events after a cursor (at most ``STREAM_BATCH``), the job's
+    status, and whether more events were already there to read after these."""
+
+    events: Sequence[Event]
+    status: str
+    more: bool
+
+
 # One poll: the events after a cursor and the job's status, read in a short session.
-Poll = Callable[[int], tuple[Sequence[Event], str]]
+Poll = Callable[[int], Batch]
+# Whether the key a stream was opened with is still accepted (``service.auth.deps.key_check``).
+KeyCheck = Callable[[], Awaitable[bool]]
 
 
 @dataclass
@@ -143,13 +156,19 @@ def parse_event_cursor(after: str | None, prefix: str, param: str = "after") -> 
     return int(digits)
 
 
-# How often an open stream reads new events.
+# How often an open stream reads new events while it has caught up.
 STREAM_POLL_S = 0.5
+# Events one poll reads at most. A full batch is followed by the next poll at once, so a long
+# history is replayed as fast as it is read; the pause is only for waiting on new events.
+STREAM_BATCH = 500
 
 
-def open_stream(ctx: AppContext, key: str, poll: Poll, cursor: int) -> EventStreamResponse:
+def open_stream(
+    ctx: AppContext, key: str, poll: Poll, cursor: int, key_valid: KeyCheck
+) -> EventStreamResponse:
     """A job's or an evaluation's events as server-sent events, holding one of ``key``'s
-    stream slots (429 past the per-key or total cap) for as long as the response lives."""
+    stream slots (429 past the per-key or total cap) for as long as the response lives, and
+    ending it once ``key_valid`` says the key it was opened with is revoked."""
     slots, settings = ctx.streams, ctx.settings
     slots.acquire(key, settings.stream_max_per_key, settings.stream_max_total)
     ctx.metrics.event_streams.set(slots.total)
@@ -158,32 +177,52 @@ def open_stream(ctx: AppContext, key: str, poll: Poll, cursor: int) -> EventStre
         slots.release(key)
         ctx.metrics.event_streams.set(slots.total)
 
-    events = event_stream(poll, cursor, TERMINAL, slots, STREAM_POLL_S)
+    events = event_stream(poll, cursor, TERMINAL, slots, STREAM_POLL_S, key_valid)
     return EventStreamResponse(events, on_close=close)
 
 
+async def _always_valid() -> bool:
+    return True
+
+
 async def event_stream(
-    poll: Poll, cursor: int, terminal: Sequence[str], slots: StreamSlots, poll_s: float
+    poll: Poll,
+    cursor: int,
+    terminal: Sequence[str],
+    slots: StreamSlots,
+    poll_s: float,
+    key_valid: KeyCheck = _always_valid,
 ) -> AsyncIterator[str]:
-    """Events after ``cursor`` as they come, then an ``end`` event once the job is terminal."""
+    """Events after ``cursor`` as they come, then an ``end`` event once the job is terminal;
+    an ``error`` event instead, and the end, once the key is revoked or the database fails."""
     delay, idle = poll_s, 0.0
     while True:
         try:
             async with slots.polls:
-                events, status = await run_in_threadpool(poll, cursor)
+                events, status, more = await run_in_threadpool(poll, cursor)
+                # After the read, before anything is sent: once a revoke is answered, nothing
+                # read after it reaches the client (the check sees it within the cache time).
+                valid = await key_valid()
         except DATABASE_ERRORS as exc:
             # The client reconnects (an EventSource does by itself) and resumes where it was.
             log.warning("event stream stopped, database unavailable: %s", type(exc).__name__)
-            yield _error_frame()
+            yield _error_frame("database_unavailable", DATABASE_GONE, "server_error")
             return
-        for event in events:
-            cursor = cursor_of(event)
-            yield frame(event)
-        if not events and status in terminal:
+        if not valid:
+            # A reconnect would be refused with 401, which ends an EventSource for good.
+            yield _error_frame("invalid_api_key", KEY_REVOKED, "invalid_request_error")
+            return
+        if events:
+            # One chunk per batch: one write to the connection, not one per event.
+            cursor = cursor_of(events[-1])
+            yield "".join(frame(event) for event in events)
+        elif status in terminal:
             yield f"event: end\ndata: {json.dumps({'status': status})}\n\n"
             return
         if events:
             delay, idle = poll_s, 0.0
+            if more:
+                continue  # more are waiting: no pause before reading them
         else:
             idle += delay
         if idle >= HEARTBEAT_S:  # a comment line keeps proxies from closing the stream
@@ -194,11 +233,11 @@ async def event_stream(
             delay = min(delay * 2, max(poll_s, MAX_POLL_S))
 
 
-def _error_frame() -> str:
-    error = {
-        "code": "database_unavailable",
-        "message": "the database is unavailable or busy; reconnect shortly",
-        "param": None,
-        "type": "server_error",
-    }
+DATABASE_GONE = "the database is unavailable or busy; reconnect shortly"
+KEY_REVOKED = "the API key this stream was opened with was revoked; the stream is closed"
+
+
+def _error_frame(code: str, message: str, kind: str) -> str:
+    # The shape of an error response's body, so a client parses both alike.
+    error = {"code": code, "message": message, "param": None, "type": kind}
     return f"event: error\ndata: {json.dumps({'error': error})}\n\n"

@@ -15,7 +15,7 @@ from service.auth.deps import AnyKey, TrainKey
 from service.auth.service import Principal
 from service.db.tables import ModelVersion
 from service.deps import Ctx, Db, Page
-from service.errors import Conflict, InvalidRequest, NotFound
+from service.errors import Conflict, InvalidRequest
 from service.multipart import read_form
 from service.registry import service, transfer
 from service.registry.schemas import (
@@ -134,12 +134,8 @@ def set_alias(
 
 @router.get("/{name}/aliases/{alias}", response_model=ModelVersionObject)
 def get_by_alias(name: str, alias: str, db: Db, key: AnyKey) -> ModelVersionObject:
-    aliases = service.aliases_of(db, name)
-    if alias not in aliases:
-        service.get_model(db, name)
-        raise NotFound(f"model {name!r} has no alias {alias!r}")
-    row = service.get_version(db, name, aliases[alias])
-    return version_for(key, ModelVersionObject.of(row, aliases))
+    row = service.alias_version(db, name, alias)
+    return version_for(key, ModelVersionObject.of(row, service.aliases_of(db, row.name)))
 
 
 @router.delete("/{name}/aliases/{alias}", status_code=204)

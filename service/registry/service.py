@@ -10,6 +10,10 @@ Version numbers are never reused (as in MLflow): each registered model counts th
 has ever had (``last_version``), so deleting ``m/3`` and registering again gives ``m/4``, and a
 process that still holds ``m/3`` in memory can never mistake another artifact for it. The API
 has no way to delete a whole registered model, so the counter lives as long as the name.
+
+Names and aliases are looked up by their key (``service.validation.name_key``): ``M1`` finds the
+model registered as ``m1``, ``m1@CHAMP`` its alias ``champ``, and what is returned (and what
+artifacts are stored under) is the spelling first registered.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from service.errors import Conflict, InvalidRequest
 from service.schemas import MAX_INT
 from service.status import VersionStatus
 from service.storage import card_digest
+from service.validation import name_key
 
 # Matched with ``fullmatch``: ``$`` alone also matches before a trailing newline.
 ALIAS_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,99}")
@@ -64,6 +69,10 @@ def parse_ref(text: str) -> Ref | None:
 
 
 def version_key(name: str, version: int) -> str:
+    """Where a version's artifact is stored. ``name`` is the model's stored spelling: no two
+    models' keys differ only in case (the name key is unique, and registry names are ASCII, so
+    NFC changes none), so a case-insensitive store cannot mix two models' folders, and the keys
+    of artifacts stored before names were folded are the same."""
     return f"{name}/v{version}"
 
 
@@ -72,10 +81,7 @@ def resolve(session: Session, text: str, param: str | None = None) -> ModelVersi
     ref = parse_ref(text)
     if ref is None:
         raise missing(f"{text!r} is not a model reference (name, name/3 or name@alias)", param)
-    if ref.alias is not None and ref.alias != "latest":
-        alias = session.get(ModelAlias, (ref.name, ref.alias))
-        message = f"model {ref.name!r} has no alias {ref.alias!r}"
-        ref = Ref(ref.name, required(alias, message, param).version)
+    ref = stored_ref(session, ref, param)
     query = select(ModelVersion).where(ModelVersion.name == ref.name)
     if ref.version is not None:
         row = session.scalar(query.where(ModelVersion.version == ref.version))
@@ -88,8 +94,37 @@ def resolve(session: Session, text: str, param: str | None = None) -> ModelVersi
     return row
 
 
+def stored_ref(session: Session, ref: Ref, param: str | None = None) -> Ref:
+    """``ref`` with the model's stored spelling and an alias replaced by its version; a
+    reference to no model stays as it is (it then finds no version)."""
+    model = find_model(session, ref.name)
+    name = model.name if model is not None else ref.name
+    if ref.alias is None or ref.alias.lower() == "latest":
+        return Ref(name, ref.version)
+    message = f"model {ref.name!r} has no alias {ref.alias!r}"
+    return Ref(name, required(find_alias(session, name, ref.alias), message, param).version)
+
+
+def find_model(session: Session, name: str) -> RegisteredModel | None:
+    return session.scalar(select(RegisteredModel).where(RegisteredModel.name_key == name_key(name)))
+
+
+def find_alias(session: Session, name: str, alias: str) -> ModelAlias | None:
+    """The alias of the model stored as ``name`` (its own spelling: see ``stored_name``)."""
+    key = name_key(alias)
+    return session.scalar(
+        select(ModelAlias).where(ModelAlias.name == name, ModelAlias.alias_key == key)
+    )
+
+
+def stored_name(session: Session, name: str) -> str:
+    """The stored spelling of the model called ``name`` in any case; ``name`` when none is."""
+    model = find_model(session, name)
+    return model.name if model is not None else name
+
+
 def get_model(session: Session, name: str) -> RegisteredModel:
-    return required(session.get(RegisteredModel, name), f"no registered model {name!r}")
+    return required(find_model(session, name), f"no registered model {name!r}")
 
 
 def list_models(
@@ -102,21 +137,28 @@ def list_models(
 
 
 def versions_of(session: Session, name: str) -> list[ModelVersion]:
-    query = select(ModelVersion).where(ModelVersion.name == name)
+    query = select(ModelVersion).where(ModelVersion.name == stored_name(session, name))
     return list(session.scalars(query.order_by(ModelVersion.version.desc())))
 
 
 def aliases_of(session: Session, name: str) -> dict[str, int]:
-    rows = session.scalars(select(ModelAlias).where(ModelAlias.name == name))
+    rows = session.scalars(select(ModelAlias).where(ModelAlias.name == stored_name(session, name)))
     return {row.alias: row.version for row in rows}
 
 
 def get_version(session: Session, name: str, version: int) -> ModelVersion:
-    get_model(session, name)
+    stored = get_model(session, name).name
     row = session.scalar(
-        select(ModelVersion).where(ModelVersion.name == name, ModelVersion.version == version)
+        select(ModelVersion).where(ModelVersion.name == stored, ModelVersion.version == version)
     )
     return required(row, f"model {name!r} has no version {version}")
+
+
+def alias_version(session: Session, name: str, alias: str) -> ModelVersion:
+    """The version ``alias`` of model ``name`` points at (either in any case)."""
+    stored = get_model(session, name).name
+    row = required(find_alias(session, stored, alias), f"model {name!r} has no alias {alias!r}")
+    return get_version(session, stored, row.version)
 
 
 def check_alias(alias: str) -> None:
@@ -130,21 +172,29 @@ def check_alias(alias: str) -> None:
 
 
 def set_alias(session: Session, name: str, alias: str, version: int) -> ModelAlias:
+    """Point ``alias`` at ``version``; an alias that differs only in case is the same one, and
+    keeps the spelling it was first set with."""
     check_alias(alias)
     target = get_version(session, name, version)
     if target.status != VersionStatus.READY:
         raise Conflict(f"version {version} of {name!r} is {target.status}, not READY", "version")
-    row = session.get(ModelAlias, (name, alias))
-    if row is None:
-        row = ModelAlias(name=name, alias=alias, version=version)
-        session.add(row)
-    row.version, row.updated_at = version, now()
-    session.commit()
-    return row
+    for _ in range(2):  # a concurrent first setting of the same alias: update the row it made
+        row = find_alias(session, target.name, alias)
+        if row is None:
+            row = ModelAlias(name=target.name, alias=alias, alias_key=name_key(alias))
+            session.add(row)
+        row.version, row.updated_at = version, now()
+        try:
+            session.commit()
+            return row
+        except IntegrityError:
+            session.rollback()
+    raise Conflict(f"alias {alias!r} of {name!r} is being set concurrently; retry", "alias")
 
 
 def delete_alias(session: Session, name: str, alias: str) -> None:
-    row = required(session.get(ModelAlias, (name, alias)), f"model {name!r} has no alias {alias!r}")
+    stored = get_model(session, name).name
+    row = required(find_alias(session, stored, alias), f"model {name!r} has no alias {alias!r}")
     session.delete(row)
     session.commit()
 
@@ -156,12 +206,12 @@ def delete_version(session: Session, name: str, version: int) -> ModelVersion:
         # Its worker is copying the artifact now and would mark a deleted row READY.
         raise Conflict(f"version {version} of {name!r} is still being registered", "version")
     session.execute(
-        delete(ModelAlias).where(ModelAlias.name == name, ModelAlias.version == version)
+        delete(ModelAlias).where(ModelAlias.name == row.name, ModelAlias.version == version)
     )
     # The job's checkpoint that was this version can no longer be used: stop listing it.
     session.execute(
         update(JobCheckpoint)
-        .where(JobCheckpoint.fine_tuned_model == f"{name}/{version}")
+        .where(JobCheckpoint.fine_tuned_model == f"{row.name}/{version}")
         .values(files_deleted_at=now())
     )
     session.delete(row)
@@ -175,17 +225,18 @@ def delete_version(session: Session, name: str, version: int) -> ModelVersion:
 def begin_version(
     session: Session, name: str, job_id: str, card: dict[str, Any], description: str = ""
 ) -> ModelVersion:
-    """The version this job registers, created PENDING on the first call, found on later ones."""
+    """The version this job registers, created PENDING on the first call, found on later ones;
+    under the model's stored spelling when ``name`` differs from it only in case."""
 
     def build() -> ModelVersion:
         # Found again when a clash was this job's own row (a second delivery registering).
         existing = session.scalar(select(ModelVersion).where(ModelVersion.job_id == job_id))
         if existing is not None:
             return existing
-        _ensure_model(session, name)
+        stored = _ensure_model(session, name)
         return ModelVersion(
-            name=name,
-            version=_next_version(session, name),
+            name=stored,
+            version=_next_version(session, stored),
             status=VersionStatus.PENDING,
             source="",
             job_id=job_id,
@@ -216,14 +267,19 @@ def _next_version(session: Session, name: str) -> int:
     return int(session.execute(bump).scalar_one())
 
 
-def _ensure_model(session: Session, name: str) -> None:
-    if session.get(RegisteredModel, name) is not None:
-        return
-    session.add(RegisteredModel(name=name, description="", tags={}))
+def _ensure_model(session: Session, name: str) -> str:
+    """The stored spelling of model ``name``, registering it as given if there is none."""
+    found = find_model(session, name)
+    if found is not None:
+        return found.name
+    session.add(RegisteredModel(name=name, name_key=name_key(name), description="", tags={}))
     try:
         session.commit()
     except IntegrityError:
+        # A concurrent first registration, maybe spelled otherwise: its spelling is the name.
         session.rollback()
+        return get_model(session, name).name
+    return name
 
 
 def artifact_digest(folder: Path) -> str:
@@ -270,16 +326,17 @@ def find_registered(session: Session, key: str) -> ModelVersion | None:
     return session.scalar(select(ModelVersion).where(ModelVersion.job_id == key))
 
 
-def reserve_version(session: Session, name: str) -> int:
-    """Take the next version number of ``name`` now, with no row yet.
+def reserve_version(session: Session, name: str) -> tuple[str, int]:
+    """Take the next version number of ``name`` now, with no row yet; with the model's stored
+    spelling, which the artifact's store key and the row must use.
 
     The API copies an artifact before its row exists, so a failure at any point leaves no
     PENDING or FAILED row behind: at worst a number never used, and numbers are never reused.
     """
-    _ensure_model(session, name)
-    version = _next_version(session, name)
+    stored = _ensure_model(session, name)
+    version = _next_version(session, stored)
     session.commit()
-    return version
+    return stored, version
 
 
 def insert_ready(

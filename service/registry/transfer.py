@@ -1,9 +1,16 @@
 """Artifacts in and out of the registry: import an archive, export one, re-merge a version.
 
-Imports and re-merges are built and checked in scratch (``RCS_WORK_DIR/registry``) before the
-registry is touched; then a version number is taken, the artifact copied to the store, and the
-version's row added READY in one commit. A failure at any point removes what it stored and
-leaves no row (at worst a version number never used, as after a deletion).
+Imports are unpacked and checked, and re-merges built, in scratch (``RCS_WORK_DIR/registry``)
+before the registry is touched; then a version number is taken, the artifact copied to the
+store, and the version's row added READY in one commit. A failure at any point removes what it
+stored and leaves no row (at worst a version number never used, as after a deletion); a full
+volume is a 507 naming the setting that chose it.
+
+An import's model is never built here: ``check_artifact`` sizes it from its config and weight
+headers (past ``RCS_MAX_IMPORT_PARAMS``: 413) and matches every name and shape against the
+model open_clip builds on the ``meta`` device (no storage), which is all a strict load would
+check (``models.sizing``). A re-merge does build its model, one that passed that limit (or a
+job trained); so does serving it.
 
 An imported or merged version has no job: its ``job_id`` column holds a registration key
 (``import-...`` / ``merge-...``, from the caller's key, the model and its ``Idempotency-Key``),
@@ -35,6 +42,7 @@ from models.artifacts import (
     LISTABLE,
     OPEN_CLIP_CONFIG,
     PICKLE_SUFFIXES,
+    RUN_CONFIG,
     ZEROSHOT,
     check_artifact,
     curve_alphas,
@@ -45,18 +53,21 @@ from models.artifacts import (
 )
 from models.errors import ArtifactError
 from models.json_values import json_safe
+from models.sizing import ArtifactTooLarge
 from service.context import AppContext
 from service.datasets import archives
 from service.db.tables import ModelVersion
-from service.errors import Conflict, InvalidRequest, TooManyRequests
+from service.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge, TooManyRequests
 from service.registry import service as registry
 from service.status import VersionStatus
-from service.storage import card_digest
+from service.storage import card_digest, space_needed
 
 log = logging.getLogger(__name__)
 
 # The names an artifact's files may have (alone, or inside one top folder).
 ARTIFACT_FILES = frozenset({CARD, *LISTABLE})
+# The settings that choose where imports and merges write: a full volume's 507 names one.
+WORK_DIR, ARTIFACTS = "RCS_WORK_DIR", "RCS_ARTIFACTS_URL"
 
 
 @dataclass(frozen=True)
@@ -86,20 +97,35 @@ def import_archive(
     if replayed is not None:
         return replayed
     with _slot(key_id, ctx.settings.max_concurrent_uploads), _scratch(ctx, "import") as tmp:
-        archives.extract(filename, fileobj, tmp, _limits(ctx, fileobj), keep=_artifact_member)
+        with space_needed(WORK_DIR, "unpack the archive"):
+            archives.extract(filename, fileobj, tmp, _limits(ctx, fileobj), keep=_artifact_member)
         root = _artifact_root(tmp)
-        try:
-            card = check_artifact(root).card
-        except ArtifactError as exc:
-            raise InvalidRequest(_relative(str(exc), root), "file") from exc
+        card = _checked(ctx, root)
         source = {
             **request,
             "archive": filename[:200],
             "at": _utc_now(),
             "previous": card.get("source"),
         }
-        rewrite_card(root, {**card, "source": source})
+        with space_needed(WORK_DIR, "unpack the archive"):
+            rewrite_card(root, {**card, "source": source})
         return _register(ctx, session, name, root, key, description)
+
+
+def _checked(ctx: AppContext, root: Path) -> dict[str, Any]:
+    """The card of the artifact at ``root`` once ``check_artifact`` passed it: from its config
+    and weight headers, without building the model (``models.sizing``), so a config of billions
+    of parameters costs this process nothing."""
+    try:
+        return check_artifact(root, ctx.settings.max_import_params).card
+    except ArtifactTooLarge as exc:
+        raise PayloadTooLarge(
+            f"{_relative(str(exc), root)} (RCS_MAX_IMPORT_PARAMS); a larger model needs a "
+            "larger setting, and about 4 bytes of memory a parameter wherever it is served",
+            "file",
+        ) from exc
+    except ArtifactError as exc:
+        raise InvalidRequest(_relative(str(exc), root), "file") from exc
 
 
 def _sha256(fileobj: BinaryIO) -> str:
@@ -132,6 +158,10 @@ def _artifact_member(member: archives.Member) -> bool:
             "without being opened; an artifact holds only safetensors and JSON",
             "file",
         )
+    if 0 < len(parts) <= 2 and parts[-1] == RUN_CONFIG:
+        # The CLI's record of the run, beside the artifact it wrote: the folder packed as it is
+        # imports. Not stored: the card holds the same config.
+        return False
     if len(parts) > 2 or not parts or parts[-1] not in ARTIFACT_FILES:
         raise InvalidRequest(
             f"unexpected file in the archive: {member.name} (an artifact holds {CARD}, "
@@ -170,18 +200,20 @@ def export_archive(
     deletes it once sent. The stored files are checked against the version's digest and their
     sha256 first: a corrupted artifact is never handed out as the version."""
     row = registry.get_version(session, name, version)
-    folder = _stored(ctx, row)
+    digest = row.digest
     out = _scratch_dir(ctx) / f".export-{uuid.uuid4().hex}.tar.gz"
     try:
-        # Level 1: weights barely compress, and level 9 would cost minutes on a large model.
-        with tarfile.open(out, "w:gz", compresslevel=1) as archive:
-            for path in sorted(folder.iterdir()):
-                if path.is_file() and not path.name.startswith("."):
-                    archive.add(path, f"{name}-v{version}/{path.name}", recursive=False)
+        with _reading(session, row), space_needed(WORK_DIR, "pack the export"):
+            folder = _stored(ctx, row)
+            # Level 1: weights barely compress, and level 9 would cost minutes on a large model.
+            with tarfile.open(out, "w:gz", compresslevel=1) as archive:
+                for path in sorted(folder.iterdir()):
+                    if path.is_file() and not path.name.startswith("."):
+                        archive.add(path, f"{name}-v{version}/{path.name}", recursive=False)
     except BaseException:
         out.unlink(missing_ok=True)
         raise
-    return out, row.digest
+    return out, digest
 
 
 def _stored(ctx: AppContext, row: ModelVersion) -> Path:
@@ -193,6 +225,33 @@ def _stored(ctx: AppContext, row: ModelVersion) -> Path:
         raise ArtifactError(f"the stored artifact of {row.name}/{row.version} is not its digest")
     verify_files(folder)
     return folder
+
+
+@contextmanager
+def _reading(session: Session, row: ModelVersion) -> Iterator[None]:
+    """Reads of ``row``'s stored files. A deletion commits the row's removal before it removes
+    the files, so a file found missing here is looked up again: a version deleted meanwhile is
+    a 404 (one no longer READY a 409), and only a READY version's missing or corrupt file is the
+    503 of a damaged stored copy."""
+    name, version = row.name, row.version  # the row expires with the rollback below
+    try:
+        yield
+    except (ArtifactError, FileNotFoundError) as exc:
+        session.rollback()  # a fresh transaction sees the deletion another request committed
+        try:
+            current = registry.get_version(session, name, version)
+        except NotFound:
+            raise NotFound(
+                f"model {name!r} has no version {version}: it was deleted while this request "
+                "read it"
+            ) from exc
+        if current.status != VersionStatus.READY:
+            raise Conflict(f"version {version} of {name!r} is {current.status}, not READY") from exc
+        if isinstance(exc, ArtifactError):
+            raise
+        raise ArtifactError(
+            f"the stored artifact of {name}/{version} cannot be read: {exc.strerror}"
+        ) from exc
 
 
 # --- re-merge ---
@@ -216,8 +275,6 @@ def merge_version(
     if replayed is not None:
         return replayed
     alpha = _on_curve(row, alpha)
-    folder = _stored(ctx, row)
-    _check_mergeable(row, read_card(folder))
     with _slot(key_id, ctx.settings.max_concurrent_uploads), _scratch(ctx, "merge") as tmp:
         source = {
             **request,
@@ -227,7 +284,10 @@ def merge_version(
             "at": _utc_now(),
             "previous": row.card.get("source"),
         }
-        merged = merge_artifact(folder, alpha, tmp / "artifact", card={"source": source})
+        with _reading(session, row), space_needed(WORK_DIR, "write the merged artifact"):
+            folder = _stored(ctx, row)
+            _check_mergeable(row, read_card(folder))
+            merged = merge_artifact(folder, alpha, tmp / "artifact", card={"source": source})
         return _register(ctx, session, name, merged, key, description)
 
 
@@ -275,10 +335,12 @@ def _register(
     card = json_safe(
         {k: v for k, v in read_card(folder).items() if k != "files"}, finite=True, fallback=str
     )
-    version = registry.reserve_version(session, name)
+    # The model's stored spelling from here on: ``M1`` adds a version to ``m1``.
+    name, version = registry.reserve_version(session, name)
     store_key = registry.version_key(name, version)
     try:
-        stored = (ctx.store.put_folder(folder, store_key), registry.artifact_digest(folder))
+        with space_needed(ARTIFACTS, "store the version's artifact"):
+            stored = (ctx.store.put_folder(folder, store_key), registry.artifact_digest(folder))
         row = registry.insert_ready(session, name, version, key, card, stored, description)
     except BaseException:
         session.rollback()

@@ -22,6 +22,7 @@ from service.auth.service import create_key
 from service.db.engine import make_engine, make_sessionmaker
 from service.db.migrate import upgrade
 from service.storage import ArtifactStore
+from tests.reliability.images import fake_ghostscript
 from tests.service.support import API_KEY, register_artifact, zeroshot_artifact
 from tools.processes import Process, api_process, free_port, wait_ready
 
@@ -152,7 +153,8 @@ def running_live_api(
     """A live API of its own (the fixture's is shared by the session), stopped at the end."""
     postgres = postgres_or_none()
     database_url, drop = postgres or (f"sqlite:///{workdir / 'rcs.db'}", lambda: None)
-    settings = live_settings(workdir, database_url, shapes_root)
+    # A gs that logs its calls: test_hostile_input.py checks no EPS upload ever ran it.
+    settings = {**live_settings(workdir, database_url, shapes_root), **fake_ghostscript(workdir)}
     try:
         predict_key = prepare_database(settings, reliability_artifact)
         port = free_port()

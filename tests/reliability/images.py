@@ -3,14 +3,41 @@
 from __future__ import annotations
 
 import io
+import os
+import stat
 import struct
 import zlib
 from collections.abc import Callable
+from pathlib import Path
 
 from PIL import Image
 
 OK = (200,)
 REFUSED = (413, 422)
+NOT_ACCEPTED = (422,)
+# The cases in a format the image policy does not open, and the format the 422 names (None: it
+# has no signature of its own to name it by).
+OTHER_FORMATS: dict[str, str | None] = {
+    "eps": "EPS",
+    "pcx": "PCX",
+    "tga": None,
+    "ico": "ICO",
+    "32-bit float tiff": "TIFF",
+    "multipage tiff": "TIFF",
+}
+ACCEPTED = "(accepted: JPEG, PNG, WEBP, GIF, BMP)"
+GHOSTSCRIPT_LOG = "RCS_TEST_GHOSTSCRIPT_LOG"
+
+
+def fake_ghostscript(folder: Path) -> dict[str, str]:
+    """The environment of an API process whose ``gs`` is a stand-in that logs each call and
+    fails. Pillow runs ``gs`` to load an EPS image: an empty log proves none reached it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    gs = folder / "gs"
+    gs.write_text(f'#!/bin/sh\necho "$@" >> "${GHOSTSCRIPT_LOG}"\nexit 1\n')
+    gs.chmod(gs.stat().st_mode | stat.S_IXUSR)
+    path = f"{folder}{os.pathsep}{os.environ.get('PATH', '')}"
+    return {"PATH": path, GHOSTSCRIPT_LOG: str(folder / "calls.log")}
 
 
 def encode(image: Image.Image, fmt: str, **options: object) -> bytes:
@@ -76,14 +103,17 @@ def cases() -> dict[str, tuple[Callable[[], bytes], tuple[int, ...]]]:
         "palette png": (lambda: encode(noise().convert("P"), "PNG"), OK),
         "cmyk jpeg": (lambda: encode(noise(mode="CMYK"), "JPEG"), OK),
         "16-bit png": (sixteen_bit_png, OK),
-        "32-bit float tiff": (lambda: encode(noise(mode="F"), "TIFF"), OK),
+        "32-bit float tiff": (lambda: encode(noise(mode="F"), "TIFF"), NOT_ACCEPTED),
         "rgba png": (lambda: encode(noise(mode="RGBA"), "PNG"), OK),
         "la png": (lambda: encode(noise(mode="LA"), "PNG"), OK),
         "1-bit png": (lambda: encode(noise(mode="1"), "PNG"), OK),
         "animated gif": (animated_gif, OK),
-        "multipage tiff": (multipage_tiff, OK),
+        "multipage tiff": (multipage_tiff, NOT_ACCEPTED),
         "webp": (lambda: encode(noise(), "WEBP"), OK),
         "bmp": (lambda: encode(noise(), "BMP"), OK),
-        "ico": (lambda: encode(noise(32), "ICO"), OK),
         "progressive jpeg": (lambda: encode(noise(), "JPEG", progressive=True), OK),
+        "ico": (lambda: encode(noise(32), "ICO"), NOT_ACCEPTED),
+        "eps": (lambda: encode(noise(), "EPS"), NOT_ACCEPTED),
+        "pcx": (lambda: encode(noise(), "PCX"), NOT_ACCEPTED),
+        "tga": (lambda: encode(noise(), "TGA"), NOT_ACCEPTED),
     }

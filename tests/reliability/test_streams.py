@@ -1,6 +1,7 @@
 """Server-sent event streams against the real API process (uvicorn, PostgreSQL where it can be
 reached, the default connection pool of 5 + 10): many open streams must not stall plain reads,
-streams past the caps are refused with 429, and a reconnect resumes after ``Last-Event-ID``.
+streams past the caps are refused with 429, a reconnect resumes after ``Last-Event-ID``, and a
+stream whose key is revoked ends.
 
 Before the fix each stream held a pooled connection for its whole life: 15 streams emptied the
 pool, reads waited 30 s for a connection and then failed, like the 16th stream, with a 500.
@@ -21,6 +22,7 @@ import pytest
 
 from service.auth.service import create_key
 from service.db.engine import make_engine, make_sessionmaker
+from service.db.tables import JobEvent
 from tests.reliability.conftest import live_settings, postgres_or_none, prepare_database, record
 from tests.service.support import API_KEY, finetune_body
 from tools.processes import Process, api_process, free_port, wait_ready
@@ -37,6 +39,7 @@ class LiveStreams:
     keys: list[str]  # API_KEY first, then three more keys of their own
     dataset_id: str
     database: str
+    database_url: str
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +69,7 @@ def live(
         )
         assert dataset.status_code == 200, dataset.text
         kind = "postgresql" if postgres else "sqlite"
-        yield LiveStreams(base_url, api, keys, dataset.json()["id"], kind)
+        yield LiveStreams(base_url, api, keys, dataset.json()["id"], kind, database_url)
     finally:
         if api is not None:
             api.stop()
@@ -298,3 +301,65 @@ def test_a_reconnect_with_last_event_id_gets_only_later_events(live: LiveStreams
             await streams.close()
 
     asyncio.run(scenario())
+
+
+def add_events(database_url: str, job_id: str, count: int, message: str) -> None:
+    engine = make_engine(database_url)
+    try:
+        with make_sessionmaker(engine)() as session:
+            session.add_all(
+                JobEvent(job_id=job_id, level="info", type="message", message=message)
+                for _ in range(count)
+            )
+            session.commit()
+    finally:
+        engine.dispose()
+
+
+def test_a_revoked_keys_stream_ends_and_gets_nothing_after_the_revoke(live: LiveStreams) -> None:
+    """Before the fix the stream went on: the events added after ``DELETE /keys/{id}`` answered
+    came, and the stream ended only with its job."""
+    after = "added after the revoke was answered"
+
+    async def scenario() -> None:
+        async with async_client(live.base_url) as client:
+            created = await client.post(
+                "/keys",
+                json={"name": "revoked-stream", "scopes": ["predict"]},
+                headers=auth(API_KEY),
+            )
+            assert created.status_code == 201, created.text
+            key_id, key = created.json()["id"], created.json()["key"]
+            job = await new_job(client, live.dataset_id)  # queued: no worker, it stays open
+            url, params = f"/jobs/{job}/events", {"stream": "true"}
+            lines: list[str] = []
+            async with client.stream("GET", url, params=params, headers=auth(key)) as response:
+                assert response.status_code == 200
+                reader = response.aiter_lines()
+                while sum(line.startswith("id: ") for line in lines) < 2:  # validated, queued
+                    lines.append(await reader.__anext__())
+                revoke = await client.delete(f"/keys/{key_id}", headers=auth(API_KEY))
+                assert revoke.status_code == 200, revoke.text
+                answered = time.monotonic()
+                add_events(live.database_url, job, 3, after)
+                async for line in reader:  # ends when the server closes the stream
+                    lines.append(line)
+                    if after in line:
+                        break
+                closed_s = time.monotonic() - answered
+            assert not any(after in line for line in lines), lines
+            *_, kind, data = [line for line in lines if line]
+            error = json.loads(data.removeprefix("data: "))["error"]
+            assert kind == "event: error" and error["code"] == "invalid_api_key", lines
+            refused = await client.get(url, params=params, headers=auth(key))
+            assert refused.status_code == 401
+            await wait_for_gauge(client, 0)
+            record(
+                "test_streams.py::revoked_key",
+                database=live.database,
+                events_after_revoke=0,
+                closed_after_answer_s=round(closed_s, 2),
+                reconnect_status=refused.status_code,
+            )
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,7 +117,8 @@ def register_artifact(
     from models.artifacts import read_card
 
     version = registry.begin_version(session, name, job_id, read_card(folder))
-    source = store.put_folder(folder, registry.version_key(name, version.version))
+    # The row's name, as the worker: ``M1`` registers under the stored ``m1``.
+    source = store.put_folder(folder, registry.version_key(version.name, version.version))
     registry.mark_ready(session, version, source, registry.artifact_digest(folder))
     session.commit()
     return version.version
@@ -154,11 +156,16 @@ def worker_context(settings: Settings, **timing: float) -> WorkerContext:
     )
 
 
+def dataset_name(stem: str = "shapes") -> str:
+    """A name no other live dataset has: two may not share one."""
+    return f"{stem}-{uuid.uuid4().hex[:8]}"
+
+
 def new_job(ctx: WorkerContext, shapes_root: Path, **overrides: Any) -> str:
     """A queued job on the shapes dataset (registered anew), as ``POST /finetune`` makes it."""
     with ctx.sessions() as session:
         dataset = datasets.register_path(
-            session, ctx.settings, "key-test", "shapes", str(shapes_root)
+            session, ctx.settings, "key-test", dataset_name(), str(shapes_root)
         )
         body = FineTuneRequest.model_validate(finetune_body(dataset.id, **overrides))
         job, _ = jobs.create(session, ctx.settings, body, lambda _: None, "test", None)

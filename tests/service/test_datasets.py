@@ -6,6 +6,7 @@ import io
 import json
 import shutil
 import tarfile
+import uuid
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -269,7 +270,9 @@ def test_worker_refuses_a_class_folder_swapped_for_a_symlink_after_registration(
 
 
 def _upload(client: TestClient, filename: str, data: bytes) -> Any:
-    return client.post("/datasets/upload", data={"name": "u"}, files={"file": (filename, data)})
+    # A name of its own each time: two live datasets may not share one.
+    name = f"u-{uuid.uuid4().hex[:8]}"
+    return client.post("/datasets/upload", data={"name": name}, files={"file": (filename, data)})
 
 
 def _tar_with(root: Path, extra: dict[str, bytes]) -> bytes:

@@ -142,9 +142,9 @@ def test_an_idle_stream_polls_less_often_up_to_a_bound(monkeypatch: pytest.Monke
     monkeypatch.setattr(streams, "MAX_POLL_S", 0.08)
     times: list[float] = []
 
-    def poll(cursor: int) -> tuple[list[Any], str]:
+    def poll(cursor: int) -> streams.Batch:
         times.append(time.monotonic())
-        return [], "cancelled" if len(times) == 7 else "running"
+        return streams.Batch([], "cancelled" if len(times) == 7 else "running", False)
 
     async def drain() -> list[str]:
         slots = streams.StreamSlots()

@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import pickle
+import shutil
 import tarfile
 import zipfile
 from collections.abc import Callable
@@ -472,3 +473,19 @@ def test_job_registered_versions_still_show_their_job(
         register_artifact(session, ctx.store, "j", artifact_folder, "ftjob-" + "b" * 24)
     body = client.get("/models/j/versions/1").json()
     assert body["job_id"] == "ftjob-" + "b" * 24 and body["origin"] is None
+
+
+def test_the_folder_the_cli_writes_imports_as_it_is(
+    client: TestClient, ctx: AppContext, trained_folder: Path, tmp_path: Path
+) -> None:
+    """`python -m models finetune` writes its resolved run config beside the artifact; the
+    folder packed as it is (docs/service.md's walk-through) imports, without that file."""
+    folder = tmp_path / "my-task"
+    shutil.copytree(trained_folder, folder)
+    (folder / "config.yaml").write_text("output_dir: runs/my-task\n")
+    response = upload(client, pack(folder, top="my-task"))
+    assert response.status_code == 201, response.text
+    assert "config.yaml" not in _names(stored(ctx, "m", 1))
+    # Elsewhere in the archive, or as a folder, the name is still refused.
+    entries = {**files_of(trained_folder), "model/sub/config.yaml": b"x: 1\n"}
+    assert upload(client, tar_of(entries), name="n").status_code == 422

@@ -12,9 +12,10 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.db.engine import make_engine, make_sessionmaker
+from service.jobs.state import Attempt
 from service.storage import ArtifactStore
 from tests.service.support import AUTH, FakeBroker, finetune_body, make_settings
-from worker.runner import WorkerContext, _prepare
+from worker.runner import Lease, WorkerContext, _prepare
 
 
 def test_a_job_checkpoints_at_the_cadence_of_the_api_that_created_it(
@@ -34,5 +35,5 @@ def test_a_job_checkpoints_at_the_cadence_of_the_api_that_created_it(
         sessions=make_sessionmaker(make_engine(worker_settings.database_url)),
         store=ArtifactStore(worker_settings.artifacts_url, worker_settings.artifact_cache_dir),
     )
-    cfg, observer = _prepare(ctx, job.json()["id"])
+    cfg, observer = _prepare(ctx, Lease(job.json()["id"], Attempt(ctx.owner, 1)))
     assert cfg.train.checkpoint_every == 3 and observer.checkpoint_every == 3

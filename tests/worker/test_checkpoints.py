@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.jobs import state
-from tests.service.support import AUTH, FakeBroker, b64, finetune_body, png_bytes
+from tests.service.support import AUTH, FakeBroker, b64, dataset_name, finetune_body, png_bytes
 from tests.worker.test_runner import ctx, job_row, when
 from worker.runner import WorkerContext, run_job, saved_steps
 
@@ -31,7 +31,7 @@ def api(ctx: WorkerContext) -> Iterator[TestClient]:
 
 def new_job(api: TestClient, shapes_root: Path, **overrides: Any) -> str:
     """A job created through the API (its task is not sent: the test runs it in-process)."""
-    dataset = api.post("/datasets", json={"name": "shapes", "path": str(shapes_root)})
+    dataset = api.post("/datasets", json={"name": dataset_name(), "path": str(shapes_root)})
     assert dataset.status_code == 200, dataset.text
     job = api.post("/finetune", json=finetune_body(dataset.json()["id"], **overrides))
     assert job.status_code == 200, job.text

@@ -32,7 +32,7 @@ from service.evaluations.schemas import DiagnoseRequest, EvaluationRequest
 from service.queue import TASK_EVALUATE
 from service.registry import service as registry
 from tests.conftest import make_classifier
-from tests.service.support import make_settings, register_artifact, worker_context
+from tests.service.support import dataset_name, make_settings, register_artifact, worker_context
 from worker import evaluations as runner
 from worker.app import create_celery, make_context, orphan_deliveries
 from worker.runner import WorkerContext
@@ -58,7 +58,7 @@ def new_evaluation(
     with ctx.sessions() as session:
         register_artifact(session, ctx.store, "shapes", model_folder, "ftjob-" + "0" * 24)
         dataset = datasets.register_path(
-            session, ctx.settings, "key-test", "shapes", str(shapes_root)
+            session, ctx.settings, "key-test", dataset_name(), str(shapes_root)
         )
         body = EvaluationRequest(model="shapes", dataset=dataset.id, splits=splits)
         row, _ = evaluations.create(session, body, lambda _: None, "test", None)
@@ -245,7 +245,7 @@ def new_diagnosis(
 ) -> str:
     with ctx.sessions() as session:
         dataset = datasets.register_path(
-            session, ctx.settings, "key-test", "shapes", str(shapes_root)
+            session, ctx.settings, "key-test", dataset_name(), str(shapes_root)
         )
         made = description_sets.create(
             session, "set", {k: list(v) for k, v in descriptions.items()}

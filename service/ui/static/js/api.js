@@ -114,6 +114,13 @@ export async function readStream(jobId, after, onEvent, signal, onOpen = () => {
       const parsed = parseBlock(block);
       if (!parsed) continue;
       if (parsed.event === "end") return parsed.data.status;
+      if (parsed.event === "error") {
+        // The server's last word before it closes: a revoked key is final (as a 401 would be);
+        // anything else (the database briefly away) is worth a reconnect.
+        const error = parsed.data?.error ?? {};
+        if (error.code === "invalid_api_key") throw new ApiError(401, error.code, error.message, null, null);
+        return null;
+      }
       onEvent(parsed.data);
     }
   }

@@ -64,7 +64,7 @@ bench: $(STAMP)
 	$(PY) bench/train_step.py
 
 # Serving against BentoML on the same artifact (bench/peer.py; about 10 minutes on 2 cores): the
-# README's "Serving" tables. PEER_ARGS adds options, e.g. PEER_ARGS="--workers 2 --torch-threads 1".
+# tables of docs/benchmarks/peer.md. PEER_ARGS adds options, e.g. PEER_ARGS="--workers 2 --torch-threads 1".
 bench-peer: $(STAMP)
 	$(PY) bench/peer.py --requests 2048 --rounds 2 $(PEER_ARGS)
 
@@ -76,7 +76,7 @@ bench-shift: $(STAMP)
 bench-shift-quick: $(STAMP)
 	$(PY) -m bench.shift --quick --out runs/bench-shift-quick
 
-# The docker-compose deployment run for real (scripts/compose-smoke.sh, docs/service.md): build
+# The docker-compose deployment run for real (scripts/compose-smoke.sh, docs/guides/deployment.md): build
 # the images, up, a DRM job end to end on the worker container, /predict, the worker container
 # killed mid-job and the job resumed from its checkpoint, down -v. Needs a Docker engine, or root
 # and Debian's docker.io (it then starts dockerd and stops it, restoring the network state).

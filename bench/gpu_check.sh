@@ -5,7 +5,7 @@
 #   2. POST /predict throughput of the real API process against the model's own limit, with
 #      dynamic batching and without (bench/serve.py).
 # Results (markdown and JSON) go to --out (default runs/gpu-check/<UTC time>); the figures
-# belong in the README's "Performance" section with the date and the GPU.
+# belong in docs/benchmarks/training.md ("GPU check") with the date and the GPU.
 #
 #   bench/gpu_check.sh                       # on a GPU machine, from the repository root
 #   bench/gpu_check.sh --device cpu --tiny   # a dry run of the same steps on CPU (a few minutes)

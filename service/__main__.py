@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> None:
         type=int,
         default=None,
         help="API processes (default RCS_API_WORKERS, 1); on CPU, one per core serves the most "
-        "images (README, 'Serving')",
+        "images (docs/benchmarks/peer.md)",
     )
     serve.add_argument(
         "--log-level",

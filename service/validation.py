@@ -5,7 +5,7 @@ keys; its instances are still ``WiseConfig`` instances, and the core's own ``__p
 checks run inside pydantic validation, so their errors come back as 422s naming the field.
 
 ``Name`` (a pydantic annotated type), ``name_key`` and ``distinct`` are the name policy; see
-"Names" in docs/service.md.
+"Names" in docs/reference/endpoints.md.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
-"""docs/service.md's walk-through, run as written: the ```bash blocks of "Running it by hand"
-and "The main flows", in order, as one bash script (``set -euo pipefail``), against the real API
-and worker it starts (local mode: SQLite, Kombu's SQLite broker) in a fresh folder. The doc is
-the script: a step it lacks, or a command that no longer works, fails this test."""
+"""docs/guides/main-flows.md's walk-through, run as written: the ```bash blocks of "Running it
+by hand" and "The main flows", in order, as one bash script (``set -euo pipefail``), against the
+real API and worker it starts (local mode: SQLite, Kombu's SQLite broker) in a fresh folder. The
+doc is the script: a step it lacks, or a command that no longer works, fails this test."""
 
 from __future__ import annotations
 
@@ -20,14 +20,14 @@ import pytest
 
 from tools.processes import ROOT, free_port, process_env
 
-DOC = ROOT / "docs" / "service.md"
+DOC = ROOT / "docs" / "guides" / "main-flows.md"
 SECTIONS = ("Running it by hand", "The main flows")
 BLOCK = re.compile(r"^```bash\n(.*?)^```$", re.MULTILINE | re.DOTALL)
 
 
 def section(text: str, title: str) -> str:
-    start = text.index(f"\n### {title}\n")
-    end = text.find("\n### ", start + 1)
+    start = text.index(f"\n## {title}\n")
+    end = text.find("\n## ", start + 1)
     return text[start : end if end != -1 else len(text)]
 
 
@@ -37,7 +37,7 @@ def guide_script() -> str:
     blocks = []
     for title in SECTIONS:
         found = BLOCK.findall(section(text, title))
-        assert found, f"no ```bash block under '### {title}' in {DOC}"
+        assert found, f"no ```bash block under '## {title}' in {DOC}"
         blocks += found
     return "\n".join(blocks)
 

@@ -479,7 +479,7 @@ def test_the_folder_the_cli_writes_imports_as_it_is(
     client: TestClient, ctx: AppContext, trained_folder: Path, tmp_path: Path
 ) -> None:
     """`python -m models finetune` writes its resolved run config beside the artifact; the
-    folder packed as it is (docs/service.md's walk-through) imports, without that file."""
+    folder packed as it is (docs/guides/main-flows.md's walk-through) imports, without that file."""
     folder = tmp_path / "my-task"
     shutil.copytree(trained_folder, folder)
     (folder / "config.yaml").write_text("output_dir: runs/my-task\n")

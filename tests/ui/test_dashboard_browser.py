@@ -4,7 +4,8 @@ SQLite for metadata, Kombu's SQLite transport as the broker (no servers needed),
 ``test-tiny-vit`` backbone. Hostile data (a dataset and a description set whose class names are
 script and attribute-injection payloads, a job whose metadata is one) is registered first; the
 page must show it as text and run none of it. Screenshots of each page go to
-``RCS_UI_SCREENSHOTS`` (``docs/images`` for the README) or the test's temporary folder.
+``RCS_UI_SCREENSHOTS`` (``docs/images`` for docs/guides/dashboard.md) or the test's temporary
+folder.
 """
 
 from __future__ import annotations
@@ -234,7 +235,7 @@ class Page:
         self.driver.set_window_size(width, 900)
 
     def shot_of(self, css: str, name: str) -> None:
-        """A screenshot of one element (the README's first screen shows the WiSE-FT plots)."""
+        """A screenshot of one element (docs/guides/dashboard.md shows the WiSE-FT plots)."""
         self.find(css).screenshot(str(self.shots / f"{name}.png"))
 
     def assert_clean(self) -> None:

@@ -1,7 +1,8 @@
 """``RCS_CHECKPOINT_EVERY`` is read by the API when it creates a job; the job keeps it.
 
 A job resumed by another worker checkpoints at the same steps, and the card's hyperparameters
-say what the run did. The worker's own value of the setting is not used (docs/service.md).
+say what the run did. The worker's own value of the setting is not used
+(docs/reference/settings.md).
 """
 
 from __future__ import annotations

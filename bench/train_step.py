@@ -126,7 +126,7 @@ EPOCH_RUNS: dict[str, tuple[str, int | None, dict[str, Any]]] = {
 
 
 def write_epoch_dataset(root: Path, images: int, size: int) -> Path:
-    from models.offline.synthetic import CLASSES, write_shapes_dataset
+    from models.data.synthetic import CLASSES, write_shapes_dataset
 
     return write_shapes_dataset(root, per_class=max(2, images // len(CLASSES)), size=size)
 
@@ -139,9 +139,9 @@ def run_epoch(args: argparse.Namespace) -> dict[str, Any]:
     from models.backbone import create_backbone
     from models.config import BackboneConfig, ObjectiveConfig, TrainConfig
     from models.data import ImageDataset, open_dataset
+    from models.data.synthetic import DESCRIPTIONS
     from models.heads import Classifier
     from models.objectives import CorePrior, build_objective
-    from models.offline.synthetic import DESCRIPTIONS
     from models.train import Progress, train
 
     variant, workers, switches = EPOCH_RUNS[args.epoch_run]

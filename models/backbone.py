@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import importlib
 import json
 import logging
 import os
@@ -18,6 +19,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import open_clip
@@ -34,9 +36,12 @@ LOCAL_DIR = "local-dir:"
 # The weight files open_clip loads from a folder or a path (torch.load with weights_only=True).
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 # The backbone `python -m models build-offline-backbone` assembles from real pretrained towers
-# (no CLIP weights can be downloaded here), and where it is cached by default.
+# (no CLIP weights can be downloaded here), and where it is cached by default. Its builder is
+# the robust-clip-offline distribution (offline/), reached only through offline_builder().
 OFFLINE_BACKBONE = "offline-lite0-minilm"
 DEFAULT_BACKBONE_CACHE = Path.home() / ".cache" / "robust-clip" / "backbones"
+OFFLINE_BUILDER = "robust_clip_offline.build"
+INSTALL_OFFLINE = "pip install ./offline"
 # A Hugging Face text tower's config and tokenizer files. A model folder that carries them is
 # self-contained: the text tower is built from the folder, not from the name its config records.
 HF_CONFIG = "config.json"
@@ -153,6 +158,23 @@ def _offline_backbone(folder: Path) -> str:
             "once with `python -m models build-offline-backbone` (5-10 minutes on 2 CPUs)"
         )
     return LOCAL_DIR + str(folder)
+
+
+def offline_builder() -> ModuleType:
+    """The offline backbone's builder (``robust_clip_offline.build``), imported on first use.
+
+    The one way the library reaches the robust-clip-offline distribution, which its wheel does
+    not carry: loading a built backbone needs none of it, building one does.
+    """
+    try:
+        return importlib.import_module(OFFLINE_BUILDER)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not OFFLINE_BUILDER.startswith(exc.name):
+            raise  # the builder is there; something it imports is not
+        raise BackboneError(
+            f"building {OFFLINE_BACKBONE!r} needs the robust-clip-offline package, which is not "
+            f"installed; run `{INSTALL_OFFLINE}` from the repository (`make install` does)"
+        ) from exc
 
 
 def _local_folder(name: str) -> Path | None:

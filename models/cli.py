@@ -26,23 +26,20 @@ from models.artifacts import (
     merge_artifact,
     read_card,
 )
-from models.backbone import list_architectures
+from models.backbone import (
+    DEFAULT_BACKBONE_CACHE,
+    OFFLINE_BACKBONE,
+    list_architectures,
+    offline_builder,
+)
 from models.config import RunConfig, from_dict, load_run_config, to_dict
 from models.data import open_dataset, read_image
+from models.data.synthetic import write_shapes_dataset
 from models.diagnostics import summary_line as diagnostics_line
 from models.errors import Cancelled, ModelsError
 from models.evaluation import split_evaluator, summary
 from models.heads import HEAD_NAMES
 from models.objective_registry import OBJECTIVES
-from models.offline.backbone import (
-    CARD,
-    DEFAULT_FOLDER,
-    OfflineBuildConfig,
-    ensure_offline_backbone,
-    format_table,
-    is_built,
-)
-from models.offline.synthetic import write_shapes_dataset
 from models.pipeline import build_classifier, cpu_state, finetune
 from models.report import SERVED_HEAD, report_png, robustness_report
 from models.templates import TEMPLATE_SETS
@@ -117,9 +114,13 @@ def _parser() -> argparse.ArgumentParser:
         "build-offline-backbone",
         help="align real pretrained towers into a zero-shot backbone (no download needed)",
     )
-    p.add_argument("--out", default=str(DEFAULT_FOLDER), help="model folder to write")
+    p.add_argument(
+        "--out",
+        default=str(DEFAULT_BACKBONE_CACHE / OFFLINE_BACKBONE),
+        help="model folder to write",
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=OfflineBuildConfig.steps)
+    p.add_argument("--steps", type=int, help="alignment steps (default: the build's own)")
     p.add_argument("--force", action="store_true", help="rebuild even if the folder exists")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(run=cmd_build_offline_backbone)
@@ -269,16 +270,18 @@ def cmd_synthetic(args: argparse.Namespace) -> int:
 
 
 def cmd_build_offline_backbone(args: argparse.Namespace) -> int:
-    if is_built(args.out) and not args.force:
+    build = offline_builder()  # the robust-clip-offline package, or an error saying how to get it
+    if build.is_built(args.out) and not args.force:
         print(f"offline backbone: {args.out} (already built; --force rebuilds it)")
         return 0
-    cfg = OfflineBuildConfig(seed=args.seed, steps=args.steps)
-    path = ensure_offline_backbone(
+    steps = {} if args.steps is None else {"steps": args.steps}
+    cfg = build.OfflineBuildConfig(seed=args.seed, **steps)
+    path = build.ensure_offline_backbone(
         args.out, cfg, force=True, progress=not args.no_progress, note=print
     )
-    card = json.loads((path / CARD).read_text())
+    card = json.loads((path / build.CARD).read_text())
     if "zero_shot" in card:
-        print(format_table(card["zero_shot"]))
+        print(build.format_table(card["zero_shot"]))
     print(f"use it with backbone.arch={path}")
     return 0
 

@@ -10,8 +10,8 @@ import torch
 
 from models.backbone import create_backbone
 from models.config import BackboneConfig
+from models.data.synthetic import CLASSES, DESCRIPTIONS, write_shapes_dataset
 from models.heads import Classifier
-from models.offline.synthetic import CLASSES, DESCRIPTIONS, write_shapes_dataset
 
 logging.getLogger("root").setLevel(logging.ERROR)
 

@@ -29,9 +29,9 @@ from typing import Any
 import httpx
 
 from models.backbone import OFFLINE_BACKBONE
-from models.offline.synthetic import write_shapes_dataset
-from models.offline.tasks import FULL, QUICK, TASKS, Sizes, build_task
+from models.data.synthetic import write_shapes_dataset
 from models.report import ErPoint, plot_effective_robustness
+from robust_clip_offline.tasks import FULL, QUICK, TASKS, Sizes, build_task
 from tools.processes import api_process, free_port, wait_ready, worker_process
 
 BATCH = 32
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     default_dir = "runs/service-demo-tiny" if args.tiny else "runs/service-demo"
     workdir = (args.workdir or Path(default_dir)).resolve()
     if args.arch == OFFLINE_BACKBONE:
-        from models.offline.backbone import ensure_offline_backbone
+        from robust_clip_offline.build import ensure_offline_backbone
 
         print("== the offline backbone (built once, about 5 minutes on 2 cores, then cached)")
         print(f"   {ensure_offline_backbone()}")

@@ -21,8 +21,8 @@ import torch
 from bench.shift.plan import Plan, hparams_for, run_config
 from models.config import PC_NORMS
 from models.objectives import PC_EPS
-from models.offline.tasks import Task, build_task
 from models.pipeline import build_classifier, core_prior, prepare_data
+from robust_clip_offline.tasks import Task, build_task
 
 ALL = "all"
 

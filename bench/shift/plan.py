@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from models.config import RunConfig, from_dict
-from models.offline.tasks import Sizes, Task
+from robust_clip_offline.tasks import Sizes, Task
 
 # The fine-tuning methods and the objective settings that define them.
 METHODS: dict[str, dict[str, Any]] = {

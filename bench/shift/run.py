@@ -11,7 +11,7 @@
     python -m bench.shift --arch ViT-B-16 --pretrained openai --device cuda   # real CLIP
 
 Every run goes through ``models.pipeline.finetune``, the same code path as the CLI and the
-service, on datasets written as ordinary manifests (``models.offline.tasks``). Results go to
+service, on datasets written as ordinary manifests (``robust_clip_offline.tasks``). Results go to
 ``--out`` (default ``runs/bench-shift``): ``results.json`` (every run, every alpha, every split
 and head), ``results.md`` (mean and standard deviation over seeds) and
 ``effective_robustness.png``. Finished runs are journaled in ``runs.jsonl`` there: run the same
@@ -54,9 +54,9 @@ from bench.shift.plan import (
 )
 from models.backbone import OFFLINE_BACKBONE
 from models.json_values import stable_hash
-from models.offline.tasks import FORMAT as TASK_FORMAT
-from models.offline.tasks import FULL, QUICK, TASKS, Task, build_task
 from models.pipeline import finetune, versions
+from robust_clip_offline.tasks import FORMAT as TASK_FORMAT
+from robust_clip_offline.tasks import FULL, QUICK, TASKS, Task, build_task
 
 # Every finished run is appended here (in --out) and reused by a later invocation.
 JOURNAL = "runs.jsonl"
@@ -371,7 +371,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_report(report.merge([json.loads(p.read_text()) for p in args.report]), plan.out)
         return 0
     if plan.arch == OFFLINE_BACKBONE:
-        from models.offline.backbone import ensure_offline_backbone
+        from robust_clip_offline.build import ensure_offline_backbone
 
         ensure_offline_backbone()  # built once (about 5 minutes on 2 cores), then cached
     plan.out.mkdir(parents=True, exist_ok=True)

@@ -394,7 +394,7 @@ def _run_stack(stack: Stack, figures: dict[str, float], state: Path) -> None:
                     image,
                     "python",
                     "-c",
-                    "from models.offline.synthetic import write_shapes_dataset; "
+                    "from models.data.synthetic import write_shapes_dataset; "
                     "write_shapes_dataset('/out/shapes', per_class=32, size=32)",
                 ]
             )

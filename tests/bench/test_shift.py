@@ -21,8 +21,8 @@ from bench.shift.plan import ABLATIONS, LAMBDA_GRID, LONG_EPOCHS, hparams_for, r
 from bench.shift.run import main, make_plan, parse
 from models.config import to_dict
 from models.data import open_dataset
-from models.offline.data import FASHION_CLASSNAMES, RESERVED, load_source, within_class_rank
-from models.offline.tasks import (
+from robust_clip_offline.data import FASHION_CLASSNAMES, RESERVED, load_source, within_class_rank
+from robust_clip_offline.tasks import (
     CORRUPTIONS,
     PALETTE,
     QUICK,

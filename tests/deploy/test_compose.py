@@ -312,16 +312,17 @@ def test_the_lock_pins_torch_and_covers_the_declared_dependencies() -> None:
 
 
 def imported_distributions() -> dict[str, set[str]]:
-    """The distributions whose modules models/, service/ and worker/ import (also lazily, by
-    ``require("x")`` or ``package_dir("x", ...)`` in models/), each with a file that does."""
+    """The distributions whose modules models/, service/, worker/ and the images' copy of the
+    asset builders (offline/robust_clip_offline/) import (also lazily, by ``require("x")`` or
+    ``package_dir("x", ...)`` in the builders), each with a file that does."""
     import ast
     import importlib.metadata
     import sys
 
     owners = importlib.metadata.packages_distributions()
-    ours = {"models", "service", "worker", "tools", "bench", "tests"}
+    ours = {"models", "service", "worker", "tools", "bench", "tests", "robust_clip_offline"}
     found: dict[str, set[str]] = {}
-    for package in ("models", "service", "worker"):
+    for package in ("models", "service", "worker", "offline/robust_clip_offline"):
         for path in (ROOT / package).rglob("*.py"):
             for node in ast.walk(ast.parse(path.read_text())):
                 names: list[str] = []
@@ -330,7 +331,7 @@ def imported_distributions() -> dict[str, set[str]]:
                 elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
                     names = [node.module]
                 elif (
-                    package == "models"
+                    package in ("models", "offline/robust_clip_offline")
                     and isinstance(node, ast.Call)
                     and isinstance(node.func, ast.Name)
                     and node.func.id in ("require", "package_dir")

@@ -19,21 +19,18 @@ from models.cli import main
 from models.config import BackboneConfig
 from models.errors import BackboneError, DataError
 from models.heads import Classifier
-from models.offline import data as od
-from models.offline.backbone import (
-    CARD,
+from robust_clip_offline import data as od
+from robust_clip_offline.align import encode_pooled_texts, split_image_tower
+from robust_clip_offline.assemble import (
     HF_TEXT_MODEL,
     OfflineBuildConfig,
-    aligned_backbone,
-    build_offline_backbone,
-    encode_pooled_texts,
     open_clip_config,
-    split_image_tower,
     text_tower_path,
-    write_model_folder,
 )
-from models.offline.corpus import iter_corpus
-from models.offline.deps import INSTALL_EXTRA, MissingDependency, require
+from robust_clip_offline.build import aligned_backbone, build_offline_backbone, write_model_folder
+from robust_clip_offline.card import CARD
+from robust_clip_offline.corpus import iter_corpus
+from robust_clip_offline.deps import INSTALL_EXTRA, MissingDependency, require
 from tests.deploy.test_layering import imports, modules
 
 TINY = OfflineBuildConfig(
@@ -85,16 +82,39 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_the_library_never_imports_its_tools() -> None:
-    """Only the CLI (the library's own tool) reaches into models.offline; the core does not, so
-    it works without the offline extra."""
+    """The builders are a distribution of their own (offline/), outside the models wheel; the
+    library imports none of it, and reaches the builder only by name, lazily, through
+    models.backbone.offline_builder (the CLI's build-offline-backbone)."""
     users = {
         name
         for name, path in modules("models").items()
-        if not name.startswith("models.offline")
         for module, attribute in imports(name, path)
-        if f"{module}.{attribute}".startswith("models.offline")
+        if f"{module}.{attribute}".startswith(("robust_clip_offline", "models.offline"))
     }
-    assert users == {"models.cli"}
+    assert users == set()
+    # And the builders stand above the library only: nothing of the service, worker or tools.
+    folder = Path(od.__file__).parent
+    ours = ("service", "worker", "tools", "bench", "tests")
+    above = {
+        f"{path.stem}: {module}"
+        for path in folder.glob("*.py")
+        for module, _ in imports(f"robust_clip_offline.{path.stem}", path)
+        if module.split(".")[0] in ours
+    }
+    assert above == set()
+    assert not list((backbone_module.CONFIG_DIR.parent / "offline").glob("**/*.py"))
+    assert backbone_module.offline_builder().__name__ == "robust_clip_offline.build"
+
+
+def test_cli_without_the_builder_names_how_to_install_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in [m for m in sys.modules if m.startswith("robust_clip_offline")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "robust_clip_offline", None)  # as if not installed
+    assert main(["build-offline-backbone", "--out", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err
+    assert "robust-clip-offline" in err and backbone_module.INSTALL_OFFLINE in err
 
 
 # ---------------------------------------------------------------------------------------------
@@ -239,7 +259,7 @@ def test_cli_names_the_extra_when_a_package_is_missing(
     module: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     if module == "transformers":  # the text tower's package is found first: let it be
-        monkeypatch.setattr("models.offline.backbone.text_tower_path", lambda: tmp_path)
+        monkeypatch.setattr("robust_clip_offline.assemble.text_tower_path", lambda: tmp_path)
     monkeypatch.setitem(sys.modules, module, None)  # a None entry makes the import fail
     assert main(["build-offline-backbone", "--out", str(tmp_path / "m"), "--no-progress"]) == 2
     err = capsys.readouterr().err

@@ -127,7 +127,7 @@ def test_a_header_claiming_more_data_than_the_file_has_is_refused(tmp_path: Path
 def test_a_timm_and_hugging_face_artifact_is_checked_unbuilt(tmp_path: Path) -> None:
     """The offline backbone's towers (a timm image tower, a BERT-style text tower carried as
     files in the artifact) pass, and a lie in the text tower's config.json is refused."""
-    od = pytest.importorskip("models.offline.backbone")
+    od = pytest.importorskip("robust_clip_offline.build")
     from models.backbone import Backbone, create_backbone
     from models.config import BackboneConfig
     from tests.models.test_offline import TINY, fake_sets

@@ -120,7 +120,7 @@ def test_gradient_accumulation_counts_optimizer_steps(
 def test_frozen_parameters_stay_frozen(shapes_root: Path) -> None:
     from models.backbone import create_backbone
     from models.config import BackboneConfig
-    from models.offline.synthetic import CLASSES, DESCRIPTIONS
+    from models.data.synthetic import CLASSES, DESCRIPTIONS
 
     backbone = create_backbone(BackboneConfig(freeze_text=True, image_unlocked_groups=1))
     classifier = Classifier(backbone, CLASSES, ["a {c}."], DESCRIPTIONS)

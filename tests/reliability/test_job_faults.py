@@ -73,7 +73,7 @@ def test_an_image_corrupted_after_registration_fails_the_job_naming_it(
     shapes_root: Path,
     tmp_path: Path,
 ) -> None:
-    from models.offline.synthetic import write_shapes_dataset
+    from models.data.synthetic import write_shapes_dataset
 
     root = write_shapes_dataset(shapes_root / "late", per_class=4, size=16)
     try:

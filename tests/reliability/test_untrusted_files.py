@@ -17,8 +17,8 @@ from models.artifacts import load_artifact
 from models.backbone import create_backbone
 from models.config import BackboneConfig
 from models.errors import ArtifactError, BackboneError
-from models.offline.backbone import load_image_tower
 from models.train import load_checkpoint
+from robust_clip_offline.assemble import load_image_tower
 from tests.conftest import make_classifier
 from tests.reliability.conftest import record
 
@@ -94,7 +94,8 @@ def dotted(node: ast.expr) -> str:
 
 
 def test_every_torch_load_passes_weights_only_and_nothing_unpickles_freely() -> None:
-    sources = [p for d in ("models", "service", "worker") for p in (ROOT / d).rglob("*.py")]
+    dirs = ("models", "service", "worker", "offline/robust_clip_offline")
+    sources = [p for d in dirs for p in (ROOT / d).rglob("*.py")]
     loads, unsafe = 0, []
     for path in sources:
         for call in calls(ast.parse(path.read_text(), str(path))):

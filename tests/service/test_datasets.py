@@ -16,7 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from models.offline.synthetic import write_shapes_dataset
+from models.data.synthetic import write_shapes_dataset
 from service.app import create_app
 from service.context import AppContext
 from tests.service.support import API_KEY, AUTH, FakeBroker, finetune_body, make_settings

@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
-from models.offline.synthetic import DESCRIPTIONS
+from models.data.synthetic import DESCRIPTIONS
 from service.auth.service import create_key
 from service.context import AppContext
 from service.queue import TASK_EVALUATE

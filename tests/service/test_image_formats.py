@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from models.offline.synthetic import write_shapes_dataset
+from models.data.synthetic import write_shapes_dataset
 from service.context import AppContext
 from tests.service.support import b64, register_artifact
 

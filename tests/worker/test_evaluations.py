@@ -18,10 +18,10 @@ from models import backbone as backbone_module
 from models.artifacts import load_artifact, save_artifact
 from models.backbone import OFFLINE_BACKBONE, create_backbone
 from models.config import BackboneConfig
+from models.data.synthetic import DESCRIPTIONS
 from models.diagnostics import description_diagnostics
 from models.heads import Classifier
 from models.objectives import core_probabilities
-from models.offline.synthetic import DESCRIPTIONS
 from service.datasets import service as datasets
 from service.db.tables import Dataset, Evaluation, EvaluationEvent
 from service.descriptions import service as description_sets

@@ -189,7 +189,7 @@ def test_a_changed_dataset_fails_the_job(
 ) -> None:
     import shutil
 
-    from models.offline.synthetic import write_shapes_dataset
+    from models.data.synthetic import write_shapes_dataset
 
     root = write_shapes_dataset(shapes_root / "copy", per_class=4, size=16)
     try:

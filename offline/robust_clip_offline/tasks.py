@@ -1,7 +1,7 @@
 """The three distribution-shift tasks, written as ordinary datasets (a manifest and PNG files).
 
 Every task is built from the *benchmark* range of its real image sources
-(``models.offline.data``), never from the images the offline backbone was aligned on, and is a
+(``robust_clip_offline.data``), never from the images the offline backbone was aligned on, and is a
 plain ``manifest.csv`` (``path,label,split,group``) with a ``descriptions.json`` beside it, so
 the fine-tuning runs read it exactly as they would read a user's dataset.
 
@@ -16,7 +16,7 @@ the fine-tuning runs read it exactly as they would read a user's dataset.
   corruptions cycling over the images (group: the corruption's name).
 
 The class descriptions are ours and describe shape and parts only, never colour or background
-(``models.offline.data.DESCRIPTIONS``).
+(``robust_clip_offline.data.DESCRIPTIONS``).
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ import numpy as np
 from PIL import Image
 
 from models.json_values import stable_hash
-from models.offline.corpus import PALETTE
-from models.offline.data import ImageSet, descriptions_for, load_source, within_class_rank
-from models.offline.deps import require
+from robust_clip_offline.corpus import PALETTE
+from robust_clip_offline.data import ImageSet, descriptions_for, load_source, within_class_rank
+from robust_clip_offline.deps import require
 
 FORMAT = "robust-clip-shift-task/2"
 SPURIOUS_COLOURS = (

@@ -18,8 +18,8 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from models.data.images import open_image
-from models.offline.data import DOMAINS, ImageSet
 from models.templates import GENERIC
+from robust_clip_offline.data import DOMAINS, ImageSet
 
 # Named colours the captions may use (RGB). Wide apart, so a name is always right.
 PALETTE: dict[str, tuple[int, int, int]] = {

@@ -1,6 +1,6 @@
 """Real image sources that need no network, with the index ranges each use may touch.
 
-The offline backbone (``models.offline.backbone``) is aligned on a captioned corpus rendered from
+The offline backbone (``robust_clip_offline.build``) is aligned on a captioned corpus rendered from
 these images; benchmarks later measure robustness on the same sources. The two must never see
 the same image, so every source has a *corpus* range and a disjoint *benchmark* range, fixed
 here as constants and nowhere else:
@@ -36,7 +36,7 @@ from typing import Any, Literal
 import numpy as np
 
 from models.errors import DataError
-from models.offline.deps import ANIMAL_MNIST_PIP, package_dir, require
+from robust_clip_offline.deps import ANIMAL_MNIST_PIP, package_dir, require
 
 Part = Literal["corpus", "benchmark", "all"]
 PARTS = ("corpus", "benchmark", "all")

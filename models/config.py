@@ -19,7 +19,7 @@ import yaml
 
 from models.errors import ConfigError
 from models.json_values import json_safe
-from models.objective_registry import objective_names
+from models.objective_registry import DEFAULT_OBJECTIVE, objective_names
 from models.seeding import MAX_SEED
 
 WRM_READINGS = ("weight", "soft")
@@ -96,7 +96,7 @@ class HeadConfig:
 class ObjectiveConfig:
     """The training objective, by registry name, with DRM's knobs."""
 
-    name: str = "drm"
+    name: str = DEFAULT_OBJECTIVE
     wrm: str = "weight"
     lam: float = 1.0
     pc_mode: str = "cached"
@@ -118,6 +118,53 @@ class ObjectiveConfig:
         _check(temperature > 0.0, "objective.pc_temperature", f"must be > 0, got {temperature}")
         if self.preset is not None:
             _check_choice(self.preset, tuple(PRESETS), "objective.preset")
+
+
+@dataclass(frozen=True)
+class Knob:
+    """An ObjectiveConfig field as a form shows it: what it does and what it accepts (the
+    checks above are what enforce it). Objectives list the knobs they read (ObjectiveSpec)."""
+
+    help: str
+    choices: tuple[str, ...] | None = None
+    minimum: float | None = None
+    exclusive_minimum: bool = False
+
+
+KNOBS: dict[str, Knob] = {
+    "wrm": Knob(
+        "how the worst-case risk is read: weight (contrastive loss on description prompts "
+        "weighted by p_c) or soft (cross-entropy against p_c)",
+        WRM_READINGS,
+    ),
+    "lam": Knob("lambda: the loss is ERM + lambda * WRM", minimum=0.0),
+    "pc_mode": Knob("p_c computed once per training image (cached) or at every step", PC_MODES),
+    "pc_norm": Knob(
+        "p_c from the frozen concept head's probabilities (prob) or raw cosines", PC_NORMS
+    ),
+    "pc_temperature": Knob(
+        "multiplies the frozen model's logit scale inside p_c's softmax (pc_norm prob)",
+        minimum=0.0,
+        exclusive_minimum=True,
+    ),
+    "mask_same_class": Knob("drop same-class pairs from the contrastive loss's negatives"),
+}
+
+
+def knob_schema(name: str) -> dict[str, Any]:
+    """The knob ``name`` as plain data: its type, default and accepted values."""
+    knob = KNOBS[name]
+    hint = typing.get_type_hints(ObjectiveConfig)[name]
+    kind = "choice" if knob.choices else {bool: "boolean", float: "number"}.get(hint, "string")
+    return {
+        "name": name,
+        "type": kind,
+        "default": getattr(ObjectiveConfig(), name),
+        "choices": list(knob.choices) if knob.choices else None,
+        "minimum": knob.minimum,
+        "exclusive_minimum": knob.exclusive_minimum,
+        "description": knob.help,
+    }
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.backbone import encode_text
-from models.config import PC_NORMS, ObjectiveConfig
+from models.config import PC_NORMS, ObjectiveConfig, knob_schema
 from models.heads import Classifier
-from models.objective_registry import OBJECTIVES, register_objective
+from models.objective_registry import (
+    OBJECTIVES,
+    ObjectiveSpec,
+    objective_spec,
+    register_objective,
+)
 from models.seeding import derive_seed
 
 PC_EPS = 1e-8
@@ -312,32 +317,59 @@ class ZeroShot:
         raise RuntimeError("the zeroshot objective does not train")
 
 
-@register_objective("zeroshot", "no training: evaluate the zero-shot heads")
 def _zeroshot(
     classifier: Classifier, cfg: ObjectiveConfig, seed: int, prior: CorePrior | None
 ) -> Objective:
     return ZeroShot()
 
 
-@register_objective(
-    "ce", "cross-entropy over all classes with a learned head initialised from zero-shot"
+register_objective(
+    ObjectiveSpec(
+        "zeroshot",
+        "no training: evaluate the zero-shot heads",
+        _zeroshot,
+        label="Zero-shot (no training)",
+        trains=False,
+    )
 )
+
+
 def _cross_entropy(
     classifier: Classifier, cfg: ObjectiveConfig, seed: int, prior: CorePrior | None
 ) -> Objective:
     return CrossEntropy(classifier)
 
 
-@register_objective("flyp", "contrastive fine-tuning with the default template prompts (FLYP)")
+register_objective(
+    ObjectiveSpec(
+        "ce",
+        "cross-entropy over all classes with a learned head initialised from zero-shot",
+        _cross_entropy,
+        label="Cross-entropy",
+        learned_head=True,
+        # ce never uses the text tower's gradients: freezing it keeps weight decay off it.
+        trains_text=False,
+    )
+)
+
+
 def _flyp(
     classifier: Classifier, cfg: ObjectiveConfig, seed: int, prior: CorePrior | None
 ) -> Objective:
     return Flyp(classifier, cfg, seed)
 
 
-@register_objective(
-    "drm", "dual risk minimization: FLYP + lambda * core-description worst-case risk"
+register_objective(
+    ObjectiveSpec(
+        "flyp",
+        "contrastive fine-tuning with the default template prompts (FLYP)",
+        _flyp,
+        label="FLYP",
+        knobs=("mask_same_class",),
+    )
 )
+
+
 def _drm(
     classifier: Classifier, cfg: ObjectiveConfig, seed: int, prior: CorePrior | None
 ) -> Objective:
@@ -346,12 +378,43 @@ def _drm(
     return Drm(classifier, cfg, seed, prior)
 
 
+register_objective(
+    ObjectiveSpec(
+        "drm",
+        "dual risk minimization: FLYP + lambda * core-description worst-case risk",
+        _drm,
+        label="DRM (dual risk minimisation)",
+        needs_descriptions=True,
+        needs_prior=True,
+        knobs=("wrm", "lam", "pc_mode", "pc_norm", "pc_temperature", "mask_same_class"),
+    )
+)
+
+
+def catalog() -> list[dict[str, Any]]:
+    """Every registered objective as plain data (``GET /objectives``): capabilities and knobs."""
+    return [describe(spec) for spec in OBJECTIVES.values()]
+
+
+def describe(spec: ObjectiveSpec) -> dict[str, Any]:
+    return {
+        "name": spec.name,
+        "label": spec.title,
+        "description": spec.description,
+        "trains": spec.trains,
+        "needs_descriptions": spec.needs_descriptions,
+        "needs_prior": spec.needs_prior,
+        "learned_head": spec.learned_head,
+        "trains_text": spec.trains_text,
+        "knobs": [knob_schema(name) for name in spec.knobs],
+    }
+
+
 def build_objective(
     cfg: ObjectiveConfig, classifier: Classifier, seed: int, prior: CorePrior | None = None
 ) -> Objective:
-    """The objective ``cfg.name`` names. DRM needs the core prior (see ``CorePrior``).
-
-    The config checked the name against the registry when it was built.
+    """The objective ``cfg.name`` names; ``prior`` when its spec ``needs_prior`` (see
+    ``CorePrior``). The config checked the name against the registry when it was built.
     """
-    objective: Objective = OBJECTIVES[cfg.name].build(classifier, cfg, seed, prior)
+    objective: Objective = objective_spec(cfg.name).build(classifier, cfg, seed, prior)
     return objective

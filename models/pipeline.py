@@ -38,6 +38,7 @@ from models.errors import ConfigError
 from models.evaluation import ShouldStop, check_stop, split_evaluator, summary
 from models.heads import Classifier
 from models.json_values import stable_hash
+from models.objective_registry import objective_spec
 from models.objectives import CorePrior, build_objective
 from models.templates import resolve_templates
 from models.train import Callback, TrainResult, train
@@ -81,8 +82,9 @@ def prepare_data(cfg: RunConfig) -> tuple[DatasetSplits, dict[str, tuple[str, ..
     required = [data.train_split, data.val_split, *data.ood_splits]
     validate_splits(ds, required, check_images=data.check_images)
     if data.descriptions is None:
-        if cfg.objective.name == "drm":
-            raise ConfigError("the drm objective needs class descriptions", key="data.descriptions")
+        if objective_spec(cfg.objective.name).needs_descriptions:
+            name = cfg.objective.name
+            raise ConfigError(f"the {name} objective needs class descriptions", "data.descriptions")
         # Without descriptions the concept head falls back to the bare class names.
         return ds, {c: (c,) for c in ds.classnames}
     descriptions = load_descriptions(data.descriptions)
@@ -104,8 +106,10 @@ def build_classifier(cfg: RunConfig, classnames: Sequence[str], descriptions: An
     # Random-init backbones (the test architectures) must be reproducible from the seed.
     torch.manual_seed(cfg.train.seed)
     backbone_cfg = cfg.backbone
-    if cfg.objective.name == "ce" and not backbone_cfg.freeze_text:
-        # ce never uses the text tower's gradients; freezing it keeps weight decay off it.
+    spec = objective_spec(cfg.objective.name)
+    if not spec.trains_text and not backbone_cfg.freeze_text:
+        # The objective never uses the text tower's gradients (ce's learned head): freezing it
+        # keeps weight decay off it.
         backbone_cfg = dataclasses.replace(backbone_cfg, freeze_text=True)
     backbone = create_backbone(backbone_cfg, device)
     templates = resolve_templates(cfg.head.templates)
@@ -115,7 +119,7 @@ def build_classifier(cfg: RunConfig, classnames: Sequence[str], descriptions: An
         templates,
         descriptions,
         beta=cfg.head.beta,
-        learned_head=cfg.objective.name == "ce",
+        learned_head=spec.learned_head,
     )
 
 
@@ -126,7 +130,7 @@ def cpu_state(classifier: Classifier) -> dict[str, Tensor]:
 def core_prior(
     cfg: RunConfig, classifier: Classifier, train_set: Sequence[Any], classnames: Sequence[str]
 ) -> CorePrior | None:
-    if cfg.objective.name != "drm":
+    if not objective_spec(cfg.objective.name).needs_prior:
         return None
     if cfg.objective.pc_mode == "per_step":
         return CorePrior.per_step(classifier, cfg.objective)
@@ -226,7 +230,7 @@ def finetune(
     curve: list[CurvePoint] = [CurvePoint(0.0, zeroshot_metrics)]
     finetuned_state = None
     selected = 0.0
-    if objective.trains:
+    if objective_spec(cfg.objective.name).trains:
         train_set = ImageDataset(ds.split(cfg.data.train_split), ds.classnames)
         result = train(
             classifier,

@@ -30,6 +30,7 @@ from service.health.router import router as health_router
 from service.jobs.router import router as jobs_router
 from service.limits import BodySizeLimit
 from service.lookups import Lookups
+from service.objectives.router import router as objectives_router
 from service.observability import Metrics, RecordMetrics
 from service.predict import service as predict_service
 from service.predict.batcher import Batcher
@@ -120,6 +121,7 @@ def create_app(settings: Settings) -> FastAPI:
     install_docs(app)
     for router in (
         jobs_router,
+        objectives_router,
         evaluations_router,
         datasets_router,
         descriptions_router,

@@ -5,8 +5,10 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from models.config import HeadConfig, ObjectiveConfig, WiseConfig
+from models.objective_registry import DEFAULT_OBJECTIVE
 from service.db.tables import Job, JobCheckpoint, JobEvent
 from service.descriptions.schemas import Descriptions, normalise
+from service.objectives.schemas import known_objective
 from service.schemas import NAME_PATTERN
 from service.status import JobStatus
 from service.validation import Name, strict
@@ -60,8 +62,15 @@ class Method(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    type: Literal["drm", "flyp", "ce", "zeroshot"] = "drm"
+    type: str = Field(
+        default=DEFAULT_OBJECTIVE, description="A registered objective's name (GET /objectives)"
+    )
     objective: StrictObjective | None = None  # type: ignore[valid-type]
+
+    @field_validator("type")
+    @classmethod
+    def _registered(cls, value: str) -> str:
+        return known_objective(value)
 
     @model_validator(mode="before")
     @classmethod
@@ -69,9 +78,10 @@ class Method(BaseModel):
         # The objective's name is the method's type; users give it once.
         if isinstance(data, dict) and isinstance(data.get("objective"), dict):
             objective = data["objective"]
-            if "name" in objective and objective["name"] != data.get("type", "drm"):
+            name = data.get("type", DEFAULT_OBJECTIVE)
+            if "name" in objective and objective["name"] != name:
                 raise ValueError("method.objective.name, when given, must equal method.type")
-            data = {**data, "objective": {**objective, "name": data.get("type", "drm")}}
+            data = {**data, "objective": {**objective, "name": name}}
         return data
 
 

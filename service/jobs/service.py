@@ -31,6 +31,7 @@ from models.config import RunConfig, from_dict, to_dict
 from models.data import check_descriptions
 from models.errors import ConfigError, DataError
 from models.json_values import stable_hash
+from models.objective_registry import objective_spec
 from models.templates import resolve_templates
 from service.datasets import service as datasets
 from service.db.queries import page, required
@@ -228,8 +229,9 @@ def _descriptions(
         row = description_sets.resolve(session, value, "descriptions")
         value, set_id = dict(row.descriptions), row.id
     if value is None:
-        if body.method.type == "drm":
-            raise InvalidRequest("the drm method needs class descriptions", "descriptions")
+        if objective_spec(body.method.type).needs_descriptions:
+            method = body.method.type
+            raise InvalidRequest(f"the {method} method needs class descriptions", "descriptions")
         return None, None
     return dataset_descriptions(value, dataset, "descriptions"), set_id
 

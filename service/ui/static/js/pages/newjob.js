@@ -1,5 +1,6 @@
 // The form behind POST /finetune: dataset, description set, method, a few hyperparameters and
-// WiSE-FT. Blank numbers mean "auto" (the server resolves them from the dataset size).
+// WiSE-FT. Blank numbers mean "auto" (the server resolves them from the dataset size). The
+// methods and their knobs come from GET /objectives: a newly registered objective shows up here.
 
 import { api, ApiError, query } from "../api.js";
 import { h, replace, route } from "../dom.js";
@@ -23,10 +24,12 @@ export async function newJobPage(main, ctx) {
     replace(main, h("h1", {}, "New job"), h("p", { class: "error" }, "This key lacks the 'train' scope: it cannot create jobs."));
     return;
   }
-  const [datasets, sets] = await Promise.all([
+  const [datasets, sets, objectives] = await Promise.all([
     api(`/datasets${query({ limit: 100 })}`, { signal: ctx.signal }),
     api(`/descriptions${query({ limit: 100 })}`, { signal: ctx.signal }),
+    api("/objectives", { signal: ctx.signal }),
   ]);
+  const knobs = knobFields(objectives);
   // One key per rendered form: a double submit or a retried request creates one job.
   const idempotencyKey = crypto.randomUUID();
   const error = h("p", { class: "error", role: "alert", id: "form-error" });
@@ -35,14 +38,13 @@ export async function newJobPage(main, ctx) {
     { class: "card", id: "new-job-form", novalidate: true },
     h("fieldset", {}, h("legend", {}, "Data"),
       field("dataset", "Dataset", select(datasets.data.map((d) => [d.id, `${d.name} (${d.id}, ${d.classes.length} classes, ${d.num_images} images)`]))),
-      field("descriptions", "Description set", select([["", "none"], ...sets.data.map((s) => [s.id, `${s.name} v${s.version} (${s.classes.length} classes)`])]), "DRM needs one; FLYP and CE may use it for the concept head"),
+      field("descriptions", "Description set", select([["", "none"], ...sets.data.map((s) => [s.id, `${s.name} v${s.version} (${s.classes.length} classes)`])]), descriptionsHint(objectives.data)),
     ),
     h("fieldset", {}, h("legend", {}, "Model and method"),
       field("model", "Base model", h("input", { type: "text", required: true, placeholder: "ViT-B-16 or models:/name@champion", value: ctx.params.get("model") || "" }), "an open_clip architecture, or a registered model reference"),
       field("pretrained", "Pretrained tag", h("input", { type: "text", placeholder: "openai (blank: none or the reference's weights)" })),
-      field("method", "Method", select([["drm", "DRM (dual risk minimisation)"], ["flyp", "FLYP"], ["ce", "Cross-entropy"], ["zeroshot", "Zero-shot (no training)"]], "drm")),
-      field("wrm", "WRM reading (DRM)", select([["weight", "weight"], ["soft", "soft"]], "weight")),
-      field("lam", "λ (DRM: ERM + λ·WRM)", number({ step: "any", min: 0, placeholder: "1.0" })),
+      field("method", "Method", select(objectives.data.map((o) => [o.name, o.label]), objectives.default)),
+      [...knobs.values()],
       field("registered_model_name", "Register as", h("input", { type: "text", required: true, pattern: "[A-Za-z0-9][A-Za-z0-9_.\\-]{0,99}" }), "a registry name: letters, digits, _ . -"),
     ),
     h("fieldset", {}, h("legend", {}, "Hyperparameters (blank: auto)"),
@@ -66,7 +68,7 @@ export async function newJobPage(main, ctx) {
     for (const node of form.querySelectorAll("[aria-invalid]")) node.removeAttribute("aria-invalid");
     let body;
     try {
-      body = requestBody(form);
+      body = requestBody(form, objectives.data);
     } catch (problem) {
       replace(error, problem.message);
       return;
@@ -82,7 +84,47 @@ export async function newJobPage(main, ctx) {
       markInvalid(form, problem.param);
     }
   });
+  const method = form.elements.namedItem("method");
+  const showKnobs = () => {
+    const chosen = objectives.data.find((o) => o.name === method.value);
+    const names = new Set(chosen ? chosen.knobs.map((k) => k.name) : []);
+    for (const [name, node] of knobs) node.hidden = !names.has(name);
+  };
+  method.addEventListener("change", showKnobs);
+  showKnobs();
   replace(main, h("h1", {}, "New fine-tuning job"), form);
+}
+
+function descriptionsHint(objectives) {
+  const needing = objectives.filter((o) => o.needs_descriptions).map((o) => o.label);
+  const need = needing.length ? `${needing.join(", ")} need${needing.length === 1 ? "s" : ""} one; ` : "";
+  return `${need}the others may use it for the concept head`;
+}
+
+/** One field per knob any objective reads, keyed by name (the default method's first, in its
+ * order); only the chosen method's are shown. */
+function knobFields(objectives) {
+  const fields = new Map();
+  const first = objectives.data.filter((o) => o.name === objectives.default);
+  for (const objective of [...first, ...objectives.data]) {
+    for (const knob of objective.knobs) {
+      if (!fields.has(knob.name)) fields.set(knob.name, field(knob.name, knob.name, knobControl(knob), knob.description));
+    }
+  }
+  return fields;
+}
+
+function knobControl(knob) {
+  if (knob.type === "choice") return select(knob.choices.map((c) => [c, c]), knob.default);
+  if (knob.type === "boolean") return select([["true", "yes"], ["false", "no"]], String(knob.default));
+  if (knob.type === "number") return number({ step: "any", min: knob.minimum, placeholder: String(knob.default) });
+  return h("input", { type: "text", placeholder: String(knob.default) });
+}
+
+function knobValue(form, knob) {
+  if (knob.type === "boolean") return value(form, knob.name) === "true";
+  if (knob.type === "number") return optionalNumber(form, knob.name);
+  return value(form, knob.name) || undefined;
 }
 
 function markInvalid(form, param) {
@@ -104,8 +146,9 @@ function optionalNumber(form, name) {
   return text === "" ? undefined : Number(text);
 }
 
-/** The POST /finetune body from the form; blank fields are left out (the server's defaults). */
-export function requestBody(form) {
+/** The POST /finetune body from the form; blank fields are left out (the server's defaults).
+ * ``objectives`` is GET /objectives' data: the chosen method's knobs go in ``method.objective``. */
+export function requestBody(form, objectives) {
   const type = value(form, "method");
   const hyperparameters = {};
   for (const key of ["n_epochs", "max_steps", "batch_size", "learning_rate"]) {
@@ -121,10 +164,10 @@ export function requestBody(form) {
   const fixed = optionalNumber(form, "fixed_alpha");
   if (fixed !== undefined) wise.fixed_alpha = fixed;
   const method = { type };
-  if (type === "drm") {
-    method.objective = { wrm: value(form, "wrm") };
-    const lam = optionalNumber(form, "lam");
-    if (lam !== undefined) method.objective.lam = lam;
+  const chosen = objectives.find((o) => o.name === type);
+  for (const knob of chosen ? chosen.knobs : []) {
+    const v = knobValue(form, knob);
+    if (v !== undefined) method.objective = { ...method.objective, [knob.name]: v };
   }
   const body = {
     model: value(form, "model"),

@@ -1,0 +1,1 @@
+"""``GET /objectives``: the registered objectives, their capabilities and knobs, as data."""

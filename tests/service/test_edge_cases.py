@@ -104,7 +104,7 @@ def test_class_names_equal_after_trimming_are_refused(client: TestClient) -> Non
     body = {"name": "s", "descriptions": {"a": "first", "a ": "second"}}
     response = client.post("/descriptions", json=body)
     assert response.status_code == 422, response.text
-    assert "given twice" in response.json()["error"]["message"]
+    assert "are the same name" in response.json()["error"]["message"]
 
 
 def test_upload_name_longer_than_the_column_is_422(client: TestClient) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -36,50 +35,17 @@ from service.evaluations import state
 from service.evaluations.schemas import SERVED_HEAD
 from service.registry import service as registry
 from service.status import EvaluationStatus, VersionStatus
-from worker.lease import Lease, Outcome, Stop, WorkerContext, claim, failed, stopped
+from worker.lease import Lease, Outcome, Stop, TaskWatch, WorkerContext, claim, failed, stopped
 from worker.runner import check_server_paths
 
 log = logging.getLogger(__name__)
 Results = dict[str, dict[str, dict[str, Any]]]
 
 
-class LeaseWatch:
-    """``should_stop`` for the evaluation loop, asked between batches: it renews the lease
-    (or a long split would look abandoned and be taken over) and says stop once the
-    evaluation was cancelled or taken over, or the worker is stopping."""
+class LeaseWatch(TaskWatch):
+    """``should_stop`` for the evaluation loop, asked between batches (``TaskWatch``)."""
 
-    def __init__(self, ctx: WorkerContext, lease: Lease) -> None:
-        self.ctx, self.lease = ctx, lease
-        self.last_renew = 0.0
-
-    @property
-    def lost(self) -> bool:
-        return self.lease.lost
-
-    def renew(self, done: int | None = None) -> bool:
-        self.last_renew = time.monotonic()
-        with self.ctx.sessions() as session:
-            lease, lease_s = self.lease, self.ctx.settings.lease_s
-            if not state.renew(session, lease.task_id, lease.attempt, lease_s, done):
-                lease.lose()
-        return not self.lost
-
-    def record(self, message: str, data: dict[str, Any]) -> None:
-        """A metrics event, only while the attempt holds the evaluation; a stale attempt
-        stops here (Cancelled) without writing."""
-        with self.ctx.sessions() as session:
-            lease = self.lease
-            if not state.record(
-                session, lease.task_id, lease.attempt, message, type="metrics", data=data
-            ):
-                lease.lose()
-                raise Cancelled("the evaluation is no longer this attempt's")
-            session.commit()
-
-    def should_stop(self) -> bool:
-        if not self.lost and time.monotonic() - self.last_renew >= self.ctx.renew_every_s:
-            self.renew()
-        return self.lost or self.ctx.stopping.is_set()
+    tasks = state.EVALUATIONS
 
 
 @dataclass(frozen=True)

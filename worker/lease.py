@@ -1,5 +1,6 @@
 """A worker's hold on one leased task (a job, an evaluation): claiming it or saying why not,
-and how a run that stops or fails ends, every write fenced by the claim's attempt.
+watching the lease while it runs, and how a run that stops or fails ends, every write fenced by
+the claim's attempt.
 
 A task delivered twice, already finished, or held by a live worker is skipped or retried
 later (``Outcome``); a claimed one is a ``Lease``. Once a write finds the attempt stale (the
@@ -17,10 +18,11 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, ClassVar, cast
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from models.errors import Cancelled
 from service.db.tables import Evaluation, Job
 from service.errors import redact
 from service.settings import Settings
@@ -71,6 +73,50 @@ class Lease:
                 self.attempt.number,
             )
         self.lost = True
+
+
+class TaskWatch:
+    """Asked between a task's batches: it renews the lease (or a long run would look abandoned
+    and be taken over), records progress events while the attempt holds the task, and says stop
+    once the task was cancelled or taken over, or the worker is stopping. A kind names its
+    ``tasks``."""
+
+    tasks: ClassVar[Tasks]
+
+    def __init__(self, ctx: WorkerContext, lease: Lease) -> None:
+        self.ctx, self.lease = ctx, lease
+        self.last_renew = 0.0
+
+    @property
+    def lost(self) -> bool:
+        return self.lease.lost
+
+    def renew(self, done: int | None = None) -> bool:
+        """Renew, recording ``done`` as the progress step; False once the lease is lost."""
+        self.last_renew = time.monotonic()
+        progress = None if done is None else {"progress_step": done}
+        with self.ctx.sessions() as session:
+            lease, lease_s = self.lease, self.ctx.settings.lease_s
+            if not self.tasks.renew(session, lease.task_id, lease.attempt, lease_s, progress):
+                lease.lose()
+        return not self.lost
+
+    def record(self, message: str, data: dict[str, Any]) -> None:
+        """A metrics event, only while the attempt holds the task; a stale attempt stops here
+        (Cancelled) without writing."""
+        with self.ctx.sessions() as session:
+            lease = self.lease
+            if not self.tasks.record(
+                session, lease.task_id, lease.attempt, message, type="metrics", data=data
+            ):
+                lease.lose()
+                raise Cancelled(f"the {self.tasks.noun.lower()} is no longer this attempt's")
+            session.commit()
+
+    def should_stop(self) -> bool:
+        if not self.lost and time.monotonic() - self.last_renew >= self.ctx.renew_every_s:
+            self.renew()
+        return self.lost or self.ctx.stopping.is_set()
 
 
 def _nothing() -> None:

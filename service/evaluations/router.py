@@ -23,7 +23,7 @@ from service.registry import service as registry
 from service.schemas import ERROR_RESPONSES, MAX_INT, ListResponse
 from service.status import EvaluationStatus
 from service.tasks.create import Sender
-from service.tasks.routes import EVENTS_RESPONSES, Events, events_response, sender
+from service.tasks.routes import Events, events_response, events_route, sender
 from service.visibility import paths_hidden_in, sees_server_paths
 
 router = APIRouter(tags=["evaluations"], responses=ERROR_RESPONSES)
@@ -134,11 +134,7 @@ def cancel_evaluation(evaluation_id: str, db: Db, key: TrainKey) -> EvaluationOb
     return _object(service.cancel(db, evaluation_id), key)
 
 
-@router.get(
-    "/evaluations/{evaluation_id}/events",
-    response_model=ListResponse[EvaluationEventObject],
-    responses=EVENTS_RESPONSES,
-)
+@router.get("/evaluations/{evaluation_id}/events", **events_route(EvaluationEventObject))
 def list_events(
     evaluation_id: str, ctx: Ctx, principal: AnyKey, key_valid: KeyStillValid, query: Events
 ) -> ListResponse[EvaluationEventObject] | StreamingResponse:

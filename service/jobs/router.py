@@ -20,7 +20,7 @@ from service.queue import TASK_FINETUNE, FinetunePayload
 from service.schemas import ERROR_RESPONSES, ListResponse
 from service.status import TERMINAL, JobStatus
 from service.tasks.create import Sender
-from service.tasks.routes import EVENTS_RESPONSES, Events, events_response, poll, sender
+from service.tasks.routes import Events, events_response, events_route, poll, sender
 from service.tasks.streams import Batch
 
 router = APIRouter(tags=["jobs"], responses=ERROR_RESPONSES)
@@ -70,11 +70,7 @@ def cancel_job(job_id: str, db: Db, _: TrainKey) -> JobObject:
     return JobObject.of(service.cancel(db, job_id), now())
 
 
-@router.get(
-    "/jobs/{job_id}/events",
-    response_model=ListResponse[EventObject],
-    responses=EVENTS_RESPONSES,
-)
+@router.get("/jobs/{job_id}/events", **events_route(EventObject))
 def list_events(
     job_id: str, ctx: Ctx, principal: AnyKey, key_valid: KeyStillValid, query: Events
 ) -> ListResponse[EventObject] | StreamingResponse:

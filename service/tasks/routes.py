@@ -48,8 +48,12 @@ class TaskReads(Protocol):
     ) -> tuple[Sequence[TaskEvent], bool]: ...
 
 
-# The events route answers a page (JSON) or, with ``?stream=true``, server-sent events.
-EVENTS_RESPONSES: dict[int | str, dict[str, Any]] = {200: {"content": {"text/event-stream": {}}}}
+def events_route(shape: type[TaskEventObject]) -> dict[str, Any]:
+    """The events route's declaration: a page of ``shape`` (JSON), or server-sent events."""
+    return {
+        "response_model": ListResponse[shape],  # type: ignore[valid-type]
+        "responses": {200: {"content": {"text/event-stream": {}}}},
+    }
 
 
 class EventsQuery:

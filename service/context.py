@@ -10,9 +10,9 @@ from fastapi import Request
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.jobs.streams import StreamSlots
 from service.settings import Settings
 from service.storage import ArtifactStore
+from service.tasks.streams import StreamSlots
 
 if TYPE_CHECKING:
     from celery import Celery

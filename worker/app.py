@@ -11,6 +11,8 @@ import math
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from celery import Celery, Task
@@ -34,7 +36,8 @@ from service.settings import Settings
 from service.status import ACTIVE, JobStatus
 from service.storage import ArtifactStore
 from worker.evaluations import run_evaluation
-from worker.runner import Outcome, WorkerContext, run_job
+from worker.lease import Outcome, WorkerContext
+from worker.runner import run_job
 
 log = logging.getLogger(__name__)
 # Seconds before a job interrupted by a database outage is delivered again.
@@ -153,6 +156,65 @@ def _reason(exc: Exception) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
+@dataclass(frozen=True)
+class Kind:
+    """One kind of leased task as the queue delivers it: its task name, the id its payload
+    names, the noun the log uses, and what runs it."""
+
+    task: str
+    task_id: Callable[[dict[str, Any]], str]
+    noun: str
+    run: Callable[[WorkerContext, str], Outcome]
+
+
+KINDS = (
+    Kind(TASK_FINETUNE, lambda p: FinetunePayload.model_validate(p).job_id, "job", run_job),
+    Kind(
+        TASK_EVALUATE,
+        lambda p: EvaluatePayload.model_validate(p).evaluation_id,
+        "evaluation",
+        run_evaluation,
+    ),
+)
+
+
+def _register(app: Celery, ctx: WorkerContext, kind: Kind, stop: Callable[[], None]) -> None:
+    """Register ``kind``'s task: ``deliver`` it, with ``stop`` to stop consuming."""
+
+    @app.task(name=kind.task, bind=True, max_retries=None)
+    def task(self: Task, payload: dict[str, Any]) -> dict[str, Any]:
+        return deliver(self, ctx, kind, payload, stop)
+
+
+def deliver(
+    task: Task, ctx: WorkerContext, kind: Kind, payload: dict[str, Any], stop: Callable[[], None]
+) -> dict[str, Any]:
+    """One delivery of a task: run it, or have it delivered again (the database is down,
+    another worker holds it), or put back in the queue (this worker is stopping)."""
+    try:
+        task_id = kind.task_id(payload)
+    except ValidationError as exc:
+        # A malformed message cannot succeed on retry: log it and let it be acknowledged.
+        log.error("rejected payload %r: %s", payload, exc)
+        return {"status": "rejected"}
+    try:
+        outcome = kind.run(ctx, task_id)
+    except (OperationalError, InterfaceError) as exc:
+        # The database is unavailable: deliver the task again later; a job resumes from its
+        # last checkpoint (the claim admits the lease's own owner).
+        log.warning("%s %s: database unavailable, retrying in %ss", kind.noun, task_id, DB_RETRY_S)
+        raise task.retry(countdown=DB_RETRY_S, exc=exc) from exc
+    if outcome.status == "busy" and outcome.retry_in_s is not None:
+        # Another worker holds the task's lease; look again when it would have expired.
+        raise task.retry(countdown=outcome.retry_in_s)
+    if outcome.status == "released":
+        # Stop fetching before the message goes back: a stopping worker must not take the
+        # task it has just released (or any other) before its shutdown completes.
+        stop()
+        raise Reject(f"worker stopping; {kind.noun} back in the queue", requeue=True)
+    return {"status": outcome.status, "detail": outcome.detail}
+
+
 def create_celery(ctx: WorkerContext) -> Celery:
     app = Celery("rcs-worker", set_as_current=True)
     app.conf.update(celery_config(ctx.settings.broker_url, ctx.settings.visibility_timeout_s))
@@ -166,49 +228,8 @@ def create_celery(ctx: WorkerContext) -> Celery:
     # The worker's consumer, handed over by worker_ready (one per process with the solo pool).
     consumers: list[Any] = []
 
-    @app.task(name=TASK_FINETUNE, bind=True, max_retries=None)
-    def finetune(self: Task, payload: dict[str, Any]) -> dict[str, Any]:
-        try:
-            job_id = FinetunePayload.model_validate(payload).job_id
-        except ValidationError as exc:
-            # A malformed message cannot succeed on retry: log it and let it be acknowledged.
-            log.error("rejected payload %r: %s", payload, exc)
-            return {"status": "rejected"}
-        try:
-            outcome = run_job(ctx, job_id)
-        except (OperationalError, InterfaceError) as exc:
-            # The database is unavailable: deliver the job again later; it resumes from its
-            # last checkpoint (the claim admits the lease's own owner).
-            log.warning("job %s: database unavailable, retrying in %ss", job_id, DB_RETRY_S)
-            raise self.retry(countdown=DB_RETRY_S, exc=exc) from exc
-        if outcome.status == "busy" and outcome.retry_in_s is not None:
-            # Another worker holds the job's lease; look again when it would have expired.
-            raise self.retry(countdown=outcome.retry_in_s)
-        if outcome.status == "released":
-            # Stop fetching before the message goes back: a stopping worker must not take the
-            # job it has just released (or any other) before its shutdown completes.
-            stop_consuming(consumers, queue)
-            raise Reject("worker stopping; job checkpointed", requeue=True)
-        return {"status": outcome.status, "detail": outcome.detail}
-
-    @app.task(name=TASK_EVALUATE, bind=True, max_retries=None)
-    def evaluate(self: Task, payload: dict[str, Any]) -> dict[str, Any]:
-        try:
-            evaluation_id = EvaluatePayload.model_validate(payload).evaluation_id
-        except ValidationError as exc:
-            log.error("rejected payload %r: %s", payload, exc)
-            return {"status": "rejected"}
-        try:
-            outcome: Outcome = run_evaluation(ctx, evaluation_id)
-        except (OperationalError, InterfaceError) as exc:
-            log.warning("evaluation %s: database unavailable, retrying", evaluation_id)
-            raise self.retry(countdown=DB_RETRY_S, exc=exc) from exc
-        if outcome.status == "busy" and outcome.retry_in_s is not None:
-            raise self.retry(countdown=outcome.retry_in_s)
-        if outcome.status == "released":
-            stop_consuming(consumers, queue)
-            raise Reject("worker stopping; evaluation back in the queue", requeue=True)
-        return {"status": outcome.status, "detail": outcome.detail}
+    for kind in KINDS:
+        _register(app, ctx, kind, partial(stop_consuming, consumers, queue))
 
     def stopping(**_: Any) -> None:
         ctx.stopping.set()

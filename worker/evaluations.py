@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,54 +31,21 @@ from models.heads import Classifier
 from models.json_values import json_safe
 from models.pipeline import build_classifier, frozen_concept_probs
 from service.db.tables import Dataset, Evaluation, ModelVersion
-from service.errors import redact
 from service.evaluations import state
 from service.evaluations.schemas import SERVED_HEAD
 from service.registry import service as registry
-from service.status import TERMINAL, EvaluationStatus, VersionStatus
-from worker.runner import Lease, Outcome, WorkerContext, check_server_paths
+from service.status import EvaluationStatus, VersionStatus
+from worker.lease import Lease, Outcome, Stop, TaskWatch, WorkerContext, claim, failed, stopped
+from worker.runner import check_server_paths
 
 log = logging.getLogger(__name__)
 Results = dict[str, dict[str, dict[str, Any]]]
 
 
-class LeaseWatch:
-    """``should_stop`` for the evaluation loop, asked between batches: it renews the lease
-    (or a long split would look abandoned and be taken over) and says stop once the
-    evaluation was cancelled or taken over, or the worker is stopping."""
+class LeaseWatch(TaskWatch):
+    """``should_stop`` for the evaluation loop, asked between batches (``TaskWatch``)."""
 
-    def __init__(self, ctx: WorkerContext, lease: Lease) -> None:
-        self.ctx, self.lease = ctx, lease
-        self.last_renew = 0.0
-
-    @property
-    def lost(self) -> bool:
-        return self.lease.lost
-
-    def renew(self, done: int | None = None) -> bool:
-        self.last_renew = time.monotonic()
-        with self.ctx.sessions() as session:
-            lease, lease_s = self.lease, self.ctx.settings.lease_s
-            if not state.renew(session, lease.task_id, lease.attempt, lease_s, done):
-                lease.lose()
-        return not self.lost
-
-    def record(self, message: str, data: dict[str, Any]) -> None:
-        """A metrics event, only while the attempt holds the evaluation; a stale attempt
-        stops here (Cancelled) without writing."""
-        with self.ctx.sessions() as session:
-            lease = self.lease
-            if not state.record(
-                session, lease.task_id, lease.attempt, message, type="metrics", data=data
-            ):
-                lease.lose()
-                raise Cancelled("the evaluation is no longer this attempt's")
-            session.commit()
-
-    def should_stop(self) -> bool:
-        if not self.lost and time.monotonic() - self.last_renew >= self.ctx.renew_every_s:
-            self.renew()
-        return self.lost or self.ctx.stopping.is_set()
+    tasks = state.EVALUATIONS
 
 
 @dataclass(frozen=True)
@@ -94,27 +60,12 @@ class Plan:
 
 
 def run_evaluation(ctx: WorkerContext, evaluation_id: str) -> Outcome:
+    lease = claim(ctx, state.EVALUATIONS, evaluation_id)
+    if isinstance(lease, Outcome):
+        return lease
     with ctx.sessions() as session:
         row = session.get(Evaluation, evaluation_id)
-        if row is None:
-            return Outcome("skipped", f"no evaluation {evaluation_id}")
-        if row.status in TERMINAL:
-            return Outcome("skipped", f"already {row.status}")
-        if ctx.stopping.is_set():
-            return Outcome("released", "worker stopping; not started")
-        attempt = state.claim(session, evaluation_id, ctx.owner, ctx.settings.lease_s)
-        if attempt is None:
-            session.refresh(row)
-            if row.status in TERMINAL:
-                return Outcome("skipped", f"already {row.status}")
-            wait = max(1.0, (row.lease_until or 0) - time.time() + 1)
-            return Outcome("busy", f"held by {row.lease_owner}", retry_in_s=wait)
-        lease = Lease(evaluation_id, attempt)
-        message = f"Evaluation started on {ctx.owner} (attempt {attempt.number})"
-        if not state.record(session, evaluation_id, attempt, message):
-            lease.lose()  # cancelled (or taken over) in the instant since the claim
-            return Outcome("cancelled", "stopped before it started")
-        session.commit()
+        assert row is not None  # claimed just now; rows are never deleted while active
         kind = row.kind
     return _evaluate_and_record(ctx, lease, kind)
 
@@ -315,25 +266,10 @@ def _record(
 
 
 def _stopped(ctx: WorkerContext, watch: LeaseWatch, where: str) -> Outcome:
-    lease = watch.lease
-    with ctx.sessions() as session:
-        if not lease.lost and ctx.stopping.is_set():
-            if state.release(session, lease.task_id, lease.attempt):
-                state.add_event(session, lease.task_id, "Worker stopping: back in the queue")
-                session.commit()
-                return Outcome("released", "preempted")
-            lease.lose()
-    return Outcome("cancelled", where)
+    # Nothing to resume: a released evaluation starts over.
+    stop = Stop("Worker stopping: back in the queue")
+    return stopped(ctx, state.EVALUATIONS, watch.lease, where, stop)
 
 
 def _failed(ctx: WorkerContext, lease: Lease, code: str, message: str) -> Outcome:
-    message = redact(message)
-    with ctx.sessions() as session:
-        error = {"code": code, "message": message}
-        failed = EvaluationStatus.FAILED
-        if state.finish(session, lease.task_id, lease.attempt, failed, error=error):
-            state.add_event(session, lease.task_id, f"Evaluation failed: {message}", level="error")
-            session.commit()
-        else:
-            lease.lose()  # cancelled or taken over: the evaluation's state is not ours
-    return Outcome("failed", message)
+    return failed(ctx, state.EVALUATIONS, lease, code, message)

@@ -3,11 +3,12 @@
 Everything here tolerates being run twice for the same job: the claim is a conditional UPDATE
 with a lease, training resumes from the job's checkpoints, and registration is keyed by job id.
 
-Every write is fenced by the claim's attempt (``service.jobs.state.hold``): a worker paused past
-its lease while another took the job over writes nothing once it resumes, neither an event nor
-a status nor a version. Its files are its own: an attempt trains in ``attempt-N/`` under the
-job's folder, and a checkpoint it saved moves into the job's ``checkpoints/``, where the next
-attempt resumes from, only inside a fenced transaction. A stale attempt's folder is removed.
+Every write is fenced by the claim's attempt (``service.tasks.lease``, ``worker.lease``): a
+worker paused past its lease while another took the job over writes nothing once it resumes,
+neither an event nor a status nor a version. Its files are its own: an attempt trains in
+``attempt-N/`` under the job's folder, and a checkpoint it saved moves into the job's
+``checkpoints/``, where the next attempt resumes from, only inside a fenced transaction. A
+stale attempt's folder is removed.
 """
 
 from __future__ import annotations
@@ -18,17 +19,14 @@ import json
 import logging
 import os
 import shutil
-import socket
-import threading
 import time
-import uuid
-from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import InterfaceError, OperationalError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from models.backbone import LOCAL_DIR, looks_like_path
 from models.config import RunConfig, from_dict
@@ -44,51 +42,9 @@ from service.paths import is_under
 from service.registry import service as registry
 from service.settings import Settings
 from service.status import TERMINAL, JobStatus, VersionStatus
-from service.storage import ArtifactStore
+from worker.lease import Lease, Outcome, Stop, WorkerContext, claim, failed, stopped
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class WorkerContext:
-    settings: Settings
-    sessions: sessionmaker[Session]
-    store: ArtifactStore
-    owner: str = field(
-        default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-    )
-    # Set when the worker is asked to stop: a running job checkpoints and goes back to the queue.
-    stopping: threading.Event = field(default_factory=threading.Event)
-    # Seconds between lease renewals (each also checks for cancellation) and progress events.
-    renew_every_s: float = 0.5
-    event_every_s: float = 2.0
-
-
-@dataclass(frozen=True)
-class Outcome:
-    status: str  # what this delivery did: succeeded, failed, cancelled, skipped, busy, released
-    detail: str = ""
-    retry_in_s: float | None = None
-
-
-@dataclass
-class Lease:
-    """This worker's claim of one job (or evaluation): the attempt its writes are fenced by,
-    and whether a write found the attempt stale, said once in the log."""
-
-    task_id: str
-    attempt: state.Attempt
-    lost: bool = False
-
-    def lose(self) -> None:
-        if not self.lost:
-            log.warning(
-                "%s: attempt %d no longer holds it (cancelled, or taken over after its lease "
-                "ran out); stopping without writing anything more",
-                self.task_id,
-                self.attempt.number,
-            )
-        self.lost = True
 
 
 class JobObserver:
@@ -316,32 +272,10 @@ def _final_checkpoint(
 
 
 def run_job(ctx: WorkerContext, job_id: str) -> Outcome:
-    with ctx.sessions() as session:
-        job = session.get(Job, job_id)
-        if job is None:
-            return Outcome("skipped", f"no job {job_id}")
-        if job.status in TERMINAL:
-            # A second delivery of a finished job: never train or register twice. A job
-            # cancelled while back in the queue may have left checkpoints: nothing resumes them.
-            _remove_checkpoints(ctx, job_id)
-            return Outcome("skipped", f"already {job.status}")
-        if ctx.stopping.is_set():
-            # A message fetched while stopping (the job just released, or a duplicate): leave
-            # the job to the next worker instead of claiming it to train one step.
-            return Outcome("released", "worker stopping; not started")
-        attempt = state.claim(session, job_id, ctx.owner, ctx.settings.lease_s)
-        if attempt is None:
-            session.refresh(job)
-            if job.status in TERMINAL:
-                return Outcome("skipped", f"already {job.status}")
-            wait = max(1.0, (job.lease_until or 0) - time.time() + 1)
-            return Outcome("busy", f"held by {job.lease_owner}", retry_in_s=wait)
-        lease = Lease(job_id, attempt)
-        message = f"Job started on {ctx.owner} (attempt {attempt.number})"
-        if not state.record(session, job_id, attempt, message):
-            lease.lose()  # cancelled (or taken over) in the instant since the claim
-            return Outcome("cancelled", "stopped before it started")
-        session.commit()
+    # A job cancelled while back in the queue may have left checkpoints: nothing resumes them.
+    lease = claim(ctx, state.JOBS, job_id, partial(_remove_checkpoints, ctx, job_id))
+    if isinstance(lease, Outcome):
+        return lease
     return _train_and_register(ctx, lease)
 
 
@@ -545,31 +479,15 @@ def _abandon(
 
 
 def _stopped(ctx: WorkerContext, lease: Lease, observer: JobObserver | None, where: str) -> Outcome:
-    job_id, attempt = lease.task_id, lease.attempt
-    with ctx.sessions() as session:
-        if observer is not None and not lease.lost and ctx.stopping.is_set():
-            # The checkpoint just saved is published with the release, in one transaction.
-            if state.release(session, job_id, attempt, commit=False):
-                observer.publish(session)
-                state.add_event(session, job_id, "Worker stopping: checkpointed, back in the queue")
-                session.commit()
-                return Outcome("released", "preempted")
-            session.rollback()
-        if state.record(session, job_id, attempt, "Training stopped"):
-            session.commit()
-        else:
-            lease.lose()
-    return Outcome("cancelled", where)
+    # The checkpoint just saved is published with the release, in one transaction.
+    stop = Stop(
+        "Worker stopping: checkpointed, back in the queue",
+        publish=None if observer is None else observer.publish,
+        note="Training stopped",
+        can_release=observer is not None,
+    )
+    return stopped(ctx, state.JOBS, lease, where, stop)
 
 
 def _failed(ctx: WorkerContext, lease: Lease, code: str, message: str) -> Outcome:
-    message = redact(message)
-    with ctx.sessions() as session:
-        error = {"code": code, "message": message}
-        failed = JobStatus.FAILED
-        if state.finish(session, lease.task_id, lease.attempt, failed, error=error, commit=False):
-            state.add_event(session, lease.task_id, f"Job failed: {message}", level="error")
-            session.commit()
-        else:
-            lease.lose()  # cancelled or taken over: the job's state is not this attempt's
-    return Outcome("failed", message)
+    return failed(ctx, state.JOBS, lease, code, message)

@@ -106,7 +106,35 @@ class DescriptionSet(Base):
     created_at: Mapped[int] = mapped_column(Integer, default=now)
 
 
-class Job(Base):
+class LeasedTask:
+    """The columns of a leased task (a job, an evaluation): its progress, the idempotency key
+    it was created under, and which worker runs it until when (``service.tasks.lease``)."""
+
+    progress_step: Mapped[int] = mapped_column(Integer, default=0)
+    progress_total: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    idempotency_scope: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    request_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # Which worker runs the task and until when its claim holds (renewed while it runs), and
+    # how many claims it has had: the fencing token of ``service.tasks.lease.Attempt``.
+    lease_owner: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    lease_until: Mapped[float | None] = mapped_column(Float, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class TaskEvent:
+    """The columns of a leased task's event; each event table adds the column naming its task."""
+
+    # A global sequence: it orders events and is the pagination cursor.
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    created_at: Mapped[int] = mapped_column(Integer, default=now)
+    level: Mapped[str] = mapped_column(String(10))
+    type: Mapped[str] = mapped_column(String(10))
+    message: Mapped[str] = mapped_column(Text)
+    data: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+
+class Job(LeasedTask, Base):
     __tablename__ = "jobs"
     __table_args__ = (
         UniqueConstraint("idempotency_scope", "idempotency_key", name="uq_jobs_idempotency"),
@@ -133,28 +161,12 @@ class Job(Base):
     run_config: Mapped[dict[str, Any]] = mapped_column(JSON)
     # Registry version the job starts from (a registry reference as base model), if any.
     base_version_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    progress_step: Mapped[int] = mapped_column(Integer, default=0)
-    progress_total: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    idempotency_scope: Mapped[str | None] = mapped_column(String(40), nullable=True)
-    idempotency_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
-    request_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    # Which worker runs the job and until when its claim holds (renewed while it trains).
-    lease_owner: Mapped[str | None] = mapped_column(String(200), nullable=True)
-    lease_until: Mapped[float | None] = mapped_column(Float, nullable=True)
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
 
 
-class JobEvent(Base):
+class JobEvent(TaskEvent, Base):
     __tablename__ = "job_events"
 
-    # A global sequence: it orders events and is the pagination cursor.
-    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
-    created_at: Mapped[int] = mapped_column(Integer, default=now)
-    level: Mapped[str] = mapped_column(String(10))
-    type: Mapped[str] = mapped_column(String(10))
-    message: Mapped[str] = mapped_column(Text)
-    data: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class JobCheckpoint(Base):
@@ -220,7 +232,7 @@ class ModelAlias(Base):
     updated_at: Mapped[int] = mapped_column(Integer, default=now)
 
 
-class Evaluation(Base):
+class Evaluation(LeasedTask, Base):
     """A registered version (kind ``model``) or a backbone's class descriptions (kind
     ``descriptions``) measured on a dataset's splits by a worker; queued, claimed and finished
     as a job is. It names its version by ``model_name``/``model_version`` and no foreign key:
@@ -253,25 +265,11 @@ class Evaluation(Base):
     results: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSON)
-    progress_step: Mapped[int] = mapped_column(Integer, default=0)
-    progress_total: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    idempotency_scope: Mapped[str | None] = mapped_column(String(40), nullable=True)
-    idempotency_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
-    request_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    lease_owner: Mapped[str | None] = mapped_column(String(200), nullable=True)
-    lease_until: Mapped[float | None] = mapped_column(Float, nullable=True)
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
 
 
-class EvaluationEvent(Base):
+class EvaluationEvent(TaskEvent, Base):
     __tablename__ = "evaluation_events"
 
-    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     evaluation_id: Mapped[str] = mapped_column(
         ForeignKey("evaluations.id", ondelete="CASCADE"), index=True
     )
-    created_at: Mapped[int] = mapped_column(Integer, default=now)
-    level: Mapped[str] = mapped_column(String(10))
-    type: Mapped[str] = mapped_column(String(10))
-    message: Mapped[str] = mapped_column(Text)
-    data: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from functools import partial
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Query, Response
@@ -19,29 +18,20 @@ from service.evaluations.schemas import (
     EvaluationObject,
     EvaluationRequest,
 )
-from service.jobs import streams
 from service.queue import TASK_EVALUATE, EvaluatePayload
 from service.registry import service as registry
 from service.schemas import ERROR_RESPONSES, MAX_INT, ListResponse
 from service.status import EvaluationStatus
+from service.tasks.create import Sender
+from service.tasks.routes import Events, events_response, events_route, sender
 from service.visibility import paths_hidden_in, sees_server_paths
 
 router = APIRouter(tags=["evaluations"], responses=ERROR_RESPONSES)
 Version = Annotated[int, Path(ge=1, le=MAX_INT)]
 
 
-def sender(ctx: AppContext) -> service.Sender:
-    def send(evaluation_id: str) -> None:
-        payload = EvaluatePayload(evaluation_id=evaluation_id).model_dump()
-        ctx.broker.send_task(
-            TASK_EVALUATE,
-            kwargs={"payload": payload},
-            queue=ctx.settings.training_queue,
-            retry=True,
-            retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
-        )
-
-    return send
+def _sender(ctx: AppContext) -> Sender:
+    return sender(ctx, TASK_EVALUATE, lambda task_id: EvaluatePayload(evaluation_id=task_id))
 
 
 def _object(row: Evaluation, key: Principal) -> EvaluationObject:
@@ -67,7 +57,7 @@ def create_evaluation(
     """Evaluate a registered version on a dataset's splits, on a worker: every head's metrics
     per split, as in the model card. Retrying with the same ``Idempotency-Key`` returns the
     same evaluation."""
-    row, created = service.create(db, body, sender(ctx), key.key_id, idempotency_key)
+    row, created = service.create(db, body, _sender(ctx), key.key_id, idempotency_key)
     return _created(row, created, key, response)
 
 
@@ -88,7 +78,7 @@ def diagnose_descriptions(
     worker: per class, the concept head's top-1 on the split's images, the mean p_c of the true
     class and the class most often confused with; weak classes flagged."""
     row, created = service.create_diagnosis(
-        db, ctx.settings, set_ref, body, sender(ctx), key.key_id, idempotency_key
+        db, ctx.settings, set_ref, body, _sender(ctx), key.key_id, idempotency_key
     )
     return _created(row, created, key, response)
 
@@ -144,55 +134,11 @@ def cancel_evaluation(evaluation_id: str, db: Db, key: TrainKey) -> EvaluationOb
     return _object(service.cancel(db, evaluation_id), key)
 
 
-@router.get(
-    "/evaluations/{evaluation_id}/events",
-    response_model=ListResponse[EvaluationEventObject],
-    responses={200: {"content": {"text/event-stream": {}}}},
-)
+@router.get("/evaluations/{evaluation_id}/events", **events_route(EvaluationEventObject))
 def list_events(
-    evaluation_id: str,
-    ctx: Ctx,
-    principal: AnyKey,
-    key_valid: KeyStillValid,
-    after: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    stream: bool = False,
-    last_event_id: Annotated[str | None, Header(max_length=255)] = None,
+    evaluation_id: str, ctx: Ctx, principal: AnyKey, key_valid: KeyStillValid, query: Events
 ) -> ListResponse[EvaluationEventObject] | StreamingResponse:
     """Events oldest first; ``?stream=true``: server-sent events until the evaluation ends,
     resuming after ``Last-Event-ID``, within the same per-key and total caps as a job's."""
-    if stream:
-        return _open_stream(ctx, principal.key_id, key_valid, evaluation_id, after, last_event_id)
-    # A session of its own rather than the request's: no connection outlives the read.
-    with ctx.sessions() as db:
-        service.get(db, evaluation_id)
-        cursor = service.parse_event_cursor(after)
-        rows, more = service.events(db, evaluation_id, cursor, limit)
-        return ListResponse(data=[EvaluationEventObject.of(r) for r in rows], has_more=more)
-
-
-def _open_stream(
-    ctx: AppContext,
-    key: str,
-    key_valid: streams.KeyCheck,
-    evaluation_id: str,
-    after: str | None,
-    last_event_id: str | None,
-) -> StreamingResponse:
-    with ctx.sessions() as db:
-        service.get(db, evaluation_id)
-    if last_event_id is not None:
-        cursor = service.parse_event_cursor(last_event_id, "Last-Event-ID")
-    else:
-        cursor = service.parse_event_cursor(after)
-    poll = partial(_poll, ctx, evaluation_id)
-    return streams.open_stream(ctx, key, poll, cursor, key_valid)
-
-
-def _poll(ctx: AppContext, evaluation_id: str, cursor: int) -> streams.Batch:
-    with ctx.sessions() as session:
-        # Status first: the worker commits its last events with the terminal status (see the
-        # jobs router), so events read afterwards include them.
-        status = service.get(session, evaluation_id).status
-        rows, more = service.events(session, evaluation_id, cursor, streams.STREAM_BATCH)
-        return streams.Batch([EvaluationEventObject.of(r) for r in rows], status, more)
+    shape = EvaluationEventObject
+    return events_response(ctx, service, shape, evaluation_id, principal.key_id, key_valid, query)

@@ -4,9 +4,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from service.db.tables import Evaluation, EvaluationEvent
-from service.jobs.schemas import StrictHead
+from service.db.tables import Evaluation
+from service.schemas import StrictHead
 from service.status import EvaluationStatus
+from service.tasks.schemas import TaskEventObject
 
 # The head ``/predict`` serves: the summary reports it; ``results`` has every head.
 SERVED_HEAD = "dual"
@@ -14,7 +15,6 @@ SERVED_HEAD = "dual"
 CONCEPT_HEAD = "concept"
 MAX_SPLITS = 64
 MAX_METADATA = 16
-EVENT_PREFIX = "evalevent-"
 
 
 class _WithMetadata(BaseModel):
@@ -140,23 +140,6 @@ class EvaluationObject(BaseModel):
         )
 
 
-class EvaluationEventObject(BaseModel):
-    id: str
+class EvaluationEventObject(TaskEventObject):
+    PREFIX = "evalevent-"
     object: Literal["evaluation.event"] = "evaluation.event"
-    created_at: int
-    level: Literal["info", "warn", "error"]
-    type: Literal["message", "metrics"]
-    message: str
-    data: dict[str, Any] | None
-
-    @classmethod
-    def of(cls, row: EvaluationEvent) -> EvaluationEventObject:
-        # The id is the stream cursor made from ``seq``, as a job event's is.
-        return cls(
-            id=f"{EVENT_PREFIX}{row.seq}",
-            created_at=row.created_at,
-            level=row.level,  # type: ignore[arg-type]
-            type=row.type,  # type: ignore[arg-type]
-            message=row.message,
-            data=row.data,
-        )

@@ -12,46 +12,25 @@ from collections.abc import Callable, Sequence
 from functools import partial
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from models.config import to_dict
 from models.json_values import stable_hash
-from service.datasets import service as datasets
-from service.db.queries import page, required
+from service import backbones
+from service.db.queries import required
 from service.db.tables import Dataset, Evaluation, EvaluationEvent, ModelVersion, new_id
 from service.descriptions import service as description_sets
-from service.errors import Conflict, InvalidRequest, Unavailable
+from service.errors import InvalidRequest
 from service.evaluations import state
-from service.evaluations.schemas import EVENT_PREFIX, DiagnoseRequest, EvaluationRequest
-from service.jobs import service as jobs
-from service.jobs import streams
+from service.evaluations.schemas import DiagnoseRequest, EvaluationRequest
 from service.registry import service as registry
 from service.settings import Settings
-from service.status import TERMINAL, EvaluationStatus
+from service.status import EvaluationStatus
+from service.tasks.create import Sender, create_once, request_hash
 
-Sender = Callable[[str], None]
 TRAIN_SPLIT = "train"
 # Class names quoted in a 422: enough to fix a typo, not a 1000-class dump.
 MAX_LISTED = 20
-
-
-def request_hash(body: EvaluationRequest) -> str:
-    return stable_hash(body.model_dump(mode="json"))
-
-
-def find_idempotent(session: Session, scope: str, key: str) -> Evaluation | None:
-    return session.scalar(
-        select(Evaluation).where(
-            Evaluation.idempotency_scope == scope, Evaluation.idempotency_key == key
-        )
-    )
-
-
-def _same_request(row: Evaluation, digest: str) -> Evaluation:
-    if row.request_hash != digest:
-        raise Conflict("Idempotency-Key was used with a different request", "Idempotency-Key")
-    return row
 
 
 def create(
@@ -91,35 +70,16 @@ def _store(
     scope: str,
     idempotency_key: str | None,
 ) -> tuple[Evaluation, bool]:
-    if idempotency_key is not None:
-        existing = find_idempotent(session, scope, idempotency_key)
-        if existing is not None:
-            return _same_request(existing, digest), False
-    row = make()
-    # As a job's: a concurrent DELETE of the dataset sees this evaluation or wins first (422).
-    datasets.hold_live(session, row.dataset_id, "dataset")
-    row.idempotency_scope, row.idempotency_key, row.request_hash = scope, idempotency_key, digest
-    session.add(row)
+    return create_once(
+        state.EVALUATIONS, session, make, digest, send, scope, idempotency_key, _validated
+    )
+
+
+def _validated(row: Evaluation) -> str:
     what = row.model
     if row.kind == "descriptions":
         what = f"descriptions {row.config['description_set']} on {row.model}"
-    state.add_event(session, row.id, f"Validated {what} against dataset {row.dataset_id}")
-    state.add_event(session, row.id, "Evaluation queued")
-    try:
-        session.commit()
-    except IntegrityError:
-        # A concurrent request with the same key won the race: answer with its evaluation.
-        session.rollback()
-        winner = find_idempotent(session, scope, idempotency_key) if idempotency_key else None
-        if winner is None:
-            raise
-        return _same_request(winner, digest), False
-    try:
-        send(row.id)
-    except Exception as exc:  # any broker failure: it must not stay queued forever
-        state.fail(session, row.id, "queue_unavailable", f"could not queue the evaluation: {exc}")
-        raise Unavailable("the task queue is unavailable; the evaluation was not queued") from exc
-    return row, True
+    return f"Validated {what} against dataset {row.dataset_id}"
 
 
 def build(session: Session, body: EvaluationRequest) -> Evaluation:
@@ -150,15 +110,15 @@ def build(session: Session, body: EvaluationRequest) -> Evaluation:
 def build_diagnosis(
     session: Session, settings: Settings, set_ref: str, body: DiagnoseRequest
 ) -> Evaluation:
-    """Validated as a job's backbone and descriptions are (``service.jobs.service``); the
+    """Validated as a job's backbone and descriptions are (``service.backbones``); the
     worker reads what it needs from ``config``."""
     description_set = description_sets.resolve(session, set_ref, None)
     dataset = visible_dataset(session, body.dataset)
     [split] = choose_splits(dataset, [body.split], "split")
-    descriptions = jobs.dataset_descriptions(description_set.descriptions, dataset, "dataset")
-    base = jobs.base_model(session, settings, body.model, body.pretrained)
+    descriptions = backbones.dataset_descriptions(description_set.descriptions, dataset, "dataset")
+    base = backbones.base_model(session, settings, body.model, body.pretrained)
     if body.head is not None:
-        jobs.check_templates(body.head.templates)
+        backbones.check_templates(body.head.templates)
     version = session.get(ModelVersion, base.version_id) if base.version_id else None
     return Evaluation(
         id=new_id("eval"),
@@ -281,36 +241,17 @@ def list_evaluations(
             query = query.where(Evaluation.model_version == version)
     if dataset is not None:
         query = query.where(Evaluation.dataset_id == dataset)
-    if status is not None:
-        query = query.where(Evaluation.status == status)
-    if after is not None:
-        query = query.where(Evaluation.id < after)
-    return page(session, query.order_by(Evaluation.id.desc()), limit)
+    return state.EVALUATIONS.listed(session, query, status, after, limit)
 
 
 def cancel(session: Session, evaluation_id: str) -> Evaluation:
-    row = get(session, evaluation_id)
-    if row.status in TERMINAL or not state.cancel(session, evaluation_id):
-        session.refresh(row)
-        raise Conflict(
-            f"evaluation {evaluation_id} already {row.status}; terminal states never change"
-        )
-    session.refresh(row)
+    name = f"evaluation {evaluation_id}"
+    row: Evaluation = state.EVALUATIONS.cancel_or_refuse(session, get(session, evaluation_id), name)
     return row
-
-
-def parse_event_cursor(after: str | None, param: str = "after") -> int:
-    """An evaluation event id (``evalevent-12``, or its number) as the sequence number."""
-    return streams.parse_event_cursor(after, EVENT_PREFIX, param)
 
 
 def events(
     session: Session, evaluation_id: str, after_seq: int, limit: int
 ) -> tuple[list[EvaluationEvent], bool]:
     """Oldest first: a client follows by passing the last id it saw as ``after``."""
-    query = (
-        select(EvaluationEvent)
-        .where(EvaluationEvent.evaluation_id == evaluation_id, EvaluationEvent.seq > after_seq)
-        .order_by(EvaluationEvent.seq)
-    )
-    return page(session, query, limit)
+    return state.EVALUATIONS.events_after(session, evaluation_id, after_seq, limit)

@@ -1,16 +1,15 @@
 from __future__ import annotations
 
-from functools import partial
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Header, Response
 from fastapi.responses import StreamingResponse
 
 from service.auth.deps import AnyKey, KeyStillValid, TrainKey
 from service.context import AppContext
 from service.db.tables import now
 from service.deps import Ctx, Db, Page
-from service.jobs import service, streams
+from service.jobs import service
 from service.jobs.schemas import (
     CheckpointObject,
     EventObject,
@@ -20,23 +19,15 @@ from service.jobs.schemas import (
 from service.queue import TASK_FINETUNE, FinetunePayload
 from service.schemas import ERROR_RESPONSES, ListResponse
 from service.status import TERMINAL, JobStatus
+from service.tasks.create import Sender
+from service.tasks.routes import Events, events_response, events_route, poll, sender
+from service.tasks.streams import Batch
 
 router = APIRouter(tags=["jobs"], responses=ERROR_RESPONSES)
-# How often a stream looks for new events while they come (less often once it goes quiet).
 
 
-def sender(ctx: AppContext) -> service.Sender:
-    def send(job_id: str) -> None:
-        payload = FinetunePayload(job_id=job_id).model_dump()
-        ctx.broker.send_task(
-            TASK_FINETUNE,
-            kwargs={"payload": payload},
-            queue=ctx.settings.training_queue,
-            retry=True,
-            retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
-        )
-
-    return send
+def _sender(ctx: AppContext) -> Sender:
+    return sender(ctx, TASK_FINETUNE, lambda job_id: FinetunePayload(job_id=job_id))
 
 
 @router.post("/finetune", response_model=JobObject)
@@ -50,7 +41,7 @@ def create_job(
 ) -> JobObject:
     """Create a fine-tuning job. Retrying with the same ``Idempotency-Key`` returns the same job."""
     job, created = service.create(
-        db, ctx.settings, body, sender(ctx), principal.key_id, idempotency_key
+        db, ctx.settings, body, _sender(ctx), principal.key_id, idempotency_key
     )
     if created:
         ctx.metrics.jobs_created.inc()
@@ -79,59 +70,18 @@ def cancel_job(job_id: str, db: Db, _: TrainKey) -> JobObject:
     return JobObject.of(service.cancel(db, job_id), now())
 
 
-@router.get(
-    "/jobs/{job_id}/events",
-    response_model=ListResponse[EventObject],
-    responses={200: {"content": {"text/event-stream": {}}}},
-)
+@router.get("/jobs/{job_id}/events", **events_route(EventObject))
 def list_events(
-    job_id: str,
-    ctx: Ctx,
-    principal: AnyKey,
-    key_valid: KeyStillValid,
-    after: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    stream: bool = False,
-    last_event_id: Annotated[str | None, Header(max_length=255)] = None,
+    job_id: str, ctx: Ctx, principal: AnyKey, key_valid: KeyStillValid, query: Events
 ) -> ListResponse[EventObject] | StreamingResponse:
     """Events oldest first. ``?stream=true``: server-sent events until the job finishes,
     resuming after ``Last-Event-ID`` when a client reconnects with it."""
-    if stream:
-        return _open_stream(ctx, principal.key_id, key_valid, job_id, after, last_event_id)
-    # A session of its own rather than the request's: no connection outlives the read.
-    with ctx.sessions() as db:
-        service.get(db, job_id)
-        cursor = service.parse_event_cursor(after)
-        rows, more = service.events(db, job_id, cursor, limit)
-        return ListResponse(data=[EventObject.of(r) for r in rows], has_more=more)
+    return events_response(ctx, service, EventObject, job_id, principal.key_id, key_valid, query)
 
 
-def _open_stream(
-    ctx: AppContext,
-    key: str,
-    key_valid: streams.KeyCheck,
-    job_id: str,
-    after: str | None,
-    last_event_id: str | None,
-) -> StreamingResponse:
-    with ctx.sessions() as db:
-        service.get(db, job_id)
-    # A browser's EventSource reconnects to the same URL with the last id it saw in this header.
-    if last_event_id is not None:
-        cursor = service.parse_event_cursor(last_event_id, "Last-Event-ID")
-    else:
-        cursor = service.parse_event_cursor(after)
-    return streams.open_stream(ctx, key, partial(_poll, ctx, job_id), cursor, key_valid)
-
-
-def _poll(ctx: AppContext, job_id: str, cursor: int) -> streams.Batch:
-    with ctx.sessions() as session:
-        # Status first: the worker commits its last events with the terminal status, so events
-        # read afterwards include them. Read the other way round, a job finishing between the
-        # two reads would end the stream without its final events.
-        status = service.get(session, job_id).status
-        rows, more = service.events(session, job_id, cursor, streams.STREAM_BATCH)
-        return streams.Batch([EventObject.of(r) for r in rows], status, more)
+def _poll(ctx: AppContext, job_id: str, cursor: int) -> Batch:
+    # One poll of a job's stream, as the route's (a test replays a long history through it).
+    return poll(ctx, service, EventObject, job_id, cursor)
 
 
 @router.get("/jobs/{job_id}/checkpoints", response_model=ListResponse[CheckpointObject])

@@ -4,18 +4,18 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from models.config import HeadConfig, ObjectiveConfig, WiseConfig
+from models.config import ObjectiveConfig, WiseConfig
 from models.objective_registry import DEFAULT_OBJECTIVE
-from service.db.tables import Job, JobCheckpoint, JobEvent
+from service.db.tables import Job, JobCheckpoint
 from service.descriptions.schemas import Descriptions, normalise
 from service.objectives.schemas import known_objective
-from service.schemas import NAME_PATTERN
+from service.schemas import NAME_PATTERN, StrictHead
 from service.status import JobStatus
+from service.tasks.schemas import TaskEventObject
 from service.validation import Name, strict
 
 Auto = Literal["auto"]
 StrictObjective = strict(ObjectiveConfig)
-StrictHead = strict(HeadConfig)
 StrictWise = strict(WiseConfig)
 
 # Seeds are stored in a 32-bit integer column (PostgreSQL INTEGER); the core hashes any seed
@@ -196,26 +196,9 @@ class JobObject(BaseModel):
         )
 
 
-class EventObject(BaseModel):
-    id: str
+class EventObject(TaskEventObject):
+    PREFIX = "ftevent-"
     object: Literal["fine_tuning.job.event"] = "fine_tuning.job.event"
-    created_at: int
-    level: Literal["info", "warn", "error"]
-    type: Literal["message", "metrics"]
-    message: str
-    data: dict[str, Any] | None
-
-    @classmethod
-    def of(cls, row: JobEvent) -> EventObject:
-        # The id is the stream cursor made from ``seq``; no column holds it.
-        return cls(
-            id=f"ftevent-{row.seq}",
-            created_at=row.created_at,
-            level=row.level,  # type: ignore[arg-type]
-            type=row.type,  # type: ignore[arg-type]
-            message=row.message,
-            data=row.data,
-        )
 
 
 class CheckpointObject(BaseModel):

@@ -6,9 +6,9 @@
     service -> models                     (the API and its domain layer, with the queue contract)
     models -> nothing of ours             (the ML library and its CLI)
 
-Imports are read from the source (every ``import``, at module level or inside a function), so a
-lazy import cannot hide a dependency; only ``if TYPE_CHECKING:`` blocks are left out, as they
-never run.
+Imports are read from the source (every ``import``, at module level, inside a function or under
+``if TYPE_CHECKING:``), so neither a lazy import nor one made for types alone can hide a
+dependency.
 """
 
 from __future__ import annotations
@@ -39,22 +39,10 @@ def modules(package: str) -> dict[str, Path]:
     return {module_name(p): p for p in sorted((ROOT / package).rglob("*.py"))}
 
 
-def _runs(node: ast.AST) -> Iterator[ast.AST]:
-    """Every node but those under ``if TYPE_CHECKING:``."""
-    for child in ast.iter_child_nodes(node):
-        if isinstance(child, ast.If) and ast.unparse(child.test).endswith("TYPE_CHECKING"):
-            for statement in child.orelse:
-                yield statement
-                yield from _runs(statement)
-            continue
-        yield child
-        yield from _runs(child)
-
-
 def imports(name: str, path: Path) -> Iterator[tuple[str, str | None]]:
     """(module, name) for each ``from module import name``; (module, None) for ``import``."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    for node in _runs(ast.parse(path.read_text())):
+    for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             yield from ((alias.name, None) for alias in node.names)
         elif isinstance(node, ast.ImportFrom):

@@ -1,4 +1,5 @@
-"""Server-sent events of a job's events, within limits that keep streams from starving the API.
+"""Server-sent events of a task's events (a job's, an evaluation's), within limits that keep
+streams from starving the API.
 
 A stream holds no database connection while it waits: each poll borrows one in a short session
 and gives it back before the stream sleeps, and at most ``POLL_CONCURRENCY`` polls run at once,
@@ -8,9 +9,10 @@ stream is refused with 429 and ``Retry-After``.
 
 Authentication stays with the route: a browser's ``EventSource`` cannot send an
 ``Authorization`` header, so a dashboard will need another credential there (a short-lived
-token in the query, say), and only the route's dependency changes. The route also hands over a
-check of the key the stream was opened with, asked after every poll: a stream outlives its
-request, and a revoked key must not keep one open (it ends with an ``error`` event).
+token in the query, say), and only the route's dependency changes (``service.tasks.routes``).
+The route also hands over a check of the key the stream was opened with, asked after every
+poll: a stream outlives its request, and a revoked key must not keep one open (it ends with an
+``error`` event).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, NamedTuple, Protocol
+from typing import NamedTuple, Protocol
 
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -32,10 +34,6 @@ from starlette.types import Receive, Scope, Send
 
 from service.errors import InvalidRequest, TooManyRequests
 from service.schemas import MAX_INT
-from service.status import TERMINAL
-
-if TYPE_CHECKING:  # the context holds the slots: imported for types only, never at run time
-    from service.context import AppContext
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +63,7 @@ class Event(Protocol):
 
 
 class Batch(NamedTuple):
-    """One poll's answer: the events after a cursor (at most ``STREAM_BATCH``), the job's
+    """One poll's answer: the events after a cursor (at most ``STREAM_BATCH``), the task's
     status, and whether more events were already there to read after these."""
 
     events: Sequence[Event]
@@ -73,7 +71,7 @@ class Batch(NamedTuple):
     more: bool
 
 
-# One poll: the events after a cursor and the job's status, read in a short session.
+# One poll: the events after a cursor and the task's status, read in a short session.
 Poll = Callable[[int], Batch]
 # Whether the key a stream was opened with is still accepted (``service.auth.deps.key_check``).
 KeyCheck = Callable[[], Awaitable[bool]]
@@ -120,7 +118,7 @@ class StreamSlots:
 
 
 class EventStreamResponse(StreamingResponse):
-    """A ``text/event-stream`` response that runs ``on_close`` however it ends: the job
+    """A ``text/event-stream`` response that runs ``on_close`` however it ends: the task
     finished, the client went away, or the connection broke before the first byte."""
 
     def __init__(self, content: AsyncIterator[str], on_close: Callable[[], None]) -> None:
@@ -163,24 +161,6 @@ STREAM_POLL_S = 0.5
 STREAM_BATCH = 500
 
 
-def open_stream(
-    ctx: AppContext, key: str, poll: Poll, cursor: int, key_valid: KeyCheck
-) -> EventStreamResponse:
-    """A job's or an evaluation's events as server-sent events, holding one of ``key``'s
-    stream slots (429 past the per-key or total cap) for as long as the response lives, and
-    ending it once ``key_valid`` says the key it was opened with is revoked."""
-    slots, settings = ctx.streams, ctx.settings
-    slots.acquire(key, settings.stream_max_per_key, settings.stream_max_total)
-    ctx.metrics.event_streams.set(slots.total)
-
-    def close() -> None:
-        slots.release(key)
-        ctx.metrics.event_streams.set(slots.total)
-
-    events = event_stream(poll, cursor, TERMINAL, slots, STREAM_POLL_S, key_valid)
-    return EventStreamResponse(events, on_close=close)
-
-
 async def _always_valid() -> bool:
     return True
 
@@ -193,7 +173,7 @@ async def event_stream(
     poll_s: float,
     key_valid: KeyCheck = _always_valid,
 ) -> AsyncIterator[str]:
-    """Events after ``cursor`` as they come, then an ``end`` event once the job is terminal;
+    """Events after ``cursor`` as they come, then an ``end`` event once the task is terminal;
     an ``error`` event instead, and the end, once the key is revoked or the database fails."""
     delay, idle = poll_s, 0.0
     while True:

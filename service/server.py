@@ -405,6 +405,11 @@ def serve(host: str, port: int, workers: int | None = None, log_level: str | Non
         host=host,
         port=port,
         workers=workers,
-        http=ServiceHttpProtocol,
+        # By name, not the class: with several workers the config is pickled to each process,
+        # and unpickling the class there would import this module (FastAPI, the settings)
+        # before the process answers the supervisor's health pings; under load that took
+        # longer than the ping's timeout, and the supervisor killed and restarted its workers
+        # in a loop. By name, uvicorn imports it where it loads the app.
+        http=f"{__name__}:{ServiceHttpProtocol.__name__}",
         log_level=log_level,
     )

@@ -60,7 +60,7 @@ def test_a_nan_loss_fails_the_job_and_the_worker_takes_the_next(
     assert outcome.status == "failed"
     job = job_row(ctx, job_id)
     assert job.status == "failed" and job.error is not None
-    assert job.error["code"] == "TrainingError"
+    assert job.error["code"] == "training_failed"
     assert "non-finite loss at step 2" in job.error["message"]
     assert versions(ctx) == []
     next_job_succeeds(ctx, shapes_root, "after-nan")

@@ -152,7 +152,7 @@ def test_a_database_outage_mid_training_keeps_the_job_for_a_retry(
     from service.db.engine import make_engine, make_sessionmaker
     from service.db.migrate import upgrade
     from service.storage import ArtifactStore
-    from tests.e2e.conftest import postgres_database_or_skip
+    from tests.live import postgres_database_or_skip
     from tests.reliability.proxy import CuttableProxy
     from tests.service.support import make_settings
     from tests.worker.test_runner import metric_steps, when

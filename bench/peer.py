@@ -428,7 +428,7 @@ STAGES: list[tuple[str, tuple[str, ...]]] = [
     ("HTTP parsing and writing", ("httptools_impl.py", "h11_impl.py", "uvicorn/protocols")),
     ("middleware (size limit, metrics)", ("service/limits.py", "service/observability.py")),
     ("routing, dependencies", ("starlette/routing.py", "fastapi/routing.py", "dependencies/")),
-    ("errors, logging", ("service/errors.py", "logging/")),
+    ("errors, logging", ("service/errors.py", "service/http_errors.py", "logging/")),
     ("threads: hand-offs", ("concurrent/futures", "threading.py", "anyio/", "to_thread")),
     ("event loop", ("asyncio/", "uvloop")),
 ]

@@ -6,7 +6,6 @@ import logging
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 import torch
 from celery import Celery
@@ -14,7 +13,7 @@ from fastapi import FastAPI
 
 from models._version import __version__
 from models.backbone import resolve_device
-from service import errors
+from service import http_errors
 from service.auth.deps import check_key_first
 from service.auth.me import router as me_router
 from service.auth.router import router as keys_router
@@ -43,6 +42,20 @@ from service.storage import ArtifactStore
 from service.ui.router import router as ui_router
 
 log = logging.getLogger(__name__)
+# In the order the app matches them; each route declares its body limit (service/limits.py).
+ROUTERS = (
+    jobs_router,
+    objectives_router,
+    evaluations_router,
+    datasets_router,
+    descriptions_router,
+    registry_router,
+    predict_router,
+    health_router,
+    keys_router,
+    me_router,
+    ui_router,
+)
 
 
 def build_context(settings: Settings) -> AppContext:
@@ -119,43 +132,15 @@ def create_app(settings: Settings) -> FastAPI:
         redoc_url=None,
     )
     install_docs(app)
-    for router in (
-        jobs_router,
-        objectives_router,
-        evaluations_router,
-        datasets_router,
-        descriptions_router,
-        registry_router,
-        predict_router,
-        health_router,
-        keys_router,
-        me_router,
-        ui_router,
-    ):
+    for router in ROUTERS:
         app.include_router(router)
-    errors.install(app, check_key_first)
+    http_errors.install(app, check_key_first)
     # The size limit wraps the app directly, so nothing reads a body before it counts it; the
     # metrics wrap both, so refused requests (413) are counted too.
-    app.add_middleware(BodySizeLimit, limit_for=_limits(settings))
+    routes = [route for router in ROUTERS for route in router.routes]
+    app.add_middleware(BodySizeLimit, settings=settings, routes=routes)
     app.add_middleware(RecordMetrics)
     return app
-
-
-def _limits(settings: Settings) -> Any:
-    def limit_for(path: str) -> int | None:
-        if path == "/predict":
-            return settings.max_predict_bytes
-        if path == "/datasets/upload" or _is_artifact_upload(path):
-            return settings.max_upload_bytes
-        return 1024 * 1024  # JSON bodies of every other route
-
-    return limit_for
-
-
-def _is_artifact_upload(path: str) -> bool:
-    """``/models/{name}/versions``: an artifact archive (POST), capped as dataset uploads are."""
-    parts = path.split("/")
-    return len(parts) == 4 and parts[1] == "models" and parts[3] == "versions"
 
 
 def app_from_env() -> FastAPI:

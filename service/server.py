@@ -15,7 +15,7 @@ reachable by anyone needs before any key is checked:
   more is answered 429 and closed at once;
 - a malformed request is answered 400 in the error shape, not uvicorn's plain text.
 
-Every refusal is our JSON error body (``service.errors.error_body``).
+Every refusal is our JSON error body (``service.http_errors.error_body``).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from service.errors import error_body
+from service.http_errors import error_body
 from service.settings import Settings, settings_from_env
 
 # After a refusal the connection is half-closed and what the client still sends is read and

@@ -31,6 +31,7 @@ from models.heads import Classifier
 from models.json_values import json_safe
 from models.pipeline import build_classifier, frozen_concept_probs
 from service.db.tables import Dataset, Evaluation, ModelVersion
+from service.errors import error_code
 from service.evaluations import state
 from service.evaluations.schemas import SERVED_HEAD
 from service.registry import service as registry
@@ -88,7 +89,7 @@ def _evaluate_and_record(ctx: WorkerContext, lease: Lease, kind: str) -> Outcome
         # task is delivered again.
         raise
     except ModelsError as exc:
-        return _failed(ctx, lease, type(exc).__name__, str(exc))
+        return _failed(ctx, lease, error_code(exc), str(exc))
     except Exception as exc:  # a bug or an environment failure: fail it, keep the worker
         log.exception("evaluation %s failed", evaluation_id)
         return _failed(ctx, lease, "internal_error", f"{type(exc).__name__}: {exc}")

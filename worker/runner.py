@@ -36,7 +36,7 @@ from models.json_values import json_safe
 from models.pipeline import RunResult, finetune
 from models.train import KEEP_CHECKPOINTS, LATEST, Progress, latest_checkpoint
 from service.db.tables import Dataset, Job, JobCheckpoint, ModelVersion
-from service.errors import redact
+from service.errors import error_code, redact
 from service.jobs import state
 from service.paths import is_under
 from service.registry import service as registry
@@ -298,7 +298,7 @@ def _train_and_register(ctx: WorkerContext, lease: Lease) -> Outcome:
         # out if we die) and its checkpoints stay, so the task can try it again and resume.
         raise
     except ModelsError as exc:
-        outcome = _failed(ctx, lease, type(exc).__name__, str(exc))
+        outcome = _failed(ctx, lease, error_code(exc), str(exc))
     except Exception as exc:  # a bug or an environment failure: fail the job, keep the worker
         log.exception("job %s failed", lease.task_id)
         outcome = _failed(ctx, lease, "internal_error", f"{type(exc).__name__}: {exc}")

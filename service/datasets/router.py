@@ -9,6 +9,7 @@ from service.datasets import service
 from service.datasets.schemas import MAX_NAME, DatasetFromPath, DatasetObject
 from service.deps import Ctx, Db, Page
 from service.errors import InvalidRequest
+from service.limits import body_limit
 from service.multipart import read_form
 from service.schemas import ERROR_RESPONSES, ListResponse
 
@@ -42,6 +43,7 @@ def register_from_path(body: DatasetFromPath, ctx: Ctx, db: Db, key: TrainKey) -
         }
     },
 )
+@body_limit("max_upload_bytes")
 async def register_upload(request: Request, ctx: Ctx, db: Db, key: TrainKey) -> DatasetObject:
     """Upload a .zip or .tar(.gz) of an image folder; capped by RCS_MAX_UPLOAD_BYTES."""
     # Parsed here rather than by FastAPI so the size-limit middleware sees the stream first.

@@ -10,6 +10,7 @@ from starlette.datastructures import UploadFile
 from service.auth.deps import PredictKey
 from service.deps import Ctx
 from service.errors import BadRequest, InvalidRequest
+from service.limits import body_limit
 from service.multipart import read_form
 from service.predict import service
 from service.predict.schemas import PredictJSON, PredictResponse
@@ -41,6 +42,7 @@ _MULTIPART_SCHEMA = {
         }
     },
 )
+@body_limit("max_predict_bytes")
 async def predict(request: Request, ctx: Ctx, _: PredictKey) -> PredictResponse:
     """Classify one or many images (multipart ``files`` or base64 JSON ``images``)."""
     content_type = request.headers.get("content-type", "")

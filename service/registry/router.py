@@ -16,6 +16,7 @@ from service.auth.service import Principal
 from service.db.tables import ModelVersion
 from service.deps import Ctx, Db, Page
 from service.errors import Conflict, InvalidRequest
+from service.limits import body_limit
 from service.multipart import read_form
 from service.registry import service, transfer
 from service.registry.schemas import (
@@ -164,6 +165,7 @@ def _created(
     status_code=201,
     openapi_extra=UPLOAD_FORM,
 )
+@body_limit("max_upload_bytes")
 async def import_version(
     name: str,
     request: Request,

@@ -21,9 +21,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability.conftest import LiveApi, reliability_artifact, running_live_api
+from tests.reliability.conftest import (
+    LiveApi,
+    redis_server,
+    reliability_artifact,
+    running_live_api,
+)
 
-__all__ = ["reliability_artifact"]  # the reliability tests' fixture, used here too
+__all__ = ["redis_server", "reliability_artifact"]  # the reliability tests' fixtures, used here too
 
 ENABLED = os.environ.get("RCS_CHAOS") == "1"
 # Starting a process on the shared, loaded machine can take minutes, not the usual 60 s.

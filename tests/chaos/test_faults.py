@@ -13,7 +13,6 @@ recorded, and then the test fails naming how many faults it could inject.
 from __future__ import annotations
 
 import random
-import secrets
 import threading
 import time
 from collections import Counter
@@ -38,7 +37,8 @@ from tests.chaos.invariants import (
     step_problems,
     steps_redone,
 )
-from tests.e2e.conftest import Stack, ok, postgres_database_or_skip, wait_for
+from tests.e2e.conftest import Stack
+from tests.live import ok, postgres_database_or_skip, wait_for
 from tests.reliability.conftest import fault_settings, prepare_database, record
 from tests.reliability.images import encode, noise
 from tests.reliability.jobs import TERMINAL, events, job, one_ready_version, submit
@@ -49,21 +49,12 @@ from tools.processes import Process, api_process, free_port, wait_ready, worker_
 pytestmark = pytest.mark.chaos
 
 KINDS = ("zeroshot", "ce", "flyp", "drm")
-REDIS_PASSWORD = f"redis-{secrets.token_hex(8)}"
 ACTIVE_JOBS = 3  # jobs kept queued or running, so both workers always have one to be killed in
 # Faults stop when less than this is left of the deadline: time for the last jobs to finish on
 # a loaded machine, where a restarted worker can take minutes to start.
 DRAIN_S = 600.0
 MID_TRAINING = 0.7  # the share of kills aimed at a random point of training
 MID_TRAINING_WAIT_S = 120.0
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("chaos-redis"), REDIS_PASSWORD)
-    server.start()
-    yield server
-    server.stop()
 
 
 class Cluster:

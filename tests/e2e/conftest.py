@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -16,40 +15,16 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.live import (
+    REDIS_URL,
+    base_settings,
+    key_client,
+    ok,
+    postgres_database_or_skip,
+    redis_or_skip,
+)
 from tests.service.support import API_KEY
 from tools.processes import Process, api_process, free_port, wait_ready, worker_process
-
-REDIS_URL = "redis://127.0.0.1:6379/0"
-POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
-
-
-def redis_or_skip() -> Any:
-    import redis
-
-    client = redis.Redis.from_url(REDIS_URL, socket_timeout=2)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        pytest.skip(f"Redis at {REDIS_URL} is unreachable: {exc}")
-    return client
-
-
-def postgres_database_or_skip() -> tuple[str, Callable[[], None]]:
-    """A fresh database for this run, and how to drop it."""
-    import psycopg
-
-    name = f"rcs_e2e_{secrets.token_hex(4)}"
-    try:
-        admin = psycopg.connect(POSTGRES_ADMIN, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"PostgreSQL at {POSTGRES_ADMIN} is unreachable: {exc}")
-    admin.execute(f'CREATE DATABASE "{name}"')
-
-    def drop() -> None:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
-
-    return f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}", drop
 
 
 @dataclass
@@ -62,8 +37,7 @@ class Stack:
     data: Path
 
     def client(self, key: str | None = API_KEY) -> httpx.Client:
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        return httpx.Client(base_url=self.base_url, headers=headers, timeout=30)
+        return key_client(self.base_url, key)
 
     def restart_worker(self, kill: bool) -> None:
         if kill:
@@ -81,11 +55,6 @@ class Stack:
             return dict(
                 ok(client.post("/datasets", json={"name": "shapes", "path": str(self.data)}))
             )
-
-
-def ok(response: httpx.Response) -> Any:
-    assert response.status_code < 400, f"{response.status_code}: {response.text}"
-    return response.json()
 
 
 @contextmanager
@@ -107,18 +76,6 @@ def running_stack(settings: dict[str, str], workdir: Path, data: Path) -> Iterat
         api.stop()
 
 
-def wait_for(
-    check: Callable[[], Any], timeout: float, what: str, stack: Stack | None = None
-) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.25)
-    raise AssertionError(f"timed out waiting for {what}\n{stack.logs() if stack else ''}")
-
-
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
 def stack(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, shapes_root: Path
@@ -132,19 +89,11 @@ def stack(
         database_url = f"sqlite:///{workdir / 'rcs.db'}"
     queue = f"training-e2e-{secrets.token_hex(4)}"
     settings = {
-        "RCS_ENV": "production",
-        "RCS_DATABASE_URL": database_url,
-        "RCS_BROKER_URL": REDIS_URL,
+        **base_settings(workdir, database_url, REDIS_URL, shapes_root),
         "RCS_TRAINING_QUEUE": queue,
-        "RCS_ARTIFACTS_URL": str(workdir / "artifacts"),
-        "RCS_WORK_DIR": str(workdir / "work"),
-        "RCS_ALLOWED_DATASET_ROOTS": str(shapes_root),
-        "RCS_BOOTSTRAP_API_KEY": API_KEY,
-        "RCS_DEVICE": "cpu",
         "RCS_CHECKPOINT_EVERY": "2",
         "RCS_LEASE_S": "4",
         "RCS_MAX_PREDICT_BYTES": "200000",
-        "RCS_TORCH_THREADS": "1",
     }
     try:
         with running_stack(settings, workdir, shapes_root) as built:

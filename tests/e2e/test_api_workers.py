@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.conftest import postgres_database_or_skip
+from tests.live import postgres_database_or_skip
 from tests.service.support import API_KEY
 from tools.processes import Process, free_port, process_env, wait_ready
 

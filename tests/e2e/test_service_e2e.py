@@ -9,7 +9,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.conftest import Stack, ok, wait_for
+from tests.e2e.conftest import Stack
+from tests.live import ok, wait_for
 from tests.service.support import b64, finetune_body, png_bytes
 
 pytestmark = pytest.mark.slow

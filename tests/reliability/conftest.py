@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +22,9 @@ from service.auth.service import create_key
 from service.db.engine import make_engine, make_sessionmaker
 from service.db.migrate import upgrade
 from service.storage import ArtifactStore
+from tests.live import base_settings, key_client, postgres_or_none
 from tests.reliability.images import fake_ghostscript
+from tests.reliability.redis_server import REDIS_PASSWORD, RedisServer
 from tests.service.support import API_KEY, register_artifact, zeroshot_artifact
 from tools.processes import Process, api_process, free_port, wait_ready
 
@@ -34,16 +36,6 @@ def record(test: str, **figures: object) -> None:
     FIGURES.parent.mkdir(parents=True, exist_ok=True)
     with FIGURES.open("a", encoding="utf-8") as fh:
         fh.write(json.dumps({"test": test, **figures}) + "\n")
-
-
-def postgres_or_none() -> tuple[str, Callable[[], None]] | None:
-    """A fresh PostgreSQL database and how to drop it, or None where PostgreSQL is unreachable."""
-    from tests.e2e.conftest import postgres_database_or_skip
-
-    try:
-        return postgres_database_or_skip()
-    except pytest.skip.Exception:
-        return None
 
 
 def rss_kib(pid: int, field: str = "VmRSS") -> int:
@@ -68,26 +60,7 @@ class LiveApi:
         return self.process.popen.pid
 
     def client(self, key: str | None = API_KEY) -> httpx.Client:
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        return httpx.Client(base_url=self.base_url, headers=headers, timeout=60)
-
-
-def base_settings(
-    workdir: Path, database_url: str, broker_url: str, data_root: Path
-) -> dict[str, str]:
-    """What every real API and worker of these tests runs with: production mode, CPU, one
-    torch thread, folders under ``workdir``."""
-    return {
-        "RCS_ENV": "production",
-        "RCS_DATABASE_URL": database_url,
-        "RCS_BROKER_URL": broker_url,
-        "RCS_ARTIFACTS_URL": str(workdir / "artifacts"),
-        "RCS_WORK_DIR": str(workdir / "work"),
-        "RCS_ALLOWED_DATASET_ROOTS": str(data_root),
-        "RCS_BOOTSTRAP_API_KEY": API_KEY,
-        "RCS_DEVICE": "cpu",
-        "RCS_TORCH_THREADS": "1",
-    }
+        return key_client(self.base_url, key, timeout=60)
 
 
 def live_settings(workdir: Path, database_url: str, data_root: Path) -> dict[str, str]:
@@ -129,6 +102,15 @@ def prepare_database(settings: dict[str, str], artifact: Path) -> str:
     finally:
         engine.dispose()
     return key
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A redis-server of the module's own, which its tests may stop and start again."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"), REDIS_PASSWORD)
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

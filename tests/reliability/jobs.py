@@ -6,7 +6,7 @@ from typing import Any
 
 import httpx
 
-from tests.e2e.conftest import ok
+from tests.live import ok
 from tests.service.support import finetune_body
 
 TERMINAL = ("succeeded", "failed", "cancelled")

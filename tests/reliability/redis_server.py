@@ -3,14 +3,18 @@ port, and restartable on the same port and file as a restarted production Redis 
 
 from __future__ import annotations
 
+import secrets
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import wait_for
+from tests.live import wait_for
 from tools.processes import free_port
+
+# The password of the tests' own redis-servers: a secret no log or job event may show.
+REDIS_PASSWORD = f"redis-{secrets.token_hex(8)}"
 
 
 class RedisServer:

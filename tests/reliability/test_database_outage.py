@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from tests.e2e.conftest import postgres_database_or_skip
+from tests.live import postgres_database_or_skip
 from tests.reliability.conftest import prepare_database, record
 from tests.reliability.images import encode, noise
 from tests.reliability.proxy import CuttableProxy

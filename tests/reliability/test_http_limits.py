@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from tests.reliability.conftest import base_settings, record, rss_kib
+from tests.live import base_settings
+from tests.reliability.conftest import record, rss_kib
 from tests.reliability.raw_http import (
     Answer,
     connect,

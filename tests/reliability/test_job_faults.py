@@ -60,7 +60,7 @@ def test_a_nan_loss_fails_the_job_and_the_worker_takes_the_next(
     assert outcome.status == "failed"
     job = job_row(ctx, job_id)
     assert job.status == "failed" and job.error is not None
-    assert job.error["code"] == "TrainingError"
+    assert job.error["code"] == "training_failed"
     assert "non-finite loss at step 2" in job.error["message"]
     assert versions(ctx) == []
     next_job_succeeds(ctx, shapes_root, "after-nan")
@@ -152,7 +152,7 @@ def test_a_database_outage_mid_training_keeps_the_job_for_a_retry(
     from service.db.engine import make_engine, make_sessionmaker
     from service.db.migrate import upgrade
     from service.storage import ArtifactStore
-    from tests.e2e.conftest import postgres_database_or_skip
+    from tests.live import postgres_database_or_skip
     from tests.reliability.proxy import CuttableProxy
     from tests.service.support import make_settings
     from tests.worker.test_runner import metric_steps, when

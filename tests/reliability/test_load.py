@@ -15,14 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.live import postgres_or_none
 from tests.reliability.clients import hammer
-from tests.reliability.conftest import (
-    live_settings,
-    postgres_or_none,
-    prepare_database,
-    record,
-    rss_kib,
-)
+from tests.reliability.conftest import live_settings, prepare_database, record, rss_kib
 from tests.reliability.images import encode, noise
 from tests.service.support import API_KEY, b64, finetune_body
 from tools.processes import Process, api_process, free_port, wait_ready, worker_process

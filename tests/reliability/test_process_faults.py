@@ -18,31 +18,18 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.conftest import Stack, ok, running_stack, wait_for
-from tests.reliability.conftest import (
-    fault_settings,
-    postgres_or_none,
-    prepare_database,
-    record,
-)
+from tests.e2e.conftest import Stack, running_stack
+from tests.live import ok, postgres_or_none, wait_for
+from tests.reliability.conftest import fault_settings, prepare_database, record
 from tests.reliability.images import encode, noise
 from tests.reliability.jobs import events, finished, job, one_ready_version, submit
-from tests.reliability.redis_server import RedisServer
+from tests.reliability.redis_server import REDIS_PASSWORD, RedisServer
 from tests.service.support import API_KEY, b64, finetune_body
 from tools.processes import api_process, wait_ready, worker_process
 
 pytestmark = pytest.mark.slow
 
-REDIS_PASSWORD = f"redis-{secrets.token_hex(8)}"
 DB_PASSWORD = f"pg-{secrets.token_hex(8)}"
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis"), REDIS_PASSWORD)
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,8 @@ import pytest
 from service.auth.service import create_key
 from service.db.engine import make_engine, make_sessionmaker
 from service.db.tables import JobEvent
-from tests.reliability.conftest import live_settings, postgres_or_none, prepare_database, record
+from tests.live import postgres_or_none
+from tests.reliability.conftest import live_settings, prepare_database, record
 from tests.service.support import API_KEY, finetune_body
 from tools.processes import Process, api_process, free_port, wait_ready
 

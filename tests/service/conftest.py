@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
 from service.context import AppContext
-from tests.service.support import AUTH, FakeBroker, make_settings, zeroshot_artifact
+from service.settings import Settings
+from tests.service.support import AUTH, FakeBroker, open_app, zeroshot_artifact
 
 
 @pytest.fixture(scope="session")
@@ -20,18 +20,8 @@ def artifact_folder(shapes_root: Path, tmp_path_factory: pytest.TempPathFactory)
 
 
 @pytest.fixture
-def settings_overrides() -> dict[str, Any]:
-    return {}
-
-
-@pytest.fixture
-def client(
-    tmp_path: Path, shapes_root: Path, settings_overrides: dict[str, Any]
-) -> Iterator[TestClient]:
-    settings = make_settings(tmp_path, shapes_root, **settings_overrides)
-    with TestClient(create_app(settings)) as test_client:
-        test_client.app.state.ctx.broker = FakeBroker()  # type: ignore[attr-defined]
-        test_client.headers.update(AUTH)
+def client(app_settings: Settings) -> Iterator[TestClient]:
+    with open_app(app_settings, headers=AUTH) as test_client:
         yield test_client
 
 
@@ -58,7 +48,5 @@ def dataset(client: TestClient, shapes_root: Path) -> dict[str, Any]:
 @pytest.fixture
 def second_client(client: TestClient, ctx: AppContext) -> Iterator[TestClient]:
     """Another app on the same settings: what a second API process sees."""
-    with TestClient(create_app(ctx.settings)) as other:
-        other.app.state.ctx.broker = FakeBroker()  # type: ignore[attr-defined]
-        other.headers.update(AUTH)
+    with open_app(ctx.settings, headers=AUTH) as other:
         yield other

@@ -5,15 +5,19 @@ from __future__ import annotations
 import base64
 import io
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fastapi.testclient import TestClient
 from PIL import Image
 from sqlalchemy.orm import Session
 
 from models.config import RunConfig, from_dict
 from models.pipeline import finetune
+from service.app import create_app
 from service.datasets import service as datasets
 from service.db.engine import make_engine, make_sessionmaker
 from service.db.migrate import upgrade
@@ -64,6 +68,15 @@ class FakeBroker:
 
     def close(self) -> None:
         pass
+
+
+@contextmanager
+def open_app(settings: Settings, **options: Any) -> Iterator[TestClient]:
+    """The app on ``settings``, started, with a ``FakeBroker``; ``options`` go to the
+    ``TestClient`` (``headers``, ``follow_redirects``)."""
+    with TestClient(create_app(settings), **options) as client:
+        client.app.state.ctx.broker = FakeBroker()  # type: ignore[attr-defined]
+        yield client
 
 
 class _FakeConnection:

@@ -75,7 +75,7 @@ def world(
     drop: Callable[[], None] = lambda: None  # noqa: E731
     url = f"sqlite:///{tmp_path / 'rcs.db'}"
     if request.param == "postgresql":
-        from tests.e2e.conftest import postgres_database_or_skip
+        from tests.live import postgres_database_or_skip
 
         url, drop = postgres_database_or_skip()
     made = World(make_settings(tmp_path, shapes_root, database_url=url), artifact_folder)

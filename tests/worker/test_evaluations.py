@@ -326,7 +326,7 @@ def test_a_diagnosis_of_a_backbone_missing_here_fails_with_its_message(
     evaluation_id = new_diagnosis(ctx, shapes_root, DESCRIPTIONS, model=OFFLINE_BACKBONE)
     assert runner.run_evaluation(ctx, evaluation_id).status == "failed"
     error = row_of(ctx, evaluation_id).error
-    assert error is not None and error["code"] == "BackboneError"
+    assert error is not None and error["code"] == "invalid_model"
     assert "is not built yet" in error["message"]
 
 

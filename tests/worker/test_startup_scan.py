@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from service.db.migrate import upgrade
-from tests.e2e.conftest import postgres_database_or_skip
+from tests.live import postgres_database_or_skip
 from tests.service.support import make_settings
 from tools.processes import Process, worker_process
 from worker.app import make_context, recover_at_start, resend_orphans

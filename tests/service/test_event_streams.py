@@ -17,7 +17,7 @@ from service.auth.service import authenticate
 from service.context import AppContext
 from service.db.engine import make_sessionmaker
 from service.jobs import service as jobs
-from service.jobs import streams
+from service.tasks import streams
 from tests.service.support import API_KEY, finetune_body
 
 

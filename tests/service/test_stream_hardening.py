@@ -22,7 +22,7 @@ from service.context import AppContext
 from service.db.tables import JobEvent
 from service.jobs import router as jobs_router
 from service.jobs import service as jobs
-from service.jobs import streams
+from service.tasks import streams
 from tests.service.support import finetune_body
 
 NEW = "added after the revoke was answered"

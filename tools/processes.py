@@ -49,6 +49,11 @@ class Process:
         )
         return self
 
+    @property
+    def pid(self) -> int:
+        assert self.popen is not None, f"{self.name} was not started"
+        return self.popen.pid
+
     def alive(self) -> bool:
         return self.popen is not None and self.popen.poll() is None
 

@@ -56,8 +56,7 @@ class LiveApi:
 
     @property
     def pid(self) -> int:
-        assert self.process.popen is not None
-        return self.process.popen.pid
+        return self.process.pid
 
     def client(self, key: str | None = API_KEY) -> httpx.Client:
         return key_client(self.base_url, key, timeout=60)

@@ -44,8 +44,7 @@ class Api:
 
     @property
     def pid(self) -> int:
-        assert self.process.popen is not None
-        return self.process.popen.pid
+        return self.process.pid
 
     def healthz_s(self) -> float:
         """Seconds a fresh ``GET /healthz`` took (asserting it was 200)."""

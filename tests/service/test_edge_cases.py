@@ -15,10 +15,11 @@ from models.train import SeededView
 from service.context import AppContext
 from service.errors import redact
 from service.jobs import service as jobs
-from service.jobs import state, streams
+from service.jobs import state
 from service.jobs.schemas import MAX_SEED
 from service.registry import service as registry
 from service.settings import Settings
+from service.tasks import streams
 from tests.service.support import b64, finetune_body, png_bytes, register_artifact
 
 

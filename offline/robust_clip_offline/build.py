@@ -8,6 +8,7 @@ it. The library reaches this only through ``models.backbone.offline_builder``.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import shutil
@@ -124,11 +125,20 @@ def ensure_offline_backbone(
     progress: bool = True,
     note: Progress | None = None,
 ) -> Path:
-    """Build only when the folder is missing (or ``force``): tests and demos reuse the cache."""
+    """Build only when the folder is missing (or ``force``): tests and demos reuse the cache.
+
+    Callers that start at once (a test run beside a demo) build once: the others wait on a
+    lock file beside the folder and then find the finished folder.
+    """
     target = Path(folder)
     if is_built(target) and not force:
         return target
-    return build_offline_backbone(target, cfg, progress=progress, note=note)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{target.name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if is_built(target) and not force:
+            return target
+        return build_offline_backbone(target, cfg, progress=progress, note=note)
 
 
 def is_built(folder: str | Path) -> bool:

@@ -324,3 +324,37 @@ def test_real_sources_split_disjointly() -> None:
 def test_missing_fashion_mnist_names_the_install_command(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="install-system-deps.sh"):
         od.load_fashion_mnist("corpus", root=tmp_path)
+
+
+def test_callers_starting_at_once_build_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A test run beside a demo: the second caller waits for the first build and reuses it.
+    import threading
+    import time
+
+    from robust_clip_offline import build as build_module
+
+    builds: list[str] = []
+
+    def slow_build(target: Path, *args: object, **kwargs: object) -> Path:
+        builds.append(threading.current_thread().name)
+        time.sleep(0.3)
+        target.mkdir(parents=True)
+        for name in (OPEN_CLIP_CONFIG, build_module.WEIGHTS, CARD):
+            (target / name).write_text("{}")
+        return target
+
+    monkeypatch.setattr(build_module, "build_offline_backbone", slow_build)
+    folder = tmp_path / "cache" / OFFLINE_BACKBONE
+    found: list[Path] = []
+    callers = [
+        threading.Thread(target=lambda: found.append(build_module.ensure_offline_backbone(folder)))
+        for _ in range(3)
+    ]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join()
+    assert len(builds) == 1
+    assert found == [folder] * 3

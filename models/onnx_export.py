@@ -269,6 +269,9 @@ def open_session(model: bytes | str | Path, device: str = "cpu", threads: int = 
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+    # Idle pool threads sleep instead of spinning, as the server asks of OpenMP (torch):
+    # spinning threads starve the decoding threads and other processes on a busy CPU.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     source = model if isinstance(model, bytes) else str(model)
     try:
         return ort.InferenceSession(source, options, providers=providers(device))

@@ -22,6 +22,7 @@ import io
 import json
 import os
 import re
+import time
 import uuid
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -153,8 +154,6 @@ def export_onnx(
     """Write ``classifier``'s served graph to ``out`` (atomically), verified against torch on
     ``images`` (preprocessed; seeded random ones by default). ``ExportError`` names why an
     architecture cannot be exported, or by how much ONNX Runtime's answers differ."""
-    import time
-
     started = time.perf_counter()
     target = Path(out)
     onnx = _onnx()

@@ -113,12 +113,14 @@ def parse(body: bytes, header_length: str | None) -> tuple[InferRequest, bytes]:
         doc = json.loads(head)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"the inference request is not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise BadRequest("the inference request is not valid JSON: nested too deeply") from exc
     if not isinstance(doc, dict):
         raise BadRequest("the inference request must be a JSON object")
     params = _object(doc.get("parameters"), "parameters")
     tensor = _single_input(doc.get("inputs"))
     name, datatype = tensor.get("name"), tensor.get("datatype")
-    if name not in INPUTS:
+    if not isinstance(name, str) or name not in INPUTS:
         raise BadRequest(f"unknown input {name!r}; this model takes {_names(INPUTS)}")
     if datatype != INPUTS[name]:
         raise BadRequest(f"input {name!r} must be {INPUTS[name]}, got datatype {datatype!r}")
@@ -201,7 +203,7 @@ def _outputs(outputs: Any, default_binary: bool) -> list[Requested]:
         if not isinstance(item, dict):
             raise BadRequest(f"outputs[{i}] must be a JSON object")
         name = item.get("name")
-        if name not in OUTPUTS:
+        if not isinstance(name, str) or name not in OUTPUTS:
             raise BadRequest(f"unknown output {name!r}; this model answers {_names(OUTPUTS)}")
         params = _object(item.get("parameters"), f"output {name!r} parameters")
         binary = params.get("binary_data", default_binary) is True

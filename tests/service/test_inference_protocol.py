@@ -202,6 +202,10 @@ BAD = [
     ({"inputs": [{**images_input(), "data": ["%%%"] * 3}]}, 400, "not valid base64"),
     ({"inputs": [{**images_input(), "data": [b64(b"not an image")] * 3}]}, 422, "images[0]"),
     ({"inputs": [images_input()], "parameters": {"top_k": 0}}, 400, "top_k"),
+    ({"inputs": [{**images_input(), "name": ["images"]}]}, 400, "unknown input"),
+    ({"inputs": [images_input()], "outputs": [{"name": {"a": 1}}]}, 400, "unknown output"),
+    ({"inputs": [{**images_input(), "parameters": []}]}, 400, "must be a JSON object"),
+    ({"inputs": [images_input()], "id": 7}, 400, "id must be a string"),
 ]
 
 
@@ -232,8 +236,10 @@ def test_protocol_errors_outside_the_body(client: TestClient, shapes: int) -> No
             headers={"Authorization": "Bearer wrong"},
         ),
         client.get("/v2/models/nope"),
+        client.post("/v2/models/shapes/infer", content=b"[" * 100_000),
+        client.post("/v2/models/shapes/infer", content=b"\xff\xfe{}"),
     ]
-    assert [c.status_code for c in cases] == [404, 400, 400, 400, 401, 404]
+    assert [c.status_code for c in cases] == [404, 400, 400, 400, 401, 404, 400, 400]
     for answer in cases:
         assert set(answer.json()) == {"error"} and isinstance(answer.json()["error"], str)
 

@@ -14,11 +14,18 @@ For each model it
    errors, mean images per forward pass (from ``/metrics``) and the server's peak RSS;
 5. does step 4 again with ``RCS_PREDICT_BATCHING=false``: the naive baseline.
 
+``--engines torch,onnxruntime`` does steps 2 and 4 for each engine (``RCS_PREDICT_ENGINE``:
+the version's ONNX export run by ONNX Runtime), interleaved in one run; ``--protocols
+predict,v2`` drives the Open Inference Protocol's ``POST /v2/models/{name}/infer`` (the same
+JPEG as a BYTES tensor, top-3 labels) beside ``/predict`` on the same server.
+
 Run from the repository root (a few minutes on 2 CPU cores):
 
     .venv/bin/python bench/serve.py
     .venv/bin/python bench/serve.py --models ViT-B-32 --clients 1,32 --requests 128
     .venv/bin/python bench/serve.py --device cuda --models ViT-B-16 --max-batch 64   # GPU
+    .venv/bin/python bench/serve.py --engines torch,onnxruntime --protocols predict,v2 \
+        --modes batched --clients 32,64                                               # ONNX
 
 The load generator shares the machine with the server; on a small CPU machine its own work
 (building requests, parsing answers) is part of what limits the served rate.
@@ -107,14 +114,19 @@ def sample_images(n: int = 16, size: int = 256) -> list[bytes]:
     return images
 
 
-def own_limit(folder: Path, device: str, batch: int, min_s: float) -> dict[str, Any]:
-    """Images/s of back-to-back forward passes of ``batch`` preprocessed images, no server."""
+def own_limit(
+    folder: Path, device: str, batch: int, min_s: float, engine: str = "torch"
+) -> dict[str, Any]:
+    """Images/s of back-to-back forward passes of ``batch`` preprocessed images, no server;
+    ``engine`` as ``RCS_PREDICT_ENGINE`` (onnxruntime: the artifact's export, made first)."""
     import torch
 
-    from service.predict.cache import load, warm_up
+    from service.predict.cache import Engine, load, warm_up
     from service.predict.service import ImageInput, forward, preprocess
 
-    model = load(REGISTERED, 1, folder, device)
+    model = load(REGISTERED, 1, folder, device, Engine(engine, folder.parent / "onnx"))
+    if model.engine != engine:
+        raise RuntimeError(f"{folder} could not be served by {engine} (see the log above)")
     warm_up(model)
     images = [ImageInput(data, None, f"images[{i}]") for i, data in enumerate(sample_images())]
     one = preprocess(model, images, 40_000_000)
@@ -139,6 +151,7 @@ def own_limit(folder: Path, device: str, batch: int, min_s: float) -> dict[str, 
         "cpu_ms_per_image": cpu_ms,
         "preprocess_ms_per_image": decode_ms,
         "torch_threads": torch.get_num_threads(),
+        "engine": engine,
     }
 
 
@@ -182,7 +195,9 @@ def cache_timings(folder: Path, device: str) -> dict[str, Any]:
 # --- the server and the load generator ---------------------------------------------------------
 
 
-def server_env(tmp: Path, device: str, max_batch: int, batching: bool) -> dict[str, str]:
+def server_env(
+    tmp: Path, device: str, max_batch: int, batching: bool, engine: str = "torch"
+) -> dict[str, str]:
     return {
         **os.environ,
         "RCS_ENV": "local",
@@ -195,6 +210,7 @@ def server_env(tmp: Path, device: str, max_batch: int, batching: bool) -> dict[s
         "RCS_DEVICE": device,
         "RCS_PREDICT_BATCHING": "true" if batching else "false",
         "RCS_PREDICT_MAX_BATCH": str(max_batch),
+        "RCS_PREDICT_ENGINE": engine,
         "PYTHONPATH": str(ROOT),
     }
 
@@ -241,14 +257,29 @@ def batch_counts(url: str) -> tuple[float, float]:
     return values["rcs_predict_batch_images_sum"], values["rcs_predict_batch_images_count"]
 
 
-async def drive(url: str, clients: int, requests: int) -> dict[str, Any]:
+def request_body(data: bytes, protocol: str) -> tuple[str, str]:
+    """(path, JSON body) classifying one image, top 3, by ``/predict`` or the V2 ``infer``."""
+    text = base64.b64encode(data).decode()
+    if protocol == "predict":
+        return "/predict", json.dumps({"model": REGISTERED, "images": [text], "top_k": 3})
+    body = {
+        "inputs": [{"name": "images", "datatype": "BYTES", "shape": [1], "data": [text]}],
+        "outputs": [
+            {"name": "labels"},
+            {"name": "probabilities", "parameters": {"classification": 3}},
+        ],
+        "parameters": {"top_k": 3},
+    }
+    return f"/v2/models/{REGISTERED}/infer", json.dumps(body)
+
+
+async def drive(url: str, clients: int, requests: int, protocol: str = "predict") -> dict[str, Any]:
     """``clients`` concurrent loops posting one image each until ``requests`` have been sent."""
     import httpx
 
-    bodies = [
-        json.dumps({"model": REGISTERED, "images": [base64.b64encode(data).decode()], "top_k": 3})
-        for data in sample_images()
-    ]
+    requests_ = [request_body(data, protocol) for data in sample_images()]
+    path = requests_[0][0]
+    bodies = [body for _, body in requests_]
     headers = {"content-type": "application/json"}
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     latencies: list[float] = []
@@ -262,7 +293,7 @@ async def drive(url: str, clients: int, requests: int) -> dict[str, Any]:
             sent += 1
             t0 = time.perf_counter()
             try:
-                response = await http.post(f"{url}/predict", content=body, headers=headers)
+                response = await http.post(f"{url}{path}", content=body, headers=headers)
                 ok = response.status_code == 200
                 reason = str(response.status_code)
             except httpx.HTTPError as exc:
@@ -302,19 +333,30 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def load_levels(
-    url: str, pid: int, levels: list[int], requests: int, mode: str
+    url: str,
+    pid: int,
+    levels: list[int],
+    requests: int,
+    mode: str,
+    engine: str = "torch",
+    protocol: str = "predict",
 ) -> list[dict[str, Any]]:
     rows = []
     for clients in levels:
         images_before, passes_before = batch_counts(url)
         cpu_before = cpu_s(pid)
         n = max(requests, 4 * clients)
-        out = _self(["--drive", url, "--clients", str(clients), "--requests", str(n)])
+        out = _self(
+            ["--drive", url, "--clients", str(clients), "--requests", str(n)]
+            + ["--protocols", protocol]
+        )
         cpu_used = cpu_s(pid) - cpu_before
         images_after, passes_after = batch_counts(url)
         passes = passes_after - passes_before
         row = {
             "mode": mode,
+            "engine": engine,
+            "protocol": protocol,
             **out,
             "mean_batch": (images_after - images_before) / passes if passes else float("nan"),
             # Includes the untimed warm-up requests: CPU per image served, steadier than wall
@@ -322,7 +364,8 @@ def load_levels(
             "server_cpu_ms_per_image": cpu_used * 1000 / (n + clients),
             "peak_rss_mib": peak_rss_mib(pid),
         }
-        print(f"  {mode:8s} {clients:3d} clients: {row['images_per_s']:.1f} images/s", flush=True)
+        label = f"{mode} {engine} {protocol}"
+        print(f"  {label:30s} {clients:3d} clients: {row['images_per_s']:.1f} images/s", flush=True)
         rows.append(row)
     return rows
 
@@ -343,21 +386,27 @@ def bench_model(arch: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any
     folder = write_artifact(arch, tmp / "artifact")
     levels = [int(c) for c in args.clients.split(",")]
     device = args.device
-    limit = _self(
-        ["--limit", str(folder), "--device", device, "--max-batch", str(args.max_batch)]
-        + ["--limit-seconds", str(args.limit_seconds)]
-    )
-    print(f"  own limit: {limit['images_per_s']:.1f} images/s", flush=True)
+    engines = args.engines.split(",")
+    limits = {}
+    for engine in engines:  # each engine's own limit, back to back, before any server runs
+        limits[engine] = _self(
+            ["--limit", str(folder), "--device", device, "--max-batch", str(args.max_batch)]
+            + ["--limit-seconds", str(args.limit_seconds), "--engines", engine]
+        )
+        print(f"  own limit ({engine}): {limits[engine]['images_per_s']:.1f} images/s", flush=True)
     cache = _self(["--cache", str(folder), "--device", device])
     rows = []
-    for batching in [mode == "batched" for mode in args.modes.split(",")]:
-        run_dir = tmp / ("batched" if batching else "naive")
-        env = server_env(run_dir, device, args.max_batch, batching)
-        register(env, folder)
-        with running_server(env, tmp / f"server-{run_dir.name}.log") as (url, pid):
+    for engine in engines:
+        for batching in [mode == "batched" for mode in args.modes.split(",")]:
             mode = "batched" if batching else "naive"
-            rows += load_levels(url, pid, levels, args.requests, mode)
-    return {"arch": arch, "limit": limit, "cache": cache, "rows": rows}
+            run_dir = tmp / f"{mode}-{engine}"
+            env = server_env(run_dir, device, args.max_batch, batching, engine)
+            register(env, folder)
+            with running_server(env, tmp / f"server-{run_dir.name}.log") as (url, pid):
+                for protocol in args.protocols.split(","):
+                    rows += load_levels(url, pid, levels, args.requests, mode, engine, protocol)
+    limit = limits[engines[0]]
+    return {"arch": arch, "limit": limit, "limits": limits, "cache": cache, "rows": rows}
 
 
 # --- the report ---------------------------------------------------------------------------------
@@ -374,27 +423,62 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> str:
         f"{result['limit']['torch_threads']} torch threads); preprocessing alone "
         f"{result['limit']['preprocess_ms_per_image']:.2f} ms per image.",
         "",
-        "| mode | clients | requests | images/s | vs own limit | p50 ms | p95 ms | p99 ms "
-        "| p99/p50 | errors | images/pass | server CPU ms/image | CPU vs own limit "
-        "| client CPU ms/request | server peak RSS MiB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| mode | engine | protocol | clients | requests | images/s | vs own limit | p50 ms "
+        "| p95 ms | p99 ms | p99/p50 | errors | images/pass | server CPU ms/image "
+        "| CPU vs own limit | client CPU ms/request | server peak RSS MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
         lines.append(
-            f"| {r['mode']} | {r['clients']} | {r['requests']} | {r['images_per_s']:.1f} "
+            f"| {r['mode']} | {r.get('engine', 'torch')} | {r.get('protocol', 'predict')} "
+            f"| {r['clients']} | {r['requests']} | {r['images_per_s']:.1f} "
             f"| {r['images_per_s'] / limit:.2f} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} "
             f"| {r['p99_ms']:.1f} | {r['p99_ms'] / r['p50_ms']:.2f} | {r['errors']} "
             f"| {r['mean_batch']:.1f} | {r['server_cpu_ms_per_image']:.1f} "
             f"| {cpu_limit / r['server_cpu_ms_per_image']:.2f} "
             f"| {r['client_cpu_ms_per_request']:.1f} | {r['peak_rss_mib']:.0f} |"
         )
-    lines += ["", *goals(result), "", *cache_lines(result["cache"])]
+    lines += ["", *goals(result), *engine_lines(result), "", *cache_lines(result["cache"])]
     return "\n".join(lines)
+
+
+def engine_lines(result: dict[str, Any]) -> list[str]:
+    """ONNX Runtime against torch (own limit, batched /predict per client level) and the V2
+    route against /predict (per engine and level), where the run measured both."""
+    limits = result.get("limits", {})
+    lines = []
+    if {"torch", "onnxruntime"} <= set(limits):
+        ratio = limits["onnxruntime"]["images_per_s"] / limits["torch"]["images_per_s"]
+        lines.append(f"- own limit, onnxruntime vs torch: {ratio:.2f}x")
+    at = {
+        (r["mode"], r.get("engine", "torch"), r.get("protocol", "predict"), r["clients"]): r
+        for r in result["rows"]
+    }
+    for (mode, engine, protocol, clients), row in sorted(at.items()):
+        torch_row = at.get((mode, "torch", protocol, clients))
+        if engine == "onnxruntime" and protocol == "predict" and torch_row is not None:
+            ratio = row["images_per_s"] / torch_row["images_per_s"]
+            lines.append(
+                f"- {mode} /predict at {clients} clients, onnxruntime vs torch: {ratio:.2f}x"
+            )
+        predict = at.get((mode, engine, "predict", clients))
+        if protocol == "v2" and predict is not None:
+            ratio = row["images_per_s"] / predict["images_per_s"]
+            lines.append(
+                f"- {mode} {engine} at {clients} clients, V2 infer vs /predict: {ratio:.2f}x"
+            )
+    return lines
 
 
 def goals(result: dict[str, Any]) -> list[str]:
     limit = result["limit"]["images_per_s"]
-    at = {(r["mode"], r["clients"]): r for r in result["rows"]}
+    # The first engine's /predict rows (the others are compared in engine_lines).
+    first = result["rows"][0].get("engine", "torch") if result["rows"] else "torch"
+    at = {
+        (r["mode"], r["clients"]): r
+        for r in result["rows"]
+        if r.get("engine", "torch") == first and r.get("protocol", "predict") == "predict"
+    }
     batched, naive = at.get(("batched", 32)), at.get(("naive", 32))
     if batched is None:
         return ["(no 32-client run: goals not checked)"]
@@ -456,6 +540,12 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
+        "--engines", default="torch", help="torch and/or onnxruntime (RCS_PREDICT_ENGINE)"
+    )
+    parser.add_argument(
+        "--protocols", default="predict", help="predict and/or v2 (POST /v2/models/.../infer)"
+    )
+    parser.add_argument(
         "--limit-seconds", type=float, default=5.0, help="least time of the own-limit loop"
     )
     parser.add_argument("--json", help="also write the results here")
@@ -467,9 +557,10 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.limit:
-        print(
-            json.dumps(own_limit(Path(args.limit), args.device, args.max_batch, args.limit_seconds))
+        limit = own_limit(
+            Path(args.limit), args.device, args.max_batch, args.limit_seconds, args.engines
         )
+        print(json.dumps(limit))
     elif args.cache:
         print(json.dumps(cache_timings(Path(args.cache), args.device)))
     elif args.report:
@@ -480,7 +571,7 @@ def main() -> None:
             print(report(result, args) + "\n")
     elif args.drive:
         clients = int(args.clients)
-        print(json.dumps(asyncio.run(drive(args.drive, clients, args.requests))))
+        print(json.dumps(asyncio.run(drive(args.drive, clients, args.requests, args.protocols))))
     else:
         run_all(args)
 

@@ -34,6 +34,7 @@ from models.errors import (
     Cancelled,
     ConfigError,
     DataError,
+    ExportError,
     ModelsError,
     TrainingError,
 )
@@ -62,6 +63,7 @@ __all__ = [
     "CurvePoint",
     "DataConfig",
     "DataError",
+    "ExportError",
     "DatasetSplits",
     "HeadConfig",
     "ImageDataset",

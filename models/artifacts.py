@@ -98,6 +98,12 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def card_digest(folder: str | Path) -> str:
+    """sha256 of an artifact's card, which holds the sha256 of every other file it has: the
+    digest the registry gives a version."""
+    return hashlib.sha256((Path(folder) / CARD).read_bytes()).hexdigest()
+
+
 def classifier_card(classifier: Classifier) -> dict[str, Any]:
     """The part of the card that rebuilding the classifier needs."""
     return {

@@ -22,6 +22,7 @@ from models.artifacts import (
     FINETUNED,
     RUN_CONFIG,
     ZEROSHOT,
+    card_digest,
     load_artifact,
     merge_artifact,
     read_card,
@@ -40,6 +41,7 @@ from models.errors import Cancelled, ModelsError
 from models.evaluation import split_evaluator, summary
 from models.heads import HEAD_NAMES
 from models.objective_registry import OBJECTIVES
+from models.onnx_export import TOLERANCE, export_onnx, write_triton_repository
 from models.pipeline import build_classifier, cpu_state, finetune
 from models.report import SERVED_HEAD, report_png, robustness_report
 from models.templates import TEMPLATE_SETS
@@ -102,6 +104,28 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--head", choices=HEAD_NAMES, default="dual")
     p.set_defaults(run=cmd_predict)
+
+    p = sub.add_parser(
+        "export-onnx",
+        help="write an artifact's served model (image tower + dual head) as one ONNX file, "
+        "verified against torch",
+    )
+    p.add_argument("artifact")
+    p.add_argument("--out", help="the .onnx file (default: beside the artifact, ARTIFACT.onnx)")
+    p.add_argument(
+        "--images", nargs="+", help="verify on these image files (default: seeded random pixels)"
+    )
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=TOLERANCE,
+        help="largest absolute difference of a probability allowed against torch",
+    )
+    p.add_argument("--triton", metavar="DIR", help="also write a Triton model repository entry")
+    p.add_argument("--triton-name", help="its model name (default: the artifact folder's name)")
+    p.add_argument("--triton-version", type=int, default=1)
+    p.add_argument("--triton-max-batch", type=int, default=32)
+    p.set_defaults(run=cmd_export_onnx)
 
     p = sub.add_parser("synthetic", help="write the small synthetic shapes shift dataset")
     p.add_argument("out")
@@ -260,6 +284,36 @@ def cmd_predict(args: argparse.Namespace) -> int:
             for v, i in zip(values.tolist(), indices.tolist(), strict=True)
         )
         print(f"{path}: {labels}")
+    return 0
+
+
+def cmd_export_onnx(args: argparse.Namespace) -> int:
+    artifact = load_artifact(args.artifact)
+    classifier = artifact.classifier
+    images = None
+    if args.images:
+        transform = classifier.backbone.transform()
+        images = torch.stack([transform(read_image(p)) for p in args.images])
+    folder = Path(args.artifact).resolve()
+    out = Path(args.out) if args.out else folder.with_name(folder.name + ".onnx")
+    extra = {"artifact_digest": card_digest(artifact.path)}
+    report = export_onnx(classifier, out, images, args.tolerance, extra_metadata=extra)
+    print(
+        f"onnx: {report.path} (opset {report.opset}; verified on {report.images} images: max "
+        f"|onnxruntime - torch| = {report.max_abs_diff:.2g} <= {report.tolerance:g})"
+    )
+    if args.triton:
+        name = args.triton_name or folder.name
+        entry = write_triton_repository(
+            report.path,
+            args.triton,
+            name,
+            classifier.classnames,
+            classifier.backbone.image_size,
+            version=args.triton_version,
+            max_batch_size=args.triton_max_batch,
+        )
+        print(f"triton: {entry} (config.pbtxt, labels.txt, {args.triton_version}/model.onnx)")
     return 0
 
 

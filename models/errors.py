@@ -45,6 +45,11 @@ class ArtifactError(ModelsError, ValueError):
     """An artifact folder is missing files, is corrupt, or does not match its JSON."""
 
 
+class ExportError(ModelsError, RuntimeError):
+    """A model cannot be exported (to ONNX): an operation the exporter does not support, or an
+    export whose answers differ from the model's beyond the stated tolerance."""
+
+
 class TrainingError(ModelsError, RuntimeError):
     """Training cannot go on: a non-finite loss, an empty loader."""
 

@@ -26,6 +26,8 @@ from service.descriptions.router import router as descriptions_router
 from service.docs import install_docs
 from service.evaluations.router import router as evaluations_router
 from service.health.router import router as health_router
+from service.inference.errors import ProtocolErrorBodies
+from service.inference.router import router as inference_router
 from service.jobs.router import router as jobs_router
 from service.limits import BodySizeLimit
 from service.lookups import Lookups
@@ -33,7 +35,7 @@ from service.objectives.router import router as objectives_router
 from service.observability import Metrics, RecordMetrics
 from service.predict import service as predict_service
 from service.predict.batcher import Batcher
-from service.predict.cache import ModelCache
+from service.predict.cache import Engine, ModelCache
 from service.predict.router import router as predict_router
 from service.queue import celery_config
 from service.registry.router import router as registry_router
@@ -51,6 +53,7 @@ ROUTERS = (
     descriptions_router,
     registry_router,
     predict_router,
+    inference_router,
     health_router,
     keys_router,
     me_router,
@@ -76,7 +79,11 @@ def build_context(settings: Settings) -> AppContext:
         sessions=sessions,
         store=ArtifactStore(settings.artifacts_url, settings.artifact_cache_dir),
         broker=broker,
-        models=ModelCache(settings.model_cache_bytes, str(resolve_device(settings.device))),
+        models=ModelCache(
+            settings.model_cache_bytes,
+            str(resolve_device(settings.device)),
+            Engine(settings.predict_engine, settings.onnx_dir, settings.torch_threads),
+        ),
         metrics=metrics,
         batcher=Batcher(
             predict_service.forward,
@@ -139,6 +146,8 @@ def create_app(settings: Settings) -> FastAPI:
     # metrics wrap both, so refused requests (413) are counted too.
     routes = [route for router in ROUTERS for route in router.routes]
     app.add_middleware(BodySizeLimit, settings=settings, routes=routes)
+    # The Open Inference Protocol's routes answer errors in its own body, whoever wrote them.
+    app.add_middleware(ProtocolErrorBodies)
     app.add_middleware(RecordMetrics)
     return app
 

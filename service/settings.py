@@ -110,6 +110,10 @@ class Settings(BaseSettings):
     predict_jpeg_draft: bool = False
     # Threads that decode and preprocess images off the event loop (0: min(4, CPU count)).
     predict_decode_threads: int = Field(default=0, ge=0)
+    # What runs a loaded model's forward pass: torch, or ONNX Runtime over the version's ONNX
+    # export (made on first load, verified against torch, cached under onnx_dir by digest). A
+    # model that cannot be exported is served by torch, with a warning in the log.
+    predict_engine: Literal["torch", "onnxruntime"] = "torch"
 
     # Server-sent event streams (GET /jobs/{id}/events?stream=true) open at once, per API key
     # and in all, before a new one is refused with 429.
@@ -183,6 +187,12 @@ class Settings(BaseSettings):
     @property
     def artifact_cache_dir(self) -> Path:
         return self.work_dir / "artifact-cache"
+
+    @property
+    def onnx_dir(self) -> Path:
+        """ONNX exports of versions, one file per artifact digest (RCS_PREDICT_ENGINE, and
+        GET /models/{name}/versions/{v}/onnx)."""
+        return self.work_dir / "onnx"
 
 
 def settings_from_env() -> Settings:

@@ -8,7 +8,6 @@ is written last, and the registry marks a version READY only after ``put_folder`
 from __future__ import annotations
 
 import errno
-import hashlib
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ from typing import Any
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from models.artifacts import CARD, swap_into_place
+from models.artifacts import CARD, card_digest, swap_into_place
 from service.errors import InsufficientStorage
 
 # A write refused for want of space: the volume is full, or the user's quota on it is.
@@ -87,11 +86,6 @@ def space_needed(setting: str, what: str) -> Iterator[None]:
             f"no space left to {what}: the volume behind {setting} is full ({exc.strerror}); "
             f"free space there or point {setting} at a larger one, then retry"
         ) from exc
-
-
-def card_digest(folder: Path) -> str:
-    """sha256 of an artifact's card, which holds the sha256 of every other file it has."""
-    return hashlib.sha256((folder / CARD).read_bytes()).hexdigest()
 
 
 def _has_card(folder: Path, digest: str | None) -> bool:

@@ -144,6 +144,15 @@ class ModelQueue:
         return batch
 
     async def _run(self, batch: list[_Pending]) -> None:
+        # Requests in one form (decoded uint8 HWC pixels, or preprocessed float tensors from the
+        # Open Inference Protocol's FP32 input) share a pass; each other form runs its own.
+        forms: dict[tuple[torch.dtype, tuple[int, ...]], list[_Pending]] = {}
+        for item in batch:
+            forms.setdefault((item.images.dtype, tuple(item.images.shape[1:])), []).append(item)
+        for group in forms.values():
+            await self._run_form(group)
+
+    async def _run_form(self, batch: list[_Pending]) -> None:
         images = batch[0].images if len(batch) == 1 else torch.cat([p.images for p in batch])
         try:
             probs = await self._batcher.forward_async(self.model, images)
@@ -153,7 +162,7 @@ class ModelQueue:
                 return
             # One request's images broke the shared pass: run each alone, so only it fails.
             for item in batch:
-                await self._run([item])
+                await self._run_form([item])
             return
         start = 0
         for item in batch:

@@ -18,8 +18,10 @@ import numpy as np
 import torch
 from torchvision.transforms import Compose, Normalize
 
-from models.artifacts import load_artifact
+from models.artifacts import card_digest, load_artifact
 from models.heads import Classifier
+from models.onnx_export import OnnxRunner
+from service.predict.onnx import runner_for
 
 # (name, version, identity): the identity (``registry.cache_key``: row id and artifact digest)
 # names the bytes, so another artifact under a name/version this process once loaded is never
@@ -41,6 +43,12 @@ class LoadedModel:
     pixels: Callable[[Any], torch.Tensor] | None = None
     mean: torch.Tensor | None = None
     std: torch.Tensor | None = None
+    # RCS_PREDICT_ENGINE=onnxruntime: the version's ONNX export runs the forward pass.
+    runner: OnnxRunner | None = None
+
+    @property
+    def engine(self) -> str:
+        return "torch" if self.runner is None else "onnxruntime"
 
     @property
     def ref(self) -> str:
@@ -56,7 +64,19 @@ def model_bytes(module: torch.nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def load(name: str, version: int, folder: Path, device: str) -> LoadedModel:
+@dataclass(frozen=True)
+class Engine:
+    """What runs the forward passes: ``torch``, or ``onnxruntime`` over exports in ``onnx_dir``
+    with ``threads`` intra-op threads (0: its default)."""
+
+    name: str = "torch"
+    onnx_dir: Path | None = None
+    threads: int = 0
+
+
+def load(
+    name: str, version: int, folder: Path, device: str, engine: Engine | None = None
+) -> LoadedModel:
     artifact = load_artifact(folder, device=device)
     classifier = artifact.classifier.eval()
     transform = classifier.backbone.transform(train=False)
@@ -65,6 +85,11 @@ def load(name: str, version: int, folder: Path, device: str) -> LoadedModel:
     if split is not None:
         model.pixels, mean, std = split
         model.mean, model.std = (t.to(classifier.device)[:, None, None] for t in (mean, std))
+    if engine is not None and engine.name == "onnxruntime" and engine.onnx_dir is not None:
+        digest = card_digest(folder)
+        model.runner = runner_for(classifier, engine.onnx_dir, digest, device, engine.threads)
+        if model.runner is not None:  # its own copy of the weights
+            model.nbytes += model.runner.path.stat().st_size
     return model
 
 
@@ -124,15 +149,24 @@ def settle_heap() -> None:
 
 def warm_up(model: LoadedModel) -> None:
     """One forward pass: the first one pays for lazy initialisation, not a user's request."""
-    height, width = model.classifier.backbone.image_size
+    run(model, torch.zeros(1, 3, *model.classifier.backbone.image_size))
+
+
+def run(model: LoadedModel, inputs: torch.Tensor) -> torch.Tensor:
+    """The forward pass on model inputs (float NCHW, normalised): (N, classes) probabilities on
+    the CPU, from the model's engine."""
+    if model.runner is not None:
+        array = inputs.detach().cpu().numpy()
+        return torch.from_numpy(model.runner(np.ascontiguousarray(array, dtype=np.float32)))
     with torch.inference_mode():
-        model.classifier(torch.zeros(1, 3, height, width, device=model.classifier.device))
+        return model.classifier(inputs.to(model.classifier.device)).float().cpu()
 
 
 class ModelCache:
-    def __init__(self, max_bytes: int, device: str = "cpu") -> None:
+    def __init__(self, max_bytes: int, device: str = "cpu", engine: Engine | None = None) -> None:
         self.max_bytes = max_bytes
         self.device = device
+        self.engine = engine or Engine()
         self._models: OrderedDict[Key, LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
         self._loading: dict[Key, threading.Lock] = {}
@@ -158,7 +192,7 @@ class ModelCache:
             with self._lock:
                 if key in self._models:
                     return self._models[key]
-            model = load(name, version, folder(), self.device)
+            model = load(name, version, folder(), self.device, self.engine)
             warm_up(model)
             self._insert(key, model)
             settle_heap()

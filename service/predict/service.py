@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -16,7 +17,7 @@ from models.data import ImageError, ImageLimits, open_image
 from service.context import AppContext
 from service.errors import InvalidRequest, PayloadTooLarge, TooManyRequests
 from service.lookups import Resolved
-from service.predict.cache import LoadedModel, to_input
+from service.predict.cache import LoadedModel, run, to_input
 from service.predict.schemas import Label, Prediction, PredictResponse
 from service.registry import service as registry
 
@@ -122,9 +123,9 @@ def forward(model: LoadedModel, images: Tensor) -> Tensor:
     """One forward pass (dual inference): (N, classes) probabilities on the CPU.
 
     Only the image tower runs: the class heads are precomputed rows of the loaded artifact.
+    The model's engine (torch, or ONNX Runtime over its export) runs the pass.
     """
-    with torch.inference_mode():
-        return model.classifier(to_input(model, images)).float().cpu()
+    return run(model, to_input(model, images))
 
 
 def respond(
@@ -180,15 +181,26 @@ async def predict_batched(
     model = cached_model(ctx, ref)
     if model is None:
         model = await run_in_threadpool(resolve, ctx, ref)
+    max_pixels, draft = ctx.settings.max_image_pixels, ctx.settings.predict_jpeg_draft
+    probs = await batched_probs(
+        ctx, model, len(images), lambda: preprocess(model, images, max_pixels, draft)
+    )
+    return respond(model, images, probs, top_k)
+
+
+async def batched_probs(
+    ctx: AppContext, model: LoadedModel, n: int, prepare: Callable[[], Tensor]
+) -> Tensor:
+    """Admit ``n`` images to the model's queue (429 past its limit), run ``prepare`` (decode and
+    preprocess) on the decoding threads, then share a forward pass: (n, classes) probabilities.
+    ``/predict`` and the Open Inference Protocol's ``infer`` both come through here."""
     batcher = ctx.batcher
     queue = batcher.queue_for(model)
     try:
-        admission = queue.admit(len(images))
+        admission = queue.admit(n)
     except TooManyRequests:
         ctx.metrics.predict_rejected.inc()
         raise
     with admission:
-        max_pixels, draft = ctx.settings.max_image_pixels, ctx.settings.predict_jpeg_draft
-        batch = await batcher.preprocess(lambda: preprocess(model, images, max_pixels, draft))
-        probs = await queue.submit(batch)
-    return respond(model, images, probs, top_k)
+        batch = await batcher.preprocess(prepare)
+        return await queue.submit(batch)

@@ -230,6 +230,25 @@ def export_version(name: str, version: Version, ctx: Ctx, db: Db, _: TrainKey) -
     )
 
 
+@router.get(
+    "/{name}/versions/{version}/onnx",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/octet-stream": {}}, "description": "ONNX model"}},
+)
+def export_onnx(name: str, version: Version, ctx: Ctx, db: Db, _: TrainKey) -> FileResponse:
+    """The version's served model as one ONNX file: image tower and dual head, input
+    ``pixel_values`` (float32 [N, 3, H, W], preprocessed), output ``probabilities``; class names
+    and preprocessing in its metadata. Verified against torch when first made, then kept by the
+    artifact's digest. ``train``, as the artifact: it holds the weights."""
+    path, digest = transfer.export_onnx_file(ctx, db, name, version)
+    return FileResponse(
+        path,
+        media_type="application/octet-stream",
+        filename=f"{name}-v{version}.onnx",
+        headers={"X-Model-Digest": digest or ""},
+    )
+
+
 @router.post("/{name}/versions/{version}/merge", response_model=ModelVersionObject, status_code=201)
 def merge_version(
     name: str,

@@ -46,6 +46,7 @@ from models.artifacts import (
     ZEROSHOT,
     check_artifact,
     curve_alphas,
+    load_artifact,
     merge_artifact,
     read_card,
     rewrite_card,
@@ -58,6 +59,7 @@ from service.context import AppContext
 from service.datasets import archives
 from service.db.tables import ModelVersion
 from service.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge, TooManyRequests
+from service.predict.onnx import ensure_export
 from service.registry import service as registry
 from service.status import VersionStatus
 from service.storage import card_digest, space_needed
@@ -214,6 +216,22 @@ def export_archive(
         out.unlink(missing_ok=True)
         raise
     return out, digest
+
+
+def export_onnx_file(
+    ctx: AppContext, session: Session, name: str, version: int
+) -> tuple[Path, str | None]:
+    """The version's ONNX export (``models.onnx_export``: image tower and dual head, verified
+    against torch), made from its checked stored files on first request and then kept under
+    ``onnx_dir`` by digest; ``ExportError`` (422) for an architecture that cannot be exported."""
+    row = registry.get_version(session, name, version)
+    with _reading(session, row), space_needed(WORK_DIR, "write the ONNX export"):
+        folder = _stored(ctx, row)
+        digest = row.digest or card_digest(folder)
+        path = ensure_export(
+            ctx.settings.onnx_dir, digest, lambda: load_artifact(folder).classifier
+        )
+    return path, row.digest
 
 
 def _stored(ctx: AppContext, row: ModelVersion) -> Path:

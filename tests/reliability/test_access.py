@@ -19,10 +19,23 @@ from tests.reliability.conftest import LiveApi, record
 from tests.service.support import API_KEY
 from tools.processes import api_process, free_port, worker_process
 
-PUBLIC = {"/healthz", "/readyz", "/metrics", "/openapi.json"}
-# Reads need any key; everything that changes state needs the 'train' scope, but /predict, and
-# the key routes, which need 'admin' (reads too).
-PREDICT_ONLY_ALLOWED = {("POST", "/predict")}
+# The Open Inference Protocol's server metadata and health need no key, as /healthz and /readyz.
+PUBLIC = {
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/openapi.json",
+    "/v2",
+    "/v2/health/live",
+    "/v2/health/ready",
+}
+# Reads need any key; everything that changes state needs the 'train' scope, but /predict and
+# the protocol's infer, and the key routes, which need 'admin' (reads too).
+PREDICT_ONLY_ALLOWED = {
+    ("POST", "/predict"): 422,
+    ("POST", "/v2/models/x1/infer"): 400,  # the protocol's status for a malformed request
+    ("POST", "/v2/models/x1/versions/x1/infer"): 400,
+}
 
 
 def scope_of(path: str) -> str:
@@ -47,7 +60,10 @@ def request(client: httpx.Client, method: str, path: str, **headers: str) -> htt
 def assert_refused(response: httpx.Response, status: int, *secrets: str) -> None:
     assert response.status_code == status, (response.request.url, response.text)
     error = response.json()["error"]
-    assert error["code"] in ("invalid_api_key", "insufficient_scope")
+    if response.request.url.path.startswith("/v2/"):  # the protocol's body: {"error": "..."}
+        assert isinstance(error, str) and "key" in error
+    else:
+        assert error["code"] in ("invalid_api_key", "insufficient_scope")
     for secret in secrets:
         assert secret not in response.text
     assert "Traceback" not in response.text and "sqlalchemy" not in response.text.lower()
@@ -85,7 +101,8 @@ def test_a_predict_key_reads_and_predicts_but_changes_nothing(live_api: LiveApi)
         for method, path in writes:
             response = request(client, method, path)
             if (method, path) in PREDICT_ONLY_ALLOWED:
-                assert response.status_code == 422  # let in, and the empty body refused
+                # let in, and the empty body refused
+                assert response.status_code == PREDICT_ONLY_ALLOWED[method, path], response.text
             else:
                 assert_refused(response, 403, key)
                 assert f"'{scope_of(path)}' scope" in response.json()["error"]["message"]

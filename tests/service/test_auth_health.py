@@ -320,4 +320,12 @@ def test_the_schema_declares_the_key_schemes_and_protected_operations_use_them(
                 assert security == [{"HTTPBearer": []}, {"APIKeyHeader": []}], (method, path)
             names = {p["name"].lower() for p in operation.get("parameters", [])}
             assert not names & {"authorization", "x-api-key"}, (method, path)
-    assert public == {"/healthz", "/readyz", "/metrics"}
+    # The Open Inference Protocol's server metadata and health, public as /healthz and /readyz.
+    assert public == {
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/v2",
+        "/v2/health/live",
+        "/v2/health/ready",
+    }

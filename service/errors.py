@@ -9,7 +9,14 @@ from __future__ import annotations
 
 import re
 
-from models.errors import ArtifactError, BackboneError, ConfigError, DataError, ModelsError
+from models.errors import (
+    ArtifactError,
+    BackboneError,
+    ConfigError,
+    DataError,
+    ModelsError,
+    WeakDescriptionsError,
+)
 
 
 class ServiceError(Exception):
@@ -135,6 +142,8 @@ CORE_ERRORS: dict[type[ModelsError], tuple[int, str]] = {
     BackboneError: (422, "invalid_model"),
     # A stored artifact that cannot be read: the model is unavailable, not the request wrong.
     ArtifactError: (503, "model_unavailable"),
+    # The pre-training guard (models.pipeline.guard_descriptions): a job's own failure code.
+    WeakDescriptionsError: (422, "weak_descriptions"),
 }
 # The code of the core's other errors, which only training raises (``TrainingError``: a
 # non-finite loss, an empty loader), so no request ever gets it.

@@ -11,14 +11,18 @@ candidates) into a new accepted version, in one insert.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from models.description_scoring import ScoringRule, template_candidates
+from models.json_values import stable_hash
 from service import backbones
 from service.db.tables import Dataset, DescriptionSet, Evaluation
+from service.descriptions import llm
 from service.descriptions import service as description_sets
 from service.descriptions.schemas import Descriptions, normalise
 from service.errors import Conflict, InvalidRequest
@@ -221,3 +225,76 @@ def accept(session: Session, body: AcceptRequest) -> DescriptionSet:
     return description_sets.create(
         session, body.name, chosen, description_sets.ACCEPTED, provenance
     )
+
+
+class DraftRequest(BackboneRequest):
+    """``POST /descriptions/draft``: candidates drafted by the operator's language model for
+    the dataset's classes, stored as a pool and scored as ``POST /descriptions/score``."""
+
+    name: Name = Field(pattern=NAME_PATTERN, description="The set to store the drafts under")
+    per_class: int = Field(5, ge=1, le=20, description="Descriptions asked for per class")
+    domain: str | None = Field(
+        None, max_length=500, description="A short note on the images, e.g. `camera-trap photos`"
+    )
+    rule: RuleOverrides | None = None
+
+
+def draft_and_score(
+    session: Session,
+    settings: Settings,
+    body: DraftRequest,
+    send: Callable[[str], None],
+    scope: str,
+) -> tuple[DescriptionSet, Evaluation]:
+    """Validate everything the model's answer does not change, ask the model, then store the
+    drafts (a pool of status ``candidates`` with its provenance) and their scoring in one
+    transaction: a failed draft stores nothing."""
+    llm.configured(settings)
+    dataset = evaluations.visible_dataset(session, body.dataset)
+    evaluations.choose_splits(dataset, [TRAIN_SPLIT], "dataset")
+    asked = len(dataset.classes) * body.per_class
+    if asked > settings.max_score_candidates:
+        raise InvalidRequest(
+            f"{len(dataset.classes)} classes x {body.per_class} = {asked} candidates, at most "
+            f"{settings.max_score_candidates} (RCS_MAX_SCORE_CANDIDATES)",
+            "per_class",
+        )
+    backbones.base_model(session, settings, body.model, body.pretrained)
+    drafted = llm.draft(settings, list(dataset.classes), body.per_class, body.domain)
+    provenance = {
+        "source": "draft",
+        "model": drafted.model,
+        "prompt": drafted.prompt,
+        "drafted_at": drafted.drafted_at,
+        "dataset": dataset.id,
+    }
+    score = ScoreRequest(
+        dataset=body.dataset,
+        model=body.model,
+        pretrained=body.pretrained,
+        metadata=body.metadata,
+        candidates=None,
+        pool=None,
+        templates=False,
+        reference=None,
+        rule=body.rule,
+    )
+    made: list[DescriptionSet] = []
+
+    def make() -> Evaluation:
+        pool = description_sets.build_version(
+            session, body.name, drafted.descriptions, description_sets.CANDIDATES, provenance
+        )
+        session.add(pool)
+        made.append(pool)
+        return build_scoring(session, settings, score, drafted=pool)
+
+    digest = stable_hash({"draft": body.model_dump(mode="json"), "at": drafted.drafted_at})
+    try:
+        row, _ = evaluations.store(session, make, digest, send, scope, None)
+    except IntegrityError:
+        session.rollback()
+        raise Conflict(
+            f"another version of {body.name!r} was stored at the same moment; retry", "name"
+        ) from None
+    return made[0], row

@@ -4,18 +4,19 @@ scored on a worker, drafted by the operator's language model, and accepted as ne
 from __future__ import annotations
 
 from functools import partial
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Response
+from pydantic import BaseModel
 
 from models.json_values import stable_hash
 from service.auth.deps import AnyKey, TrainKey
 from service.deps import Ctx, Db, Page
 from service.descriptions import candidates, service
-from service.descriptions.candidates import AcceptRequest, ScoreRequest
+from service.descriptions.candidates import AcceptRequest, DraftRequest, ScoreRequest
 from service.descriptions.schemas import DescriptionSetCreate, DescriptionSetObject, normalise
 from service.evaluations import service as evaluations
-from service.evaluations.router import _created, _sender
+from service.evaluations.router import _created, _object, _sender
 from service.evaluations.schemas import EvaluationObject
 from service.schemas import ERROR_RESPONSES, ListResponse
 
@@ -56,6 +57,23 @@ def score_candidates(
     digest = stable_hash({"score": body.model_dump(mode="json")})
     row, created = evaluations.store(db, make, digest, _sender(ctx), key.key_id, idempotency_key)
     return _created(row, created, key, response)
+
+
+class DraftObject(BaseModel):
+    object: Literal["description_draft"] = "description_draft"
+    # The drafts, stored as a pool (status ``candidates``) with the model, prompt and time.
+    description_set: DescriptionSetObject
+    # Their scoring, queued: accept its proposal to train on them.
+    evaluation: EvaluationObject
+
+
+@router.post("/draft", response_model=DraftObject)
+def draft_candidates(body: DraftRequest, ctx: Ctx, db: Db, key: TrainKey) -> DraftObject:
+    """Ask the operator's language model (``RCS_LLM_*``; 501 without it) for core-feature
+    descriptions of the dataset's classes, store them as a pool of candidates with their
+    provenance, and queue their scoring; nothing is stored when the model fails."""
+    pool, row = candidates.draft_and_score(db, ctx.settings, body, _sender(ctx), key.key_id)
+    return DraftObject(description_set=DescriptionSetObject.of(pool), evaluation=_object(row, key))
 
 
 @router.post("/accept", response_model=DescriptionSetObject)

@@ -158,3 +158,36 @@ def test_score_dataset_reads_the_training_images_only(shapes_root: Path, tmp_pat
         held = load_run_config(None, [f"data.path={root}", f"data.train_split={split}"])
         with pytest.raises(ConfigError, match="training images only"):
             score_dataset(held, pool)
+
+
+def test_the_cli_proposes_what_the_library_scores(
+    shapes_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from models.cli import main
+
+    pool = tmp_path / "pool.json"
+    pool.write_text(json.dumps({"circle": ["a round shape", "a blue background"]}))
+    common = ["--set", f"data.path={shapes_root}", "--candidates", str(pool), "--templates"]
+    out = tmp_path / "proposed.json"
+    assert (
+        main(["descriptions", "propose", *common, "--rule", "max_per_class=2", "--out", str(out)])
+        == 0
+    )
+    printed = capsys.readouterr().out
+    cfg = load_run_config(None, [f"data.path={shapes_root}"])
+    merged = template_candidates(["circle", "cross", "square", "triangle"])
+    merged["circle"] = ["a round shape", "a blue background", *merged["circle"]]
+    expected = score_dataset(cfg, merged, rule=ScoringRule(max_per_class=2))
+    assert json.loads(out.read_text()) == expected["proposed"]
+    assert "proposed descriptions:" in printed and "dropped" in printed
+    assert main(["descriptions", "score", *common, "--json"]) == 0
+    assert (
+        json.loads(capsys.readouterr().out)["per_class"] == score_dataset(cfg, merged)["per_class"]
+    )
+    # User mistakes: one line, exit code 2.
+    assert main(["descriptions", "score", "--set", f"data.path={shapes_root}"]) == 2
+    assert "nothing to score" in capsys.readouterr().err
+    assert main(["descriptions", "score", *common, "--rule", "nope=1"]) == 2
+    assert "--rule 'nope=1'" in capsys.readouterr().err

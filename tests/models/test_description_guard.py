@@ -107,3 +107,11 @@ def test_a_flyp_run_serving_the_dual_head_is_warned_not_stopped(
 def test_random_weights_are_not_judged(shapes_root: Path, tmp_path: Path) -> None:
     card = finetune(_config(shapes_root, tmp_path, None)).card
     assert "warning" not in card["description_diagnostics"]
+
+
+def test_a_failed_job_records_its_own_code() -> None:
+    from service.errors import error_code
+
+    assert error_code(WeakDescriptionsError("near chance", "data.descriptions")) == (
+        "weak_descriptions"
+    )

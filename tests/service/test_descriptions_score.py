@@ -123,3 +123,25 @@ def test_accept_refuses_what_is_not_a_finished_scoring_and_stores_nothing(
     assert created["descriptions"] == {**proposed, **chosen}
     assert created["provenance"]["evaluation"] == made["id"]
     assert created["provenance"]["edited"] == ["circle"]
+
+
+def test_a_job_carries_allow_weak_descriptions_to_its_run_config(
+    client: TestClient, ctx: AppContext, dataset: dict[str, Any], broker: FakeBroker
+) -> None:
+    from service.db.tables import Job
+
+    job = {
+        "model": "test-tiny-vit",
+        "dataset": dataset["id"],
+        "descriptions": POOL,
+        "registered_model_name": "m",
+    }
+    for allow in (False, True):
+        made = client.post("/finetune", json={**job, "allow_weak_descriptions": allow})
+        assert made.status_code == 200, made.text
+        with ctx.sessions() as session:
+            row = session.get(Job, made.json()["id"])
+            assert row is not None
+            assert row.run_config["data"]["allow_weak_descriptions"] is allow
+    refused = client.post("/finetune", json={**job, "allow_weak_descriptions": "maybe"})
+    assert refused.status_code == 422

@@ -249,7 +249,6 @@ def draft_and_score(
     """Validate everything the model's answer does not change, ask the model, then store the
     drafts (a pool of status ``candidates`` with its provenance) and their scoring in one
     transaction: a failed draft stores nothing."""
-    llm.configured(settings)
     dataset = evaluations.visible_dataset(session, body.dataset)
     evaluations.choose_splits(dataset, [TRAIN_SPLIT], "dataset")
     asked = len(dataset.classes) * body.per_class
@@ -260,6 +259,8 @@ def draft_and_score(
             "per_class",
         )
     backbones.base_model(session, settings, body.model, body.pretrained)
+    # After the request's own checks: a request that is wrong anyway gets its 422, not a 501.
+    llm.configured(settings)
     drafted = llm.draft(settings, list(dataset.classes), body.per_class, body.domain)
     provenance = {
         "source": "draft",

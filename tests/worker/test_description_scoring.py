@@ -97,3 +97,25 @@ def test_a_stored_pool_is_scored_and_never_trained_on(
         row = session.get(Evaluation, evaluation_id)
         assert row is not None and row.config["description_set"] == pool.id
         assert row.config["candidates"] == POOL
+
+
+def test_the_migration_keeps_every_stored_set_accepted(tmp_path: Path) -> None:
+    from sqlalchemy import create_engine, text
+
+    from service.db.migrate import upgrade
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    upgrade(url, "0004")
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO description_sets (id, name, name_key, version, descriptions, "
+                "created_at) VALUES ('desc-1', 'shapes', 'shapes', 1, '{\"a\": [\"x\"]}', 0)"
+            )
+        )
+    upgrade(url)
+    with engine.connect() as conn:
+        row = conn.execute(text("SELECT status, provenance FROM description_sets")).one()
+    engine.dispose()
+    assert tuple(row) == ("accepted", None)

@@ -22,7 +22,9 @@ than the baseline by more than ``top1_tolerance`` in top-1, ``accuracy_tolerance
 ``margin_tolerance`` in margin and, with groups, ``group_tolerance`` in worst-group top-1. The
 kept ones, best accuracy first (then margin), up to ``max_per_class``, are the class's proposed
 set; a class none of whose candidates passes keeps its best one, flagged, so the proposal has
-every class. Every dropped candidate is listed with the reasons, in numbers.
+every class. A class the proposed set's own concept head leaves weak (models.diagnostics) is
+flagged too: the rule is relative, and where the baseline itself fails, what passes may be no
+better. Every dropped candidate is listed with the reasons, in numbers.
 
 Cost: the training images are embedded once and every distinct text once; each candidate is
 then one [N, K] argmax. Image embedding dominates (see docs/guides/descriptions.md).
@@ -156,6 +158,16 @@ def score_candidates(
     head = description_diagnostics(
         (logit_scale * features @ proposed_rows.t()).softmax(dim=1), list(labels), classnames
     )
+    for name in head["weak"]:
+        # The rule is relative to the baseline: where the baseline itself fails (a backbone that
+        # cannot name the class), what passes may be no better. The proposal's own diagnostics
+        # say so.
+        per_class[name]["weak"] = True
+        per_class[name]["note"] = (
+            f"the proposed set's concept head gets "
+            f"{head['per_class'][name]['concept_top1']:.0%} of its images, below the weak "
+            f"threshold {head['weak_threshold']:.0%}"
+        )
     default_top1 = float((base_sims.argmax(dim=1) == target).float().mean())
     return {
         "images": len(labels),

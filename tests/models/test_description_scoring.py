@@ -191,3 +191,19 @@ def test_the_cli_proposes_what_the_library_scores(
     assert "nothing to score" in capsys.readouterr().err
     assert main(["descriptions", "score", *common, "--rule", "nope=1"]) == 2
     assert "--rule 'nope=1'" in capsys.readouterr().err
+
+
+def test_a_class_whose_baseline_fails_is_flagged_by_the_proposal_s_own_head() -> None:
+    # Zebras that look exactly like horses on sand: the zebra's baseline gets none of them, so
+    # its candidate passes the relative rule; the proposal's own diagnostics flag the class.
+    horses = [[1.0, 0.0, 1.0]] * 4 + [[1.0, 0.0, 0.0]] * 4
+    features = F.normalize(torch.tensor(horses + [[1.0, 0.0, 0.0]] * 8), dim=-1)
+    pool = {
+        "horse": ["a horse, with a long face and a flowing mane"],
+        "zebra": ["a zebra, striped"],
+    }
+    got = score_candidates(features, [0] * 8 + [1] * 8, ["horse", "zebra"], pool, encode)
+    zebra = got["per_class"]["zebra"]
+    assert zebra["candidates"][0]["kept"] and zebra["candidates"][0]["reasons"] == []
+    assert zebra["weak"] and got["weak_classes"] == ["zebra"]
+    assert zebra["note"].startswith("the proposed set's concept head gets 0% of its images")

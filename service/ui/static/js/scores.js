@@ -48,7 +48,7 @@ export function scoresView(scores) {
       h("td", { class: "num" }, pct(entry.baseline.top1)),
       h("td", { class: "num" }, String(entry.proposed.length)),
       h("td", { class: "num" }, String(entry.candidates.length - entry.proposed.length)),
-      h("td", {}, entry.weak ? h("span", { class: "badge badge-warn" }, "no candidate passes") : "ok"),
+      h("td", {}, entry.weak ? [h("span", { class: "badge badge-warn" }, "weak"), " ", entry.note || "no candidate passes"] : "ok"),
     ]),
     { id: "score-classes" },
   );

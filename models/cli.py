@@ -18,6 +18,7 @@ import torch
 import yaml
 from tqdm import tqdm
 
+from models import description_commands
 from models.artifacts import (
     FINETUNED,
     RUN_CONFIG,
@@ -149,6 +150,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(run=cmd_build_offline_backbone)
 
+    description_commands.add_parser(sub)
+
     p = sub.add_parser("list", help="architectures, objectives and template sets")
     p.set_defaults(run=cmd_list)
     return parser
@@ -247,6 +250,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     print(f"gain over zero-shot: ID ({report['id_split']}) {gain['id']:+.3f}, mean OOD {ood}")
     if report["description_diagnostics"]:
         print(diagnostics_line(report["description_diagnostics"]))
+        if report["description_diagnostics"].get("warning"):
+            print(report["description_diagnostics"]["warning"])
     if args.png:
         print(f"plot: {args.png}")
     return 0

@@ -189,6 +189,10 @@ class DataConfig:
     # on the training images, in the card and the log. One pass over the training images, free
     # for DRM with cached p_c (the same pass).
     diagnose_descriptions: bool = True
+    # The pre-training guard (models.diagnostics.near_chance): an objective that uses the frozen
+    # concept head (DRM's p_c) fails before training when the diagnostics find it near chance;
+    # True trains anyway (the served dual head still only warns).
+    allow_weak_descriptions: bool = False
 
     def __post_init__(self) -> None:
         lo, hi = self.crop_scale

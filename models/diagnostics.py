@@ -87,3 +87,25 @@ def summary_line(diagnostics: dict[str, Any]) -> str:
         f"{head}; WEAK descriptions (concept-head top-1 below "
         f"{diagnostics['weak_threshold']:.0%}): {listed}"
     )
+
+
+def near_chance(diagnostics: dict[str, Any]) -> bool:
+    """The pre-training guard's test: the concept head below twice chance over all training
+    images, or more than half of the classes weak."""
+    overall = diagnostics["concept_top1"] < WEAK_TIMES_CHANCE * diagnostics["chance"]
+    return overall or len(diagnostics["weak"]) * 2 > len(diagnostics["per_class"])
+
+
+def guard_message(diagnostics: dict[str, Any]) -> str:
+    """What is wrong with a near-chance concept head, the weak classes, and the fix."""
+    weak = diagnostics["weak"]
+    listed = ", ".join(repr(name) for name in weak[:20]) + (" ..." if len(weak) > 20 else "")
+    return (
+        f"the frozen concept head is near chance on the training images "
+        f"({diagnostics['concept_top1']:.1%}, chance {diagnostics['chance']:.1%}; "
+        f"{len(weak)} of {len(diagnostics['per_class'])} classes weak: {listed or 'none'}). "
+        "Its p_c is what DRM weighs every image by, and half of what the dual head serves. "
+        "Fix the descriptions: name the class in each and describe what it looks like (shape, "
+        "parts), never the background; or score a pool of candidates and take the proposal "
+        "(POST /descriptions/score, `python -m models descriptions propose`)"
+    )

@@ -56,3 +56,8 @@ class TrainingError(ModelsError, RuntimeError):
 
 class Cancelled(ModelsError):
     """Training stopped because the progress callback asked it to."""
+
+
+class WeakDescriptionsError(ConfigError):
+    """The pre-training guard: the class descriptions leave the frozen concept head near
+    chance, and the objective leans on it (models.diagnostics.near_chance)."""

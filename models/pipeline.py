@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 
 from models._version import __version__
 from models.artifacts import Artifact, classifier_card, save_artifact
-from models.backbone import create_backbone, resolve_device
+from models.backbone import create_backbone, list_architectures, resolve_device
 from models.config import ObjectiveConfig, RunConfig, to_dict
 from models.data import (
     DatasetSplits,
@@ -32,9 +32,9 @@ from models.data import (
     open_dataset,
     validate_splits,
 )
-from models.diagnostics import description_diagnostics
+from models.diagnostics import description_diagnostics, guard_message, near_chance
 from models.diagnostics import summary_line as diagnostics_line
-from models.errors import ConfigError
+from models.errors import ConfigError, WeakDescriptionsError
 from models.evaluation import ShouldStop, check_stop, split_evaluator, summary
 from models.heads import Classifier
 from models.json_values import stable_hash
@@ -190,6 +190,33 @@ def diagnose_descriptions(
     return description_diagnostics(probs, [s.label for s in train_set], classnames)
 
 
+def guard_descriptions(cfg: RunConfig, diagnostics: dict[str, Any], say: Note) -> None:
+    """The pre-training guard. With the frozen concept head near chance
+    (models.diagnostics.near_chance): an objective that weighs images by its p_c raises
+    WeakDescriptionsError unless ``data.allow_weak_descriptions``; otherwise, when the served
+    dual head blends the concept head in (beta < 1), a warning is said and kept in the
+    diagnostics (so the card and the report carry it). A backbone with random weights (the test
+    architectures) recognises nothing whatever the descriptions: it is not judged."""
+    if not near_chance(diagnostics) or not _pretrained(cfg):
+        return
+    problem = guard_message(diagnostics)
+    uses_prior = objective_spec(cfg.objective.name).needs_prior
+    if uses_prior and not cfg.data.allow_weak_descriptions:
+        raise WeakDescriptionsError(
+            f"{problem}; or set allow_weak_descriptions to train on them anyway",
+            key="data.descriptions",
+        )
+    if uses_prior or cfg.head.beta < 1.0:
+        diagnostics["warning"] = f"WARNING: {problem}"
+        say(diagnostics["warning"])
+
+
+def _pretrained(cfg: RunConfig) -> bool:
+    """False for an open_clip architecture without pretrained weights (random init)."""
+    arch = cfg.backbone.arch
+    return bool(cfg.backbone.pretrained) or arch not in list_architectures()
+
+
 def finetune(
     cfg: RunConfig,
     *,
@@ -216,15 +243,17 @@ def finetune(
         should_stop=should_stop,
         scoring=ds.scoring,
     )
-    zeroshot_state = cpu_state(classifier)
-    zeroshot_metrics = evaluate(classifier)
-    say(f"zero-shot (dual): {summary(zeroshot_metrics)}")
-
+    # Before the zero-shot evaluation: descriptions the guard refuses fail the run at once.
     train_split = ds.split(cfg.data.train_split)
     prior = core_prior(cfg, classifier, train_split, ds.classnames)
     diagnostics = diagnose_descriptions(cfg, classifier, train_split, ds.classnames, prior)
     if diagnostics is not None:
         say(diagnostics_line(diagnostics))
+        guard_descriptions(cfg, diagnostics, say)
+    zeroshot_state = cpu_state(classifier)
+    zeroshot_metrics = evaluate(classifier)
+    say(f"zero-shot (dual): {summary(zeroshot_metrics)}")
+
     objective = build_objective(cfg.objective, classifier, cfg.train.seed, prior)
     result: TrainResult | None = None
     curve: list[CurvePoint] = [CurvePoint(0.0, zeroshot_metrics)]

@@ -16,6 +16,7 @@ from models.errors import (
     DataError,
     ExportError,
     ModelsError,
+    WeakDescriptionsError,
 )
 
 
@@ -145,6 +146,8 @@ CORE_ERRORS: dict[type[ModelsError], tuple[int, str]] = {
     # A version whose architecture the ONNX exporter cannot express (or whose export would not
     # answer as torch does): a property of that model, not a server fault.
     ExportError: (422, "not_exportable"),
+    # The pre-training guard (models.pipeline.guard_descriptions): a job's own failure code.
+    WeakDescriptionsError: (422, "weak_descriptions"),
 }
 # The code of the core's other errors, which only training raises (``TrainingError``: a
 # non-finite loss, an empty loader), so no request ever gets it.

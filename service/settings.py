@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from service.queue import TRAINING_QUEUE
@@ -141,6 +141,22 @@ class Settings(BaseSettings):
     # The worker touches this file every few seconds; its container healthcheck reads the age.
     worker_heartbeat_file: Path = Path("/tmp/rcs-worker-heartbeat")
     readiness_timeout_s: float = 2.0
+
+    # Candidate descriptions one POST /descriptions/score or /draft may score (each is one
+    # pass over the training images' features; thousands belong in several requests).
+    max_score_candidates: int = Field(default=1000, ge=1)
+    # POST /descriptions/draft: the operator's language model, any server speaking OpenAI's
+    # chat completions (vLLM, Ollama, llama.cpp's server, OpenAI). Unset: the route answers 501.
+    llm_base_url: str | None = None
+    llm_model: str | None = None
+    llm_api_key: SecretStr | None = None  # sent as a bearer token; never logged or echoed
+    llm_timeout_s: float = Field(default=60.0, gt=0, le=600)
+    llm_max_response_bytes: int = Field(default=1024**2, ge=1024)
+
+    @field_validator("llm_base_url", "llm_model", "llm_api_key", mode="before")
+    @classmethod
+    def _blank_llm_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @model_validator(mode="before")
     @classmethod

@@ -24,6 +24,7 @@ from models.artifacts import load_artifact
 from models.backbone import resolve_device
 from models.config import RunConfig, from_dict
 from models.data import DatasetSplits, ImageDataset, Sample, Scoring, dataset_root, open_dataset
+from models.description_scoring import ScoringRule, score_dataset
 from models.diagnostics import description_diagnostics, summary_line
 from models.errors import Cancelled, DataError, ModelsError
 from models.evaluation import evaluate_split
@@ -79,6 +80,9 @@ def _evaluate_and_record(ctx: WorkerContext, lease: Lease, kind: str) -> Outcome
             diagnostics = diagnose(ctx, evaluation_id, watch)
             summary = summary_line(diagnostics)
             return _record(ctx, lease, {"diagnostics": diagnostics}, 1, summary)
+        if kind == "candidates":
+            scores = score(ctx, evaluation_id, watch)
+            return _record(ctx, lease, {"scores": scores}, 1, scoring_line(scores))
         results = evaluate(ctx, evaluation_id, watch)
         summary = ", ".join(f"{s} {m[SERVED_HEAD]['top1']:.3f}" for s, m in results.items())
         return _record(ctx, lease, results, len(results), summary)
@@ -193,9 +197,11 @@ def evaluate(ctx: WorkerContext, evaluation_id: str, watch: LeaseWatch) -> Resul
     return results
 
 
-def diagnose(ctx: WorkerContext, evaluation_id: str, watch: LeaseWatch) -> dict[str, Any]:
-    """Description diagnostics (models.diagnostics): the frozen backbone's concept head, built
-    from the evaluation's descriptions, on its split's images; JSON-ready, with an event."""
+def _frozen_config(
+    ctx: WorkerContext, evaluation_id: str
+) -> tuple[RunConfig, DatasetSplits, dict[str, Any], str]:
+    """A frozen-backbone evaluation's run config (its backbone on this machine, its dataset
+    checked and confined as a job's), the opened dataset, the stored config and the split."""
     with ctx.sessions() as session:
         row = _row(session, evaluation_id)
         config, split = dict(row.config), row.splits[0]
@@ -221,6 +227,13 @@ def diagnose(ctx: WorkerContext, evaluation_id: str, watch: LeaseWatch) -> dict[
             "train": {"device": ctx.settings.device},
         },
     )
+    return cfg, ds, config, split
+
+
+def diagnose(ctx: WorkerContext, evaluation_id: str, watch: LeaseWatch) -> dict[str, Any]:
+    """Description diagnostics (models.diagnostics): the frozen backbone's concept head, built
+    from the evaluation's descriptions, on its split's images; JSON-ready, with an event."""
+    cfg, ds, config, split = _frozen_config(ctx, evaluation_id)
     samples = ds.split(split)  # a DataError naming the splits there are, should it have gone
     classifier = build_classifier(cfg, ds.classnames, config["descriptions"])
     probs = frozen_concept_probs(cfg, classifier, samples, ds.classnames, watch.should_stop)
@@ -274,3 +287,43 @@ def _stopped(ctx: WorkerContext, watch: LeaseWatch, where: str) -> Outcome:
 
 def _failed(ctx: WorkerContext, lease: Lease, code: str, message: str) -> Outcome:
     return failed(ctx, state.EVALUATIONS, lease, code, message)
+
+
+def score(ctx: WorkerContext, evaluation_id: str, watch: LeaseWatch) -> dict[str, Any]:
+    """Candidate descriptions scored on the training split (models.description_scoring) with
+    the frozen backbone, and the proposed set; JSON-ready, with an event."""
+    cfg, ds, config, split = _frozen_config(ctx, evaluation_id)
+    ds.split(split)  # a DataError naming the splits there are, should it have gone
+    scores: dict[str, Any] = json_safe(
+        score_dataset(
+            cfg,
+            config["candidates"],
+            reference=config.get("reference"),
+            rule=ScoringRule(**config["rule"]),
+            should_stop=watch.should_stop,
+        ),
+        finite=True,
+        fallback=str,
+    )
+    if not watch.renew(1):
+        raise Cancelled(f"stopped after split {split}")
+    data = {
+        "split": split,
+        "candidates": scores["candidates"],
+        "proposed_concept_top1": scores["proposed_concept_top1"],
+        "weak": scores["weak_classes"],
+    }
+    watch.record(scoring_line(scores), data)
+    return scores
+
+
+def scoring_line(scores: dict[str, Any]) -> str:
+    dropped = sum(not c["kept"] for v in scores["per_class"].values() for c in v["candidates"])
+    weak = scores["weak_classes"]
+    return (
+        f"Scored {scores['candidates']} candidates on {scores['images']} training images: "
+        f"{dropped} dropped; the proposed set's concept head gets "
+        f"{scores['proposed_concept_top1']:.1%} (the template baseline "
+        f"{scores['baseline_top1']:.1%})"
+        + (f"; no candidate passes for {', '.join(weak[:10])}" if weak else "")
+    )

@@ -104,6 +104,11 @@ class DescriptionSet(Base):
     version: Mapped[int] = mapped_column(Integer)
     descriptions: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[int] = mapped_column(Integer, default=now)
+    # ``accepted``: jobs may train on it; ``candidates``: a pool to score, never trained on
+    # (service.descriptions.service.resolve refuses it).
+    status: Mapped[str] = mapped_column(String(20), default="accepted", server_default="accepted")
+    # Where the version came from: a draft's model, prompt and time; a proposal's evaluation.
+    provenance: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class LeasedTask:

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -48,6 +48,11 @@ class DescriptionSetCreate(BaseModel):
 
     name: Name = Field(pattern=NAME_PATTERN)
     descriptions: Descriptions
+    status: Literal["accepted", "candidates"] = Field(
+        "accepted",
+        description="`candidates`: a pool of candidate sentences per class, to score "
+        "(POST /descriptions/score); no job trains on it",
+    )
 
     @field_validator("descriptions")
     @classmethod
@@ -63,6 +68,8 @@ class DescriptionSetObject(BaseModel):
     classes: list[str]
     descriptions: dict[str, list[str]]
     created_at: int
+    status: Literal["accepted", "candidates"] = "accepted"
+    provenance: dict[str, Any] | None = None
 
     @classmethod
     def of(cls, row: DescriptionSet) -> DescriptionSetObject:
@@ -74,4 +81,6 @@ class DescriptionSetObject(BaseModel):
             classes=list(row.descriptions),
             descriptions=dict(row.descriptions),
             created_at=row.created_at,
+            status=row.status,  # type: ignore[arg-type]
+            provenance=row.provenance,
         )

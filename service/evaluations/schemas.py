@@ -49,9 +49,8 @@ class EvaluationRequest(_WithMetadata):
     )
 
 
-class DiagnoseRequest(_WithMetadata):
-    """``POST /descriptions/{id}/diagnose``: the frozen backbone's concept head (the set's
-    descriptions) on a split's images, per class, before any training."""
+class BackboneRequest(_WithMetadata):
+    """A frozen backbone measured on a registered dataset's images, before any training."""
 
     dataset: str = Field(min_length=1, max_length=40, description="Id of a registered dataset")
     model: str = Field(
@@ -61,6 +60,12 @@ class DiagnoseRequest(_WithMetadata):
         "`pretrained`), the offline backbone, an allowed model folder, or `models:/name[/3]`",
     )
     pretrained: str | None = Field(None, max_length=1000, description="As `POST /finetune`'s")
+
+
+class DiagnoseRequest(BackboneRequest):
+    """``POST /descriptions/{id}/diagnose``: the frozen backbone's concept head (the set's
+    descriptions) on a split's images, per class, before any training."""
+
     split: str = Field("train", min_length=1, max_length=200, description="The images to read")
     # As a job's: the concept head reads the descriptions only, so templates change nothing
     # measured here; accepted so a job's body can be diagnosed as it is.
@@ -81,7 +86,7 @@ class EvaluationProgress(BaseModel):
 class EvaluationObject(BaseModel):
     id: str
     object: Literal["evaluation"] = "evaluation"
-    kind: Literal["model", "descriptions"]
+    kind: Literal["model", "descriptions", "candidates"]
     created_at: int
     finished_at: int | None
     status: EvaluationStatus
@@ -91,11 +96,13 @@ class EvaluationObject(BaseModel):
     dataset: str
     splits: list[str]
     served_head: str
-    # The description set diagnosed (kind ``descriptions``), else None.
+    # The description set diagnosed (kind ``descriptions``) or the pool of candidates scored
+    # (kind ``candidates``, when stored as a set), else None.
     description_set: str | None
     # Kind ``model``: split -> head (default, concept, dual) -> the card's metrics: n, top1,
     # macro_f1, per_class_acc, worst_group_acc (and group_acc with groups), ece, nll. Kind
     # ``descriptions``: {"diagnostics": models.diagnostics.description_diagnostics's output}.
+    # Kind ``candidates``: {"scores": models.description_scoring.score_candidates's output}.
     # None until done.
     results: dict[str, Any] | None
     # split -> the served head's top-1 (a diagnosis: the concept head's), for a glance.
@@ -108,9 +115,12 @@ class EvaluationObject(BaseModel):
     def of(cls, row: Evaluation) -> EvaluationObject:
         # Explicit: the summary is derived, and several columns have other names here.
         results = row.results
-        diagnosis = row.kind == "descriptions"
+        diagnosis = row.kind in ("descriptions", "candidates")
         summary = None
-        if results is not None and diagnosis:
+        if results is not None and row.kind == "candidates":
+            # The proposed set's concept head on the training images.
+            summary = {split: results["scores"]["proposed_concept_top1"] for split in row.splits}
+        elif results is not None and diagnosis:
             summary = {split: results["diagnostics"]["concept_top1"] for split in row.splits}
         elif results is not None:
             summary = {

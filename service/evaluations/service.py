@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from functools import partial
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -22,7 +23,7 @@ from service.db.tables import Dataset, Evaluation, EvaluationEvent, ModelVersion
 from service.descriptions import service as description_sets
 from service.errors import InvalidRequest
 from service.evaluations import state
-from service.evaluations.schemas import DiagnoseRequest, EvaluationRequest
+from service.evaluations.schemas import BackboneRequest, DiagnoseRequest, EvaluationRequest
 from service.registry import service as registry
 from service.settings import Settings
 from service.status import EvaluationStatus
@@ -41,7 +42,7 @@ def create(
     idempotency_key: str | None,
 ) -> tuple[Evaluation, bool]:
     """The evaluation and whether it was created now (False: an earlier request, same key)."""
-    return _store(
+    return store(
         session, partial(build, session, body), request_hash(body), send, scope, idempotency_key
     )
 
@@ -59,10 +60,10 @@ def create_diagnosis(
     # The set is named by the URL: the same body on another set is another request.
     digest = stable_hash({"descriptions": set_ref, **body.model_dump(mode="json")})
     make = partial(build_diagnosis, session, settings, set_ref, body)
-    return _store(session, make, digest, send, scope, idempotency_key)
+    return store(session, make, digest, send, scope, idempotency_key)
 
 
-def _store(
+def store(
     session: Session,
     make: Callable[[], Evaluation],
     digest: str,
@@ -79,6 +80,9 @@ def _validated(row: Evaluation) -> str:
     what = row.model
     if row.kind == "descriptions":
         what = f"descriptions {row.config['description_set']} on {row.model}"
+    elif row.kind == "candidates":
+        count = sum(len(texts) for texts in row.config["candidates"].values())
+        what = f"{count} candidate descriptions on {row.model}"
     return f"Validated {what} against dataset {row.dataset_id}"
 
 
@@ -119,10 +123,29 @@ def build_diagnosis(
     base = backbones.base_model(session, settings, body.model, body.pretrained)
     if body.head is not None:
         backbones.check_templates(body.head.templates)
+    config = {
+        "head": to_dict(body.head) if body.head else {},
+        "description_set": description_set.id,
+        "descriptions": descriptions,
+    }
+    return backbone_evaluation(session, "descriptions", base, body, dataset, split, config)
+
+
+def backbone_evaluation(
+    session: Session,
+    kind: str,
+    base: backbones.Base,
+    body: BackboneRequest,
+    dataset: Dataset,
+    split: str,
+    config: dict[str, Any],
+) -> Evaluation:
+    """An evaluation of a frozen backbone (not a registered version) on one split: a
+    diagnosis, or a scoring of candidate descriptions; ``config`` is what the worker reads."""
     version = session.get(ModelVersion, base.version_id) if base.version_id else None
     return Evaluation(
         id=new_id("eval"),
-        kind="descriptions",
+        kind=kind,
         status=EvaluationStatus.QUEUED,
         model=base.model,
         model_reference=body.model,
@@ -133,12 +156,7 @@ def build_diagnosis(
         model_digest=version.digest if version else None,
         dataset_id=dataset.id,
         splits=[split],
-        config={
-            "backbone": base.backbone,
-            "head": to_dict(body.head) if body.head else {},
-            "description_set": description_set.id,
-            "descriptions": descriptions,
-        },
+        config={"backbone": base.backbone, **config},
         metadata_=dict(body.metadata),
         progress_step=0,
         progress_total=1,

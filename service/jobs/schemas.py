@@ -115,6 +115,12 @@ class FineTuneRequest(BaseModel):
     registered_model_name: Name = Field(pattern=NAME_PATTERN)
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
     metadata: dict[str, Annotated[str, Field(max_length=512)]] = Field(default_factory=dict)
+    allow_weak_descriptions: bool = Field(
+        False,
+        description="Train even when the descriptions leave the frozen concept head near chance "
+        "(below twice chance, or most classes weak): without it such a job of an objective that "
+        "uses the concept head (DRM) fails before training with code `weak_descriptions`",
+    )
 
     @field_validator("metadata")
     @classmethod

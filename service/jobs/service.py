@@ -227,6 +227,7 @@ def run_config(
         "ood_splits": splits[2],
         # Every image was decoded at registration; the worker re-checks the fingerprint.
         "check_images": False,
+        "allow_weak_descriptions": body.allow_weak_descriptions,
     }
     train = {
         **{core: hyper[name] for name, core in TRAIN_KEY_OF.items()},

@@ -424,6 +424,18 @@ def check_the_version_page(page: Page, stack: UiStack, name: str, version: str) 
     ]
     assert len(page.all("#robustness-plot .zs-mark")) == 1
     assert len(page.all("#per-class-table tbody tr")) == len(card["classes"])
+    # Description diagnostics: one row per class, the report's weak classes flagged.
+    with stack.client() as client:
+        report = ok(client.get(f"/models/{name}/versions/{version}/report"))
+    diagnostics = report["description_diagnostics"]
+    rows = page.all("#diagnostics-table tbody tr")
+    assert sorted(r.get_attribute("data-class") for r in rows) == sorted(diagnostics["per_class"])
+    flagged = [r.get_attribute("data-class") for r in page.all("#diagnostics-table tr.weak")]
+    assert sorted(flagged) == sorted(diagnostics["weak"])
+    for row in rows:
+        taken_for = diagnostics["per_class"][row.get_attribute("data-class")]["confused_with"]
+        assert (taken_for or "–") in row.text
+    page.shot_of("#descriptions-section", "dashboard-description-diagnostics")
     page.find("#alias-name").send_keys("champion")
     page.click("#set-alias")
     page.wait(lambda: "@champion" in page.find("#aliases-table").text, 30, "the alias row")
@@ -494,6 +506,40 @@ def browse_data_and_edit_descriptions(page: Page, stack: UiStack, data: dict[str
     first = next(iter(newest["descriptions"]))
     assert newest["descriptions"][first][-1] == "a shape drawn with one closed line"
     page.shot("dashboard-descriptions")
+    page.assert_clean()
+    score_and_accept(page, stack, data)
+
+
+def score_and_accept(page: Page, stack: UiStack, data: dict[str, Any]) -> None:
+    """Score the first set's sentences (and templates) on the worker from its page, read the
+    per-class and per-candidate tables, and accept the proposal as a new version."""
+    from selenium.webdriver.support.ui import Select
+
+    page.go(f"#/descriptions/{data['texts']['id']}")
+    Select(page.find("#score-dataset")).select_by_value(data["shapes"]["id"])
+    page.find("#score-model").send_keys("test-tiny-vit")
+    page.click("#score-set")
+    page.wait(lambda: "succeeded" in page.find("#score-status").text, 300, "the scoring")
+    with stack.client() as client:
+        scorings = ok(client.get("/evaluations"))["data"]
+    scoring = next(e for e in scorings if e["kind"] == "candidates")
+    scores = scoring["results"]["scores"]
+    assert scoring["description_set"] == data["texts"]["id"]
+    assert len(page.all("#score-classes tbody tr")) == len(scores["per_class"])
+    shown = page.all(".candidates-table tbody tr")
+    assert len(shown) == scores["candidates"]
+    dropped = [c for v in scores["per_class"].values() for c in v["candidates"] if not c["kept"]]
+    assert len([r for r in shown if "dropped" in r.text]) == len(dropped)
+    if dropped:
+        assert dropped[0]["reasons"][0] in page.text()
+    page.shot("dashboard-description-scores")
+    page.click("#accept-proposal")
+    page.wait(lambda: " v3" in page.find("h1").text, 30, "version 3")
+    assert "Accepted from scoring" in page.find("#provenance").text
+    with stack.client() as client:
+        latest = ok(client.get("/descriptions", params={"name": "shapes"}))["data"]
+    accepted = max(latest, key=lambda s: s["version"])
+    assert accepted["descriptions"] == scores["proposed"] and accepted["status"] == "accepted"
     page.assert_clean()
 
 

@@ -4,6 +4,7 @@
 import { api, ApiError } from "../api.js";
 import { badge, fmtNum, fmtTime, h, pct, replace, route, table, toast } from "../dom.js";
 import { chart, COLOURS } from "../plot.js";
+import { diagnosticsView } from "../scores.js";
 
 const HEADS = ["dual", "default", "concept"];
 const VAL_SPLITS = new Set(["val", "validation", "id_val"]);
@@ -199,15 +200,8 @@ function descriptionsSection(card, report) {
       ? h("dl", { class: "pairs wide" }, entries.map(([cls, texts]) => [h("dt", {}, cls), h("dd", {}, h("ul", {}, texts.map((t) => h("li", {}, t))))]))
       : h("p", { class: "muted" }, "None stored on this card."),
     h("h3", {}, "Description diagnostics"),
-    diagnostics ? tree(diagnostics) : h("p", { class: "muted", id: "no-diagnostics" }, "This server's version report gives no description diagnostics."),
+    diagnostics ? diagnosticsView(diagnostics) : h("p", { class: "muted", id: "no-diagnostics" }, "This server's version report gives no description diagnostics."),
   );
-}
-
-// Any JSON, as nested lists of text: for report fields this page does not know in advance.
-function tree(value) {
-  if (Array.isArray(value)) return h("ol", {}, value.map((v) => h("li", {}, tree(v))));
-  if (value && typeof value === "object") return h("dl", { class: "pairs" }, Object.entries(value).map(([k, v]) => [h("dt", {}, k), h("dd", {}, tree(v))]));
-  return typeof value === "number" ? fmtNum(value) : String(value);
 }
 
 async function drawAliases(box, ctx, name, version) {

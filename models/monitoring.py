@@ -39,7 +39,7 @@ bootstrap over both the reference (the threshold's noise) and the window (sampli
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,7 +48,9 @@ import torch
 from numpy.typing import NDArray
 from scipy import stats
 from torch import Tensor
+from torch.utils.data import DataLoader
 
+from models.evaluation import check_stop
 from models.heads import Classifier, blend
 
 # Dimensions of the embedding summary: enough to carry a shift (Rabanser et al. reduce to 32
@@ -211,7 +213,9 @@ def atc_score(stats: Array) -> Array:
 def atc_fit(scores: Array, correct: Array) -> float:
     """The threshold whose share of ``scores`` above it equals the accuracy (Garg et al., eq. 1)."""
     accuracy = float(np.mean(correct))
-    return float(np.quantile(scores, 1.0 - accuracy)) if accuracy < 1.0 else -math.inf
+    if accuracy >= 1.0:  # every score above it; finite, so the profile stays valid JSON
+        return float(np.min(scores)) - 1.0
+    return float(np.quantile(scores, 1.0 - accuracy))
 
 
 def build_profile(
@@ -366,3 +370,37 @@ def estimate_accuracy(profile: Profile, window: Array, rng: np.random.Generator)
         # model), shown beside ATC so the two can be compared against measured accuracy.
         "average_confidence": float(window[:, 0].mean()),
     }
+
+
+def profile_split(
+    classifier: Classifier,
+    dataset: Any,
+    batch_size: int = 64,
+    should_stop: Callable[[], bool] | None = None,
+    seed: int = 0,
+) -> Profile:
+    """The reference profile of a labelled split (a ``models.data.ImageDataset``): one
+    ``served_pass`` per batch, as ``/predict`` serves it."""
+    was_training = classifier.training
+    classifier.eval()
+    outs, labels = [], []
+    try:
+        for images, label, _ in DataLoader(dataset, batch_size=batch_size):
+            check_stop(should_stop, "the reference profile")
+            outs.append(served_pass(classifier, images.to(classifier.device)))
+            labels.append(label)
+    finally:
+        classifier.train(was_training)
+    out = torch.cat(outs)
+    probs, rest = unpack(out, len(classifier.classnames))
+    assert rest is not None
+    extra = rest.numpy().astype(np.float64)
+    return build_profile(
+        classifier.classnames,
+        probs.numpy().astype(np.float64),
+        extra[:, 0],
+        extra[:, 1],
+        extra[:, 2:],
+        torch.cat(labels).numpy(),
+        seed=seed,
+    )

@@ -29,6 +29,8 @@ from service.health.router import router as health_router
 from service.jobs.router import router as jobs_router
 from service.limits import BodySizeLimit
 from service.lookups import Lookups
+from service.monitor.live import Monitor
+from service.monitor.router import router as monitor_router
 from service.objectives.router import router as objectives_router
 from service.observability import Metrics, RecordMetrics
 from service.predict import service as predict_service
@@ -49,6 +51,7 @@ ROUTERS = (
     evaluations_router,
     datasets_router,
     descriptions_router,
+    monitor_router,
     registry_router,
     predict_router,
     health_router,
@@ -87,6 +90,7 @@ def build_context(settings: Settings) -> AppContext:
             on_batch=metrics.observe_batch,
         ),
         lookups=lookups,
+        monitor=Monitor.start(settings, sessions, metrics.registry),
     )
 
 
@@ -119,6 +123,7 @@ def create_app(settings: Settings) -> FastAPI:
             yield
         finally:
             ctx.batcher.close()
+            ctx.monitor.close()
             ctx.engine.dispose()
             ctx.broker.close()
 

@@ -81,7 +81,8 @@ class EvaluationProgress(BaseModel):
 class EvaluationObject(BaseModel):
     id: str
     object: Literal["evaluation"] = "evaluation"
-    kind: Literal["model", "descriptions"]
+    # ``profile``: a version's shift-monitoring reference, from a labelled ID split.
+    kind: Literal["model", "descriptions", "profile"]
     created_at: int
     finished_at: int | None
     status: EvaluationStatus
@@ -112,6 +113,8 @@ class EvaluationObject(BaseModel):
         summary = None
         if results is not None and diagnosis:
             summary = {split: results["diagnostics"]["concept_top1"] for split in row.splits}
+        elif results is not None and row.kind == "profile":
+            summary = {split: results["profile"]["accuracy"] for split in row.splits}
         elif results is not None:
             summary = {
                 split: heads[SERVED_HEAD]["top1"]

@@ -123,7 +123,7 @@ def _window_stats(session: Session, window_id: int | None, version_id: int) -> n
         else MonitorImage.window_id == window_id,
     )
     rows = session.scalars(query).all()
-    return np.asarray(rows, dtype=np.float64).reshape(len(rows), -1)
+    return np.asarray(rows, dtype=np.float64) if rows else np.zeros((0, 0))
 
 
 def close_ready(

@@ -329,7 +329,7 @@ def judge_window(
         "status": "ok",
         "n": n,
         "drift": {
-            "score": -math.log10(max(combined, 1e-300)),
+            "score": 0.0 - math.log10(max(combined, 1e-300)),  # 0.0, not -0.0, at p = 1
             "p_value": combined,
             "alpha": alpha,
             "threshold": -math.log10(alpha),

@@ -3,6 +3,7 @@ windows filled by /predict, the monitor view, feedback, gauges, events, restarts
 
 from __future__ import annotations
 
+import collections
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -10,8 +11,10 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 
 from service.context import AppContext
+from service.db.tables import MonitorImage
 from service.monitor import store
 from service.queue import TASK_EVALUATE
 from service.settings import Settings
@@ -19,6 +22,7 @@ from tests.service.support import (
     AUTH,
     FakeBroker,
     b64,
+    make_settings,
     open_app,
     png_bytes,
     register_artifact,
@@ -222,3 +226,48 @@ def test_drift_is_flagged_with_an_event_and_a_failing_monitor_never_fails_predic
     before = errors._value.get()
     assert len(predict(client, shifted[WINDOW:])) == WINDOW
     eventually(lambda: errors._value.get() > before, "the error to be counted")
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_two_api_processes_fill_one_window_sequence_without_losing_or_doubling_an_image(
+    database: str, tmp_path: Path, shapes_root: Path, artifact_folder: Path
+) -> None:
+    """Two apps on one database (as two API processes): their traffic goes into one series of
+    windows, each image in exactly one."""
+    drop: Callable[[], None] = lambda: None  # noqa: E731
+    overrides: dict[str, Any] = {
+        "monitor_window": WINDOW,
+        "monitor_min_window": WINDOW,
+        "monitor_flush_s": 0.05,
+    }
+    if database == "postgresql":
+        from tests.live import postgres_database_or_skip
+
+        overrides["database_url"], drop = postgres_database_or_skip()
+    settings = make_settings(tmp_path, shapes_root, **overrides)
+    try:
+        worker = worker_context(settings)
+        with worker.sessions() as session:
+            register_artifact(session, worker.store, "shapes", artifact_folder, JOB)
+        with open_app(settings, headers=AUTH) as one, open_app(settings, headers=AUTH) as two:
+            one.app.state.ctx.broker = two.app.state.ctx.broker = FakeBroker()  # type: ignore[attr-defined]
+            dataset = one.post("/datasets", json={"name": "shapes", "path": str(shapes_root)})
+            broker: FakeBroker = one.app.state.ctx.broker  # type: ignore[attr-defined]
+            profiled(one, broker, settings, dataset.json())
+            images = [
+                png_bytes((i * 7 % 256, i * 13 % 256, i * 29 % 256)) for i in range(3 * WINDOW)
+            ]
+            for start in range(0, len(images), 4):
+                client = one if start % 8 == 0 else two
+                predict(client, images[start : start + 4])
+            windows = eventually(
+                lambda: len(w := monitor(two)["windows"]) == 3 and w, "three windows"
+            )
+        assert [w["n"] for w in windows] == [WINDOW] * 3
+        with worker.sessions() as session:
+            rows = session.execute(select(MonitorImage.window_id)).scalars().all()
+        assert len(rows) == 3 * WINDOW
+        assert sorted(collections.Counter(rows).values()) == [WINDOW] * 3
+        assert set(rows) == {w["id"] for w in windows}
+    finally:
+        drop()

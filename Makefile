@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo demo-tiny demo-cli test test-fast chaos lint format bench bench-peer bench-shift bench-shift-quick install clean compose-smoke
+.PHONY: demo demo-tiny demo-cli test test-fast chaos lint format bench bench-peer bench-monitor bench-shift bench-shift-quick install clean compose-smoke
 
 $(STAMP): pyproject.toml offline/pyproject.toml requirements/no-deps.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -73,6 +73,13 @@ bench-peer: $(STAMP)
 # on 2 CPU cores; the quick one (1 seed, fewer images and steps) takes under 10 minutes.
 bench-shift: $(STAMP)
 	$(PY) -m bench.shift --out runs/bench-shift
+
+# Shift monitoring (bench/monitor.py; docs/benchmarks/monitoring.md): drift AUROC, false alarms and
+# estimated-accuracy error on windows of 64/256/1024 images through the real API, and /predict
+# throughput with the monitor off and on. BASELINES_PY: a Python with alibi-detect and nannyml
+# (their own environment: alibi-detect pins numpy < 2) for the baselines; MONITOR_ARGS adds options.
+bench-monitor: $(STAMP)
+	$(PY) -m bench.monitor --out runs/bench-monitor/results $(if $(BASELINES_PY),--baselines-python $(BASELINES_PY)) $(MONITOR_ARGS)
 
 bench-shift-quick: $(STAMP)
 	$(PY) -m bench.shift --quick --out runs/bench-shift-quick

@@ -35,12 +35,17 @@ import torch
 from torch import Tensor, nn
 
 from models.errors import ExportError
-from models.heads import Classifier
+from models.heads import Classifier, blend
 
 FORMAT = "robust-clip-onnx/1"
 ONNX_FILE = "model.onnx"
 INPUT_NAME = "pixel_values"
 OUTPUT_NAME = "probabilities"
+# What the shift monitor reads from the same pass (models.monitoring.served_pass): the default
+# and concept heads' labels (int64 [N, 2]) and the normalised image embedding (float32 [N, D]).
+HEAD_LABELS = "head_labels"
+EMBEDDING = "embedding"
+OUTPUTS = (OUTPUT_NAME, HEAD_LABELS, EMBEDDING)
 OPSET = 18
 # Largest absolute difference allowed between ONNX Runtime's and torch's probabilities. Both
 # compute in float32; graph optimisations reorder sums, which moves the last bits (about 1e-6
@@ -68,14 +73,20 @@ def _ort() -> Any:
 
 
 class ServedGraph(nn.Module):
-    """What is exported: preprocessed images -> dual-head probabilities."""
+    """What is exported: preprocessed images -> dual-head probabilities (exactly
+    ``classifier(images)``), each head's label and the normalised embedding."""
 
     def __init__(self, classifier: Classifier) -> None:
         super().__init__()
         self.classifier = classifier
 
-    def forward(self, images: Tensor) -> Tensor:
-        return self.classifier(images, head="dual")
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        features = self.classifier.image_features(images)
+        default = self.classifier.logits_from_features(features, "default")
+        concept = self.classifier.logits_from_features(features, "concept")
+        probs = blend(default, concept, self.classifier.beta)
+        labels = torch.stack([default.argmax(dim=1), concept.argmax(dim=1)], dim=1)
+        return probs, labels, features
 
 
 @dataclass(frozen=True)
@@ -114,6 +125,7 @@ def metadata(classifier: Classifier, extra: Mapping[str, str] | None = None) -> 
         "beta": repr(float(classifier.beta)),
         "input": INPUT_NAME,
         "output": OUTPUT_NAME,
+        "outputs": json.dumps(list(OUTPUTS)),
         "backbone": json.dumps(classifier.backbone.source),
     }
     props.update(extra or {})
@@ -202,8 +214,8 @@ def _trace(graph: ServedGraph, classifier: Classifier) -> bytes:
                 dynamo=False,
                 opset_version=OPSET,
                 input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                output_names=list(OUTPUTS),
+                dynamic_axes={name: {0: "batch"} for name in (INPUT_NAME, *OUTPUTS)},
                 do_constant_folding=True,
             )
     except Exception as exc:  # the exporter raises many kinds; each means "cannot export"
@@ -232,7 +244,7 @@ def max_difference(data: bytes, graph: nn.Module, images: Tensor) -> float:
     """Largest absolute difference between ONNX Runtime's and torch's outputs on ``images``."""
     session = open_session(data)
     with torch.no_grad():
-        expected = graph(images).float().numpy()
+        expected = graph(images)[0].float().numpy()
     try:
         got = session.run([OUTPUT_NAME], {INPUT_NAME: images.numpy()})[0]
     except Exception as exc:
@@ -289,6 +301,16 @@ class OnnxRunner:
     def __call__(self, images: np.ndarray) -> np.ndarray:
         out: np.ndarray = self.session.run([OUTPUT_NAME], {INPUT_NAME: images})[0]
         return out
+
+    def served(self, images: np.ndarray) -> np.ndarray:
+        """The probabilities packed with the monitor's statistics, in ``served_pass``'s layout
+        (an export from before those outputs: the probabilities alone)."""
+        names = [o.name for o in self.session.get_outputs()]
+        if not all(name in names for name in OUTPUTS):
+            return self(images)
+        probs, labels, features = self.session.run(list(OUTPUTS), {INPUT_NAME: images})
+        packed = [probs, labels.astype(np.float32), features.astype(np.float32)]
+        return np.concatenate(packed, axis=1)
 
     @property
     def classnames(self) -> list[str]:

@@ -31,6 +31,8 @@ from service.inference.router import router as inference_router
 from service.jobs.router import router as jobs_router
 from service.limits import BodySizeLimit
 from service.lookups import Lookups
+from service.monitor.live import Monitor
+from service.monitor.router import router as monitor_router
 from service.objectives.router import router as objectives_router
 from service.observability import Metrics, RecordMetrics
 from service.predict import service as predict_service
@@ -51,6 +53,7 @@ ROUTERS = (
     evaluations_router,
     datasets_router,
     descriptions_router,
+    monitor_router,
     registry_router,
     predict_router,
     inference_router,
@@ -94,6 +97,7 @@ def build_context(settings: Settings) -> AppContext:
             on_batch=metrics.observe_batch,
         ),
         lookups=lookups,
+        monitor=Monitor.start(settings, sessions, metrics.registry),
     )
 
 
@@ -126,6 +130,7 @@ def create_app(settings: Settings) -> FastAPI:
             yield
         finally:
             ctx.batcher.close()
+            ctx.monitor.close()
             ctx.engine.dispose()
             ctx.broker.close()
 

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from celery import Celery
 
     from service.lookups import Lookups
+    from service.monitor.live import Monitor
     from service.observability import Metrics
     from service.predict.batcher import Batcher
     from service.predict.cache import ModelCache
@@ -34,6 +35,7 @@ class AppContext:
     metrics: Metrics
     batcher: Batcher
     lookups: Lookups
+    monitor: Monitor
     # Set once the default model is loaded and has answered one forward pass.
     default_model_ready: bool = False
     default_model_error: str | None = None

@@ -115,6 +115,21 @@ class Settings(BaseSettings):
     # model that cannot be exported is served by torch, with a warning in the log.
     predict_engine: Literal["torch", "onnxruntime"] = "torch"
 
+    # Shift monitoring of /predict traffic (service/monitor/): windows of monitor_window
+    # images per version (or fewer, at least monitor_min_window, once the oldest is
+    # monitor_window_s old), flagged when the drift test's p-value is under monitor_alpha, with
+    # an event when the estimated accuracy falls monitor_accuracy_drop below the reference's.
+    monitor: bool = True
+    monitor_window: int = Field(default=256, ge=8, le=100_000)
+    monitor_min_window: int = Field(default=32, ge=8, le=100_000)
+    monitor_window_s: float = Field(default=3600.0, gt=0)
+    monitor_alpha: float = Field(default=0.01, gt=0, lt=1)
+    monitor_accuracy_drop: float = Field(default=0.05, gt=0, lt=1)
+    # Seconds between an API process's writes of what it served to the database.
+    monitor_flush_s: float = Field(default=1.0, gt=0, le=60)
+    # Closed windows per version whose images are kept (for feedback); older images go.
+    monitor_keep_windows: int = Field(default=100, ge=1)
+
     # Server-sent event streams (GET /jobs/{id}/events?stream=true) open at once, per API key
     # and in all, before a new one is refused with 429.
     stream_max_per_key: int = Field(default=20, ge=1)
@@ -171,6 +186,12 @@ class Settings(BaseSettings):
     def _blank_is_none(cls, value: object) -> object:
         # Compose passes unset optional variables as empty strings.
         return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _monitor_window(self) -> Settings:
+        if self.monitor_min_window > self.monitor_window:
+            raise ValueError("RCS_MONITOR_MIN_WINDOW is larger than RCS_MONITOR_WINDOW")
+        return self
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> Settings:

@@ -237,6 +237,8 @@ def create_celery(ctx: WorkerContext) -> Celery:
     def send(task: str, payload: dict[str, Any], countdown: float | None) -> None:
         app.send_task(task, kwargs={"payload": payload}, queue=queue, countdown=countdown)
 
+    ctx.send = send
+
     def on_ready(sender: Any = None, **_: Any) -> None:
         if sender is not None:
             consumers.append(sender)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,11 +30,14 @@ from models.errors import Cancelled, DataError, ModelsError
 from models.evaluation import evaluate_split
 from models.heads import Classifier
 from models.json_values import json_safe
+from models.monitoring import Profile, profile_split
 from models.pipeline import build_classifier, frozen_concept_probs
 from service.db.tables import Dataset, Evaluation, ModelVersion
 from service.errors import error_code
 from service.evaluations import state
 from service.evaluations.schemas import SERVED_HEAD
+from service.monitor import store as monitor_store
+from service.monitor.service import PROFILE, profile_split_name
 from service.registry import service as registry
 from service.status import EvaluationStatus, VersionStatus
 from worker.lease import Lease, Outcome, Stop, TaskWatch, WorkerContext, claim, failed, stopped
@@ -42,6 +45,8 @@ from worker.runner import check_server_paths
 
 log = logging.getLogger(__name__)
 Results = dict[str, dict[str, dict[str, Any]]]
+# Writes a result beside the evaluation's own, in the transaction that finishes it.
+AlsoStore = Callable[[Session], None]
 
 
 class LeaseWatch(TaskWatch):
@@ -83,9 +88,14 @@ def _evaluate_and_record(ctx: WorkerContext, lease: Lease, kind: str) -> Outcome
         if kind == "candidates":
             scores = score(ctx, evaluation_id, watch)
             return _record(ctx, lease, {"scores": scores}, 1, scoring_line(scores))
+        if kind == PROFILE:
+            plan = _plan(ctx, evaluation_id)
+            profile, save = reference_profile(ctx, evaluation_id, plan, plan.splits[0], watch)
+            line = f"profile of {plan.model}: top-1 {profile.accuracy:.3f} on {plan.splits[0]}"
+            return _record(ctx, lease, {"profile": profile.summary()}, 1, line, save)
         results = evaluate(ctx, evaluation_id, watch)
         summary = ", ".join(f"{s} {m[SERVED_HEAD]['top1']:.3f}" for s, m in results.items())
-        return _record(ctx, lease, results, len(results), summary)
+        return _record(ctx, lease, results, len(results), summary, first_profile(ctx, lease, watch))
     except Cancelled as exc:
         return _stopped(ctx, watch, str(exc))
     except (OperationalError, InterfaceError):
@@ -255,6 +265,53 @@ def diagnose(ctx: WorkerContext, evaluation_id: str, watch: LeaseWatch) -> dict[
     return diagnostics
 
 
+def reference_profile(
+    ctx: WorkerContext, evaluation_id: str, plan: Plan, split: str, watch: LeaseWatch
+) -> tuple[Profile, AlsoStore]:
+    """The version's shift-monitoring reference on a labelled ID split (``models.monitoring``),
+    with an event, and what stores it with the evaluation's result."""
+    ds = open_checked(plan.dataset)
+    device = resolve_device(ctx.settings.device)
+    classifier: Classifier = load_artifact(plan.folder, device=device).classifier
+    samples, _ = relabel(ds, classifier.classnames)
+    ds.split(split)  # a DataError naming the splits there are, should it have gone
+    transform = classifier.backbone.transform(train=False)
+    data = ImageDataset(samples[split], classifier.classnames, transform)
+    profile = profile_split(classifier, data, should_stop=watch.should_stop)
+    summary = profile.summary()
+    watch.record(
+        f"Monitoring profile on {split}: {summary['n']} images, top-1 {profile.accuracy:.4f}, "
+        f"head disagreement {profile.disagreement:.4f}",
+        {"split": split, "n": summary["n"], "top1": profile.accuracy},
+    )
+    with ctx.sessions() as session:
+        version_id = _row(session, evaluation_id).version_id
+
+    def save(session: Session) -> None:
+        version = session.get(ModelVersion, version_id) if version_id is not None else None
+        if version is not None:  # deleted meanwhile: nothing to monitor
+            monitor_store.save_profile(
+                session, version, profile, plan.dataset.id, split, evaluation_id
+            )
+
+    return profile, save
+
+
+def first_profile(ctx: WorkerContext, lease: Lease, watch: LeaseWatch) -> AlsoStore | None:
+    """An evaluation of a version without a monitoring profile (one imported, say) that
+    measured its validation split also makes its profile there: one more pass over it."""
+    with ctx.sessions() as session:
+        row = _row(session, lease.task_id)
+        version = session.get(ModelVersion, row.version_id) if row.version_id else None
+        if version is None or monitor_store.profile_row(session, version.id) is not None:
+            return None
+        split = profile_split_name(version)
+    plan = _plan(ctx, lease.task_id)
+    if split not in plan.splits:
+        return None
+    return reference_profile(ctx, lease.task_id, plan, split, watch)[1]
+
+
 def _split_event(watch: LeaseWatch, split: str, metrics: Mapping[str, Any]) -> None:
     top1 = {head: m.get("top1") for head, m in metrics.items()}
     served = metrics[SERVED_HEAD]
@@ -263,17 +320,25 @@ def _split_event(watch: LeaseWatch, split: str, metrics: Mapping[str, Any]) -> N
 
 
 def _record(
-    ctx: WorkerContext, lease: Lease, results: dict[str, Any], done: int, summary: str
+    ctx: WorkerContext,
+    lease: Lease,
+    results: dict[str, Any],
+    done: int,
+    summary: str,
+    also: AlsoStore | None = None,
 ) -> Outcome:
-    """Results and ``succeeded`` in one transaction, only while the lease is ours."""
+    """Results (and ``also``'s) and ``succeeded`` in one transaction, only while the lease is
+    ours."""
     with ctx.sessions() as session:
-        values = {"results": results, "progress_step": done}
+        values = {"results": json_safe(results, finite=True, fallback=str), "progress_step": done}
         succeeded = EvaluationStatus.SUCCEEDED
         if not state.finish(session, lease.task_id, lease.attempt, succeeded, values=values):
             # Cancelled (or taken over) after the last batch: the cancel stands.
             session.rollback()
             lease.lose()
             return Outcome("cancelled", "stopped before the results were recorded")
+        if also is not None:
+            also(session)
         state.add_event(session, lease.task_id, "The evaluation has successfully completed")
         session.commit()
     return Outcome("succeeded", summary)

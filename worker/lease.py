@@ -46,6 +46,8 @@ class WorkerContext:
     # Seconds between lease renewals (each also checks for cancellation) and progress events.
     renew_every_s: float = 0.5
     event_every_s: float = 2.0
+    # Sends a task by name (task, payload, countdown): the worker's Celery app, once it runs.
+    send: Callable[[str, dict[str, Any], float | None], None] | None = None
 
 
 @dataclass(frozen=True)

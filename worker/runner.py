@@ -36,9 +36,12 @@ from models.json_values import json_safe
 from models.pipeline import RunResult, finetune
 from models.train import KEEP_CHECKPOINTS, LATEST, Progress, latest_checkpoint
 from service.db.tables import Dataset, Job, JobCheckpoint, ModelVersion
-from service.errors import error_code, redact
+from service.errors import ServiceError, error_code, redact
+from service.evaluations import state as evaluation_state
 from service.jobs import state
+from service.monitor import service as monitor
 from service.paths import is_under
+from service.queue import TASK_EVALUATE
 from service.registry import service as registry
 from service.settings import Settings
 from service.status import TERMINAL, JobStatus, VersionStatus
@@ -460,9 +463,31 @@ def register(
         state.add_event(
             session, job_id, f"Registered {ref} (alpha={card['wise']['selected_alpha']})"
         )
+        profile_id = _queue_profile(session, version, job_id)
         state.add_event(session, job_id, "The job has successfully completed")
         session.commit()
+    if profile_id is not None and ctx.send is not None:
+        try:
+            ctx.send(TASK_EVALUATE, {"evaluation_id": profile_id}, None)
+        except Exception:  # it stays queued: a starting worker sends queued evaluations again
+            log.exception("could not send the profile evaluation %s", profile_id)
     return Outcome("succeeded", ref)
+
+
+def _queue_profile(session: Session, version: ModelVersion, job_id: str) -> str | None:
+    """The version's shift-monitoring profile, queued as an evaluation (kind ``profile``) on
+    its validation split, in the registering transaction; None (with a job event) when it
+    cannot be made here."""
+    try:
+        row = monitor.build_profile_evaluation(session, version, None, None)
+    except ServiceError as exc:
+        state.add_event(session, job_id, f"No monitoring profile: {exc}", level="warning")
+        return None
+    session.add(row)
+    session.flush()
+    evaluation_state.EVALUATIONS.add_event(session, row.id, "Monitoring profile queued")
+    state.add_event(session, job_id, f"Monitoring profile queued as evaluation {row.id}")
+    return row.id
 
 
 def _abandon(

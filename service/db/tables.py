@@ -278,3 +278,69 @@ class EvaluationEvent(TaskEvent, Base):
     evaluation_id: Mapped[str] = mapped_column(
         ForeignKey("evaluations.id", ondelete="CASCADE"), index=True
     )
+
+
+class MonitorProfile(Base):
+    """A version's reference profile for shift monitoring (``models.monitoring.Profile``),
+    computed by a worker from a labelled ID split (an evaluation of kind ``profile``)."""
+
+    __tablename__ = "monitor_profiles"
+
+    version_id: Mapped[int] = mapped_column(
+        ForeignKey("model_versions.id", ondelete="CASCADE"), primary_key=True
+    )
+    name: Mapped[str] = mapped_column(String(200))
+    version: Mapped[int] = mapped_column(Integer)
+    evaluation_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    dataset_id: Mapped[str] = mapped_column(String(40))
+    split: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[int] = mapped_column(Integer, default=now)
+    summary: Mapped[dict[str, Any]] = mapped_column(JSON)
+    profile: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class MonitorImage(Base):
+    """One served image's monitoring statistics (``models.monitoring.image_stats``), written by
+    the API process that served it; ``window_id`` is set when a window takes it, ``label``
+    when feedback names its true class."""
+
+    __tablename__ = "monitor_images"
+    __table_args__ = (
+        Index("ix_monitor_images_window", "version_id", "window_id"),
+        Index("ix_monitor_images_sha256", "version_id", "sha256"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id", ondelete="CASCADE"))
+    sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[float] = mapped_column(Float)
+    window_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # The served class (also in ``stats``): measured accuracy is counted in SQL.
+    pred: Mapped[int] = mapped_column(Integer)
+    stats: Mapped[list[Any]] = mapped_column(JSON)
+    label: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
+class MonitorWindow(Base):
+    """A closed window of a version's traffic and its answers (``monitoring.judge_window``)."""
+
+    __tablename__ = "monitor_windows"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    version_id: Mapped[int] = mapped_column(
+        ForeignKey("model_versions.id", ondelete="CASCADE"), index=True
+    )
+    opened_at: Mapped[float] = mapped_column(Float)
+    closed_at: Mapped[float] = mapped_column(Float)
+    n: Mapped[int] = mapped_column(Integer)
+    result: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class MonitorEvent(TaskEvent, Base):
+    """A monitored version's events: drift detected or over, estimated accuracy below its floor."""
+
+    __tablename__ = "monitor_events"
+
+    version_id: Mapped[int] = mapped_column(
+        ForeignKey("model_versions.id", ondelete="CASCADE"), index=True
+    )

@@ -86,7 +86,9 @@ class EvaluationProgress(BaseModel):
 class EvaluationObject(BaseModel):
     id: str
     object: Literal["evaluation"] = "evaluation"
-    kind: Literal["model", "descriptions", "candidates"]
+    # ``candidates``: scoring candidate descriptions; ``profile``: a version's shift-monitoring
+    # reference, from a labelled ID split.
+    kind: Literal["model", "descriptions", "candidates", "profile"]
     created_at: int
     finished_at: int | None
     status: EvaluationStatus
@@ -122,6 +124,8 @@ class EvaluationObject(BaseModel):
             summary = {split: results["scores"]["proposed_concept_top1"] for split in row.splits}
         elif results is not None and diagnosis:
             summary = {split: results["diagnostics"]["concept_top1"] for split in row.splits}
+        elif results is not None and row.kind == "profile":
+            summary = {split: results["profile"]["accuracy"] for split in row.splits}
         elif results is not None:
             summary = {
                 split: heads[SERVED_HEAD]["top1"]

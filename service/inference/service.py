@@ -27,6 +27,7 @@ import torch
 from starlette.concurrency import run_in_threadpool
 from torch import Tensor
 
+from models.monitoring import unpack
 from models.onnx_export import INPUT_NAME, OUTPUT_NAME
 from service.context import AppContext
 from service.errors import BadRequest, PayloadTooLarge
@@ -317,16 +318,23 @@ def _json_floats(data: Any, count: int, shape: list[int]) -> np.ndarray:
 
 
 async def infer(ctx: AppContext, ref: str, request: InferRequest) -> tuple[LoadedModel, Tensor]:
-    """(model, (N, classes) probabilities), through ``/predict``'s cache, batcher and limits."""
+    """(model, (N, classes) probabilities), through ``/predict``'s cache, batcher and limits.
+    Encoded images count in the version's shift monitoring as ``/predict``'s do (request
+    parameter ``monitor: false`` keeps them out); preprocessed tensors have no image to name
+    and are counted as skipped."""
+    monitor = request.parameters.get("monitor", True)
+    if not isinstance(monitor, bool):
+        raise BadRequest(f"parameters.monitor must be true or false, got {monitor!r}")
     settings = ctx.settings
     max_images = settings.max_images_per_request
+    images: list[predict.ImageInput] = []
     if request.input_name == IMAGES:
         images = image_inputs(request, max_images)
         model = await _model(ctx, ref)
         max_pixels, draft = settings.max_image_pixels, settings.predict_jpeg_draft
 
         def prepare() -> Tensor:
-            return predict.preprocess(model, images, max_pixels, draft)
+            return predict.hashed(images, predict.preprocess(model, images, max_pixels, draft))
 
         n = len(images)
     else:
@@ -338,9 +346,15 @@ async def infer(ctx: AppContext, ref: str, request: InferRequest) -> tuple[Loade
 
         n = int(pixels.shape[0])
     if settings.predict_batching:
-        return model, await predict.batched_probs(ctx, model, n, prepare)
-    probs = await run_in_threadpool(lambda: predict.forward(model, prepare()))
-    ctx.metrics.observe_batch(n)
+        out = await predict.batched_probs(ctx, model, n, prepare)
+    else:
+        out = await run_in_threadpool(lambda: predict.forward(model, prepare()))
+        ctx.metrics.observe_batch(n)
+    if images:
+        predict.monitored(ctx, model, images, out, monitor)
+    else:
+        ctx.monitor.skip(n, "preprocessed")
+    probs, _ = unpack(out, len(model.classnames))
     return model, probs
 
 

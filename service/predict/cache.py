@@ -20,6 +20,7 @@ from torchvision.transforms import Compose, Normalize
 
 from models.artifacts import card_digest, load_artifact
 from models.heads import Classifier
+from models.monitoring import served_pass
 from models.onnx_export import OnnxRunner
 from service.predict.onnx import runner_for
 
@@ -153,13 +154,14 @@ def warm_up(model: LoadedModel) -> None:
 
 
 def run(model: LoadedModel, inputs: torch.Tensor) -> torch.Tensor:
-    """The forward pass on model inputs (float NCHW, normalised): (N, classes) probabilities on
-    the CPU, from the model's engine."""
+    """The forward pass on model inputs (float NCHW, normalised), from the model's engine: (N,
+    classes) probabilities on the CPU, packed with what the shift monitor reads from the same
+    pass (``models.monitoring.served_pass``'s layout; ``unpack`` separates them)."""
     if model.runner is not None:
         array = inputs.detach().cpu().numpy()
-        return torch.from_numpy(model.runner(np.ascontiguousarray(array, dtype=np.float32)))
+        return torch.from_numpy(model.runner.served(np.ascontiguousarray(array, dtype=np.float32)))
     with torch.inference_mode():
-        return model.classifier(inputs.to(model.classifier.device)).float().cpu()
+        return served_pass(model.classifier, inputs.to(model.classifier.device))
 
 
 class ModelCache:

@@ -24,6 +24,7 @@ _MULTIPART_SCHEMA = {
     "properties": {
         "model": {"type": "string"},
         "top_k": {"type": "integer", "default": 5},
+        "monitor": {"type": "boolean", "default": True},
         "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
     },
 }
@@ -47,17 +48,19 @@ async def predict(request: Request, ctx: Ctx, _: PredictKey) -> PredictResponse:
     """Classify one or many images (multipart ``files`` or base64 JSON ``images``)."""
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
-        ref, top_k, images = await _from_multipart(request, ctx.settings.max_images_per_request)
+        ref, top_k, images, monitor = await _from_multipart(
+            request, ctx.settings.max_images_per_request
+        )
     elif content_type.startswith("application/json"):
-        ref, top_k, images = await _from_json(request)
+        ref, top_k, images, monitor = await _from_json(request)
     else:
         raise BadRequest("send application/json or multipart/form-data")
     if ctx.settings.predict_batching:
-        return await service.predict_batched(ctx, ref, images, top_k)
-    return await run_in_threadpool(service.predict, ctx, ref, images, top_k)
+        return await service.predict_batched(ctx, ref, images, top_k, monitor)
+    return await run_in_threadpool(service.predict, ctx, ref, images, top_k, monitor)
 
 
-async def _from_json(request: Request) -> tuple[str, int, list[service.ImageInput]]:
+async def _from_json(request: Request) -> tuple[str, int, list[service.ImageInput], bool]:
     try:
         body = PredictJSON.model_validate_json(await request.body())
     except ValidationError as exc:
@@ -66,18 +69,19 @@ async def _from_json(request: Request) -> tuple[str, int, list[service.ImageInpu
         raise InvalidRequest(f"{param}: {first['msg']}" if param else first["msg"], param) from exc
     except json.JSONDecodeError as exc:
         raise InvalidRequest(f"invalid JSON: {exc}") from exc
-    return body.model, body.top_k, service.from_base64(body.images)
+    return body.model, body.top_k, service.from_base64(body.images), body.monitor
 
 
 async def _from_multipart(
     request: Request, max_files: int
-) -> tuple[str, int, list[service.ImageInput]]:
+) -> tuple[str, int, list[service.ImageInput], bool]:
     form = await read_form(request, max_files=max_files)
     try:
         ref = form.get("model")
         if not isinstance(ref, str) or not ref.strip():
             raise InvalidRequest("a 'model' field is required", "model")
         top_k = _top_k(form.get("top_k"))
+        monitor = _monitor(form.get("monitor"))
         uploads = [f for key in ("files", "file") for f in form.getlist(key)]
         images = []
         for i, upload in enumerate(uploads):
@@ -88,7 +92,15 @@ async def _from_multipart(
         await form.close()
     if not images:
         raise InvalidRequest("no image files given (multipart field 'files')", "files")
-    return ref.strip(), top_k, images
+    return ref.strip(), top_k, images, monitor
+
+
+def _monitor(value: object) -> bool:
+    if value is None:
+        return True
+    if not isinstance(value, str) or value.strip().lower() not in ("true", "false"):
+        raise InvalidRequest("monitor must be true or false", "monitor")
+    return value.strip().lower() == "true"
 
 
 def _top_k(value: object) -> int:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from PIL import Image
@@ -14,6 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from torch import Tensor
 
 from models.data import ImageError, ImageLimits, open_image
+from models.monitoring import unpack
 from service.context import AppContext
 from service.errors import InvalidRequest, PayloadTooLarge, TooManyRequests
 from service.lookups import Resolved
@@ -31,6 +34,11 @@ class ImageInput:
     data: bytes
     filename: str | None
     param: str
+
+    @cached_property
+    def sha256(self) -> str:
+        """What feedback names the image by (``POST .../feedback``)."""
+        return hashlib.sha256(self.data).hexdigest()
 
 
 def from_base64(items: list[str]) -> list[ImageInput]:
@@ -120,10 +128,12 @@ def preprocess(
 
 
 def forward(model: LoadedModel, images: Tensor) -> Tensor:
-    """One forward pass (dual inference): (N, classes) probabilities on the CPU.
+    """One forward pass (dual inference): (N, classes) probabilities on the CPU, packed with
+    what the shift monitor reads from the same pass (``models.monitoring.served_pass``).
 
     Only the image tower runs: the class heads are precomputed rows of the loaded artifact.
-    The model's engine (torch, or ONNX Runtime over its export) runs the pass.
+    The model's engine (torch, or ONNX Runtime over its export, whose extra outputs are the
+    same statistics) runs the pass.
     """
     return run(model, to_input(model, images))
 
@@ -131,6 +141,7 @@ def forward(model: LoadedModel, images: Tensor) -> Tensor:
 def respond(
     model: LoadedModel, images: list[ImageInput], probs: Tensor, top_k: int
 ) -> PredictResponse:
+    probs, _ = unpack(probs, len(model.classnames))
     k = min(top_k, probs.shape[1])
     values, indices = probs.topk(k, dim=1)
     names = model.classnames
@@ -138,6 +149,7 @@ def respond(
         Prediction(
             index=i,
             filename=image.filename,
+            sha256=image.sha256,
             labels=[
                 Label(label=names[j], probability=float(p))
                 for p, j in zip(values[i].tolist(), indices[i].tolist(), strict=True)
@@ -158,7 +170,27 @@ def resolve(ctx: AppContext, ref: str) -> LoadedModel:
         return model_for(ctx, session, ref)
 
 
-def predict(ctx: AppContext, ref: str, images: list[ImageInput], top_k: int) -> PredictResponse:
+def monitored(
+    ctx: AppContext, model: LoadedModel, images: list[ImageInput], out: Tensor, on: bool
+) -> None:
+    """Hand the pass's output to the shift monitor (``monitor: false``: counted as skipped)."""
+    if on:
+        hashes = [image.sha256 for image in images]
+        ctx.monitor.observe(model.name, model.version, len(model.classnames), out, hashes)
+    else:
+        ctx.monitor.skip(len(images), "opted_out")
+
+
+def hashed(images: list[ImageInput], batch: Tensor) -> Tensor:
+    """``batch``, once every image's sha256 is computed (on the decoding thread that calls this)."""
+    for image in images:
+        _ = image.sha256
+    return batch
+
+
+def predict(
+    ctx: AppContext, ref: str, images: list[ImageInput], top_k: int, monitor: bool = True
+) -> PredictResponse:
     """The whole request on the calling thread, with a forward pass of its own (no batching)."""
     check_count(images, ctx.settings.max_images_per_request)
     model = resolve(ctx, ref)
@@ -167,11 +199,12 @@ def predict(ctx: AppContext, ref: str, images: list[ImageInput], top_k: int) -> 
         model, preprocess(model, images, settings.max_image_pixels, settings.predict_jpeg_draft)
     )
     ctx.metrics.observe_batch(len(images))
+    monitored(ctx, model, images, probs, monitor)
     return respond(model, images, probs, top_k)
 
 
 async def predict_batched(
-    ctx: AppContext, ref: str, images: list[ImageInput], top_k: int
+    ctx: AppContext, ref: str, images: list[ImageInput], top_k: int, monitor: bool = True
 ) -> PredictResponse:
     """Resolve and decode on worker threads, then share a forward pass with concurrent requests.
 
@@ -183,8 +216,12 @@ async def predict_batched(
         model = await run_in_threadpool(resolve, ctx, ref)
     max_pixels, draft = ctx.settings.max_image_pixels, ctx.settings.predict_jpeg_draft
     probs = await batched_probs(
-        ctx, model, len(images), lambda: preprocess(model, images, max_pixels, draft)
+        ctx,
+        model,
+        len(images),
+        lambda: hashed(images, preprocess(model, images, max_pixels, draft)),
     )
+    monitored(ctx, model, images, probs, monitor)
     return respond(model, images, probs, top_k)
 
 

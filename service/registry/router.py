@@ -17,6 +17,7 @@ from service.db.tables import ModelVersion
 from service.deps import Ctx, Db, Page
 from service.errors import Conflict, InvalidRequest
 from service.limits import body_limit
+from service.monitor import service as monitor
 from service.multipart import read_form
 from service.registry import service, transfer
 from service.registry.schemas import (
@@ -88,8 +89,10 @@ def get_version(name: str, version: Version, db: Db, key: AnyKey) -> ModelVersio
 def get_report(name: str, version: Version, db: Db, _: AnyKey) -> dict[str, Any]:
     """The version's robustness report: the WiSE-FT curve (every split and head), the zero-shot
     baseline (alpha 0), the selected point and its gain over zero-shot, effective robustness
-    (mean OOD vs ID top-1 along alpha), per-class and worst-group accuracy."""
-    return _report(service.get_version(db, name, version))
+    (mean OOD vs ID top-1 along alpha), per-class and worst-group accuracy; ``monitoring``:
+    the shift monitor's reference profile (None until one is computed)."""
+    row = service.get_version(db, name, version)
+    return {**_report(row), "monitoring": monitor.profile_of(db, row)}
 
 
 @router.get(

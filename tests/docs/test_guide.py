@@ -142,7 +142,8 @@ def check_outcome(base: str, key: str, output: str, work: Path) -> None:
         imported = get("/models/my-task/versions/1")
         assert imported["status"] == "READY" and imported["origin"]["type"] == "import"
         evaluations = get("/evaluations")["data"]
-        assert sorted(e["kind"] for e in evaluations) == ["descriptions", "model"]
+        # The profile: the shift monitor's reference, queued when the job registered its version.
+        assert sorted(e["kind"] for e in evaluations) == ["descriptions", "model", "profile"]
         assert {e["status"] for e in evaluations} == {"succeeded"}
         challenger = next(e for e in evaluations if e["kind"] == "model")
         assert challenger["model"] == "shapes-drm/2"

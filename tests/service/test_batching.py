@@ -54,13 +54,22 @@ class Gate:
     def release(self) -> None:
         self.opened.set()
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+    def _pass(self, images: torch.Tensor) -> None:
         self.sizes.append(int(images.shape[0]))
         if not self.opened.wait(HELD_FOREVER):
             raise TimeoutError("the test never released the gate")
         if self.poison is not None and any(torch.equal(row, self.poison) for row in images):
             raise RuntimeError("poisoned batch")
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        self._pass(images)
         return self.inner(images)
+
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Where /predict's pass (``models.monitoring.served_pass``) enters the model."""
+        self._pass(images)
+        result: torch.Tensor = self.inner.image_features(images)
+        return result
 
 
 def wait_until(condition: Callable[[], bool], what: str) -> None:

@@ -97,6 +97,10 @@ def settings_for(workdir: Path, roots: list[Path]) -> dict[str, str]:
         "RCS_CHECKPOINT_EVERY": "2",
         # One live event stream per key: a second is refused (429) and the page must poll.
         "RCS_STREAM_MAX_PER_KEY": "1",
+        # Monitoring windows small enough for a test's traffic.
+        "RCS_MONITOR_WINDOW": "8",
+        "RCS_MONITOR_MIN_WINDOW": "8",
+        "RCS_MONITOR_FLUSH_S": "0.2",
     }
 
 
@@ -276,6 +280,7 @@ def test_dashboard_in_a_real_browser(ui_stack: UiStack, shots: Path) -> None:
         name, version = version_ref.split("/")
         check_the_version_page(page, ui_stack, name, version)
         classify_an_upload(page, ui_stack, f"{name}@champion")
+        check_the_monitoring_charts(page, ui_stack, name, version)
         browse_data_and_edit_descriptions(page, ui_stack, data)
         # The key stayed in this tab's session storage: not in a URL, nor in local storage.
         assert API_KEY not in driver.current_url
@@ -447,6 +452,41 @@ def check_the_version_page(page: Page, stack: UiStack, name: str, version: str) 
     page.go("#/models")
     page.find("#models-table")
     page.shot("dashboard-models")
+    page.assert_clean()
+
+
+def check_the_monitoring_charts(page: Page, stack: UiStack, name: str, version: str) -> None:
+    """The profile the worker made at registration, two windows of /predict traffic, feedback
+    on some images: the version page's drift and accuracy charts show them."""
+    base = f"/models/{name}/versions/{version}"
+    with stack.client() as client:
+        deadline = time.monotonic() + JOB_TIMEOUT_S
+        while client.get(f"{base}/monitor").status_code == 409:
+            assert time.monotonic() < deadline, stack.logs()
+            time.sleep(0.5)
+        # Two windows (of 8) whatever came before: the shapes splits are small, so several.
+        splits = ("val", "test", "ood_test")
+        images = [p for sp in splits for p in sorted((stack.shapes / sp).glob("*/*.png"))][:16]
+        assert len(images) == 16
+        files = [("files", (p.name, p.read_bytes(), "image/png")) for p in images]
+        served = ok(client.post("/predict", data={"model": f"{name}/{version}"}, files=files))
+        while len(ok(client.get(f"{base}/monitor"))["windows"]) < 2:
+            assert time.monotonic() < deadline, stack.logs()
+            time.sleep(0.2)
+        items = [
+            {"sha256": d["sha256"], "label": p.parent.name}
+            for d, p in zip(served["data"], images, strict=True)
+        ]
+        ok(client.post(f"{base}/feedback", json={"items": items}))
+        windows = ok(client.get(f"{base}/monitor"))["windows"]
+    page.go(f"#/models/{name}/versions/{version}")
+    page.find("#monitor-drift")
+    drift = "#monitor-drift g.series[data-series='drift score'] circle.point"
+    assert len(page.all(drift)) == len(windows)
+    measured = "#monitor-accuracy g.series[data-series='measured (feedback)'] circle.point"
+    assert len(page.all(measured)) == sum(w["measured"] is not None for w in windows) >= 1
+    assert "Reference:" in page.find("#monitor-profile").text
+    page.shot_of("#monitor-section", "dashboard-monitoring")
     page.assert_clean()
 
 

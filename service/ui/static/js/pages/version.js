@@ -5,6 +5,7 @@ import { api, ApiError } from "../api.js";
 import { badge, fmtNum, fmtTime, h, pct, replace, route, table, toast } from "../dom.js";
 import { chart, COLOURS } from "../plot.js";
 import { diagnosticsView } from "../scores.js";
+import { monitorSection } from "./monitor.js";
 
 const HEADS = ["dual", "default", "concept"];
 const VAL_SPLITS = new Set(["val", "validation", "id_val"]);
@@ -49,6 +50,7 @@ export async function versionPage(main, ctx, name, version) {
     metrics,
     perClass,
     descriptionsSection(card, report),
+    monitorSection(base, report, ctx.signal),
     aliases,
   );
   draw();

@@ -1,0 +1,1 @@
+"""Shift monitoring of served traffic: profiles, windows, feedback, gauges."""

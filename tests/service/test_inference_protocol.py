@@ -206,6 +206,7 @@ BAD = [
     ({"inputs": [images_input()], "outputs": [{"name": {"a": 1}}]}, 400, "unknown output"),
     ({"inputs": [{**images_input(), "parameters": []}]}, 400, "must be a JSON object"),
     ({"inputs": [images_input()], "id": 7}, 400, "id must be a string"),
+    ({"inputs": [images_input()], "parameters": {"monitor": "no"}}, 400, "parameters.monitor"),
 ]
 
 

@@ -271,3 +271,31 @@ def test_two_api_processes_fill_one_window_sequence_without_losing_or_doubling_a
         assert set(rows) == {w["id"] for w in windows}
     finally:
         drop()
+
+
+def test_open_inference_protocol_images_count_and_tensors_are_skipped(
+    client: TestClient,
+    broker: FakeBroker,
+    app_settings: Settings,
+    version: int,
+    dataset: dict[str, Any],
+    shapes_root: Path,
+) -> None:
+    profiled(client, broker, app_settings, dataset)
+    images = [b64(data) for data, _ in val_images(shapes_root)[:3]]
+
+    def infer(inputs: dict[str, Any], **parameters: Any) -> None:
+        body = {"inputs": [inputs], "parameters": parameters}
+        answer = client.post("/v2/models/shapes/versions/1/infer", json=body)
+        assert answer.status_code == 200, answer.text
+
+    encoded = {"name": "images", "datatype": "BYTES", "shape": [3], "data": images}
+    infer(encoded, monitor=False)
+    infer(encoded)
+    infer(
+        {"name": "pixel_values", "datatype": "FP32", "shape": [2, 3, 32, 32], "data": [0.0] * 6144}
+    )
+    eventually(lambda: monitor(client)["current"]["n"] == 3, "the encoded images recorded")
+    metrics = client.get("/metrics").text
+    assert 'rcs_monitor_skipped_images_total{reason="opted_out"} 3.0' in metrics
+    assert 'rcs_monitor_skipped_images_total{reason="preprocessed"} 2.0' in metrics

@@ -11,9 +11,10 @@ import torch
 from fastapi.testclient import TestClient
 
 from models.artifacts import card_digest, save_artifact
+from models.monitoring import served_pass, unpack
 from service.context import AppContext
 from service.predict.cache import to_input
-from service.predict.service import ImageInput, preprocess, resolve
+from service.predict.service import ImageInput, forward, preprocess, resolve
 from tests.models.test_onnx_export import classifier_for, run_standalone
 from tests.service.support import b64, png_bytes, register_artifact
 
@@ -97,3 +98,22 @@ def test_a_model_that_cannot_be_exported_is_served_by_torch(
     assert refused.status_code == 422
     error = refused.json()["error"]
     assert error["code"] == "not_exportable" and "cannot be exported" in error["message"]
+
+
+def test_onnxruntime_pass_carries_the_monitors_statistics_as_torchs_does(
+    client: TestClient, ctx: AppContext, shapes: int
+) -> None:
+    # The shift monitor reads each head's label and the embedding from the served pass: the
+    # export's extra outputs give ONNX Runtime's pass the same layout as served_pass's.
+    predicted(client)
+    model = resolve(ctx, "shapes")
+    assert model.engine == "onnxruntime"
+    images = [ImageInput(png_bytes(c), None, "x") for c in COLORS]
+    inputs = to_input(model, preprocess(model, images, 10**7))
+    classes = len(model.classnames)
+    probs, rest = unpack(forward(model, preprocess(model, images, 10**7)), classes)
+    want_probs, want_rest = unpack(served_pass(model.classifier, inputs), classes)
+    assert rest is not None and want_rest is not None and rest.shape == want_rest.shape
+    np.testing.assert_allclose(probs.numpy(), want_probs.numpy(), atol=1e-4)
+    assert torch.equal(rest[:, :2], want_rest[:, :2])  # the default and concept heads' labels
+    np.testing.assert_allclose(rest[:, 2:].numpy(), want_rest[:, 2:].numpy(), atol=1e-4)

@@ -6,7 +6,8 @@ batching, which merges the lists of concurrent requests into one call. Everythin
 HTTP layer is the code our own server runs: ``service.predict.cache.load`` (the artifact and
 its eval transform, split as our server splits it), ``models.data.open_image`` and ``to_rgb``
 (the same image policy and RGB decode; a large JPEG at a reduced scale when ours does so) and
-``service.predict.service.forward`` (one forward pass).
+``service.predict.service.forward`` (one forward pass, whose output also carries what our shift
+monitor reads from the same pass: ``unpack`` keeps the probabilities, as our ``respond`` does).
 
 Two endpoints, one per body format of the comparison:
 - ``POST /classify``: multipart, one or more ``images`` file parts;
@@ -31,6 +32,7 @@ from PIL import Image
 
 from models.data import ImageLimits, open_image, to_rgb
 from models.data.images import ACCEPTED_FORMATS
+from models.monitoring import unpack
 from service.predict.cache import LoadedModel, load, warm_up
 from service.predict.service import DRAFT_MARGIN, forward
 
@@ -73,7 +75,8 @@ class PeerClassifier:
 
     def _top_k(self, images: list[Image.Image]) -> list[list[dict[str, Any]]]:
         transform = self.model.pixels or self.model.transform
-        probs = forward(self.model, torch.stack([transform(image) for image in images]))
+        out = forward(self.model, torch.stack([transform(image) for image in images]))
+        probs, _ = unpack(out, len(self.model.classnames))
         values, indices = probs.topk(min(TOP_K, probs.shape[1]), dim=1)
         names = self.model.classnames
         return [

@@ -255,7 +255,8 @@ def markdown(comparison: Mapping[str, Any]) -> str:
     ]
     for row in comparison["rows"]:
         concept = " / ".join(_mean(row["concept_top1"][n]) for n in ("base", "other"))
-        for where, label in (("selected", "WiSE-FT (tolerance)"), ("alpha1", "1 (fine-tuned)")):
+        selected = "0 (zero-shot)" if comparison["method"] == "zeroshot" else "WiSE-FT (tolerance)"
+        for where, label in (("selected", selected), ("alpha1", "1 (fine-tuned)")):
             if where not in row:
                 continue
             e = row[where]

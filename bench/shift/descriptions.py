@@ -104,16 +104,7 @@ def paired_bootstrap(
     Each resample draws seeds with replacement, then images with replacement (the same images
     for both sets: the pairing), and takes the mean difference over them.
     """
-    if a.shape != b.shape or a.ndim != 2:
-        raise ValueError(f"a {a.shape} and b {b.shape} must be the same [seeds, images]")
-    rng = np.random.default_rng(seed)
-    diff = a.astype(float) - b.astype(float)
-    seeds, n = diff.shape
-    s = rng.integers(0, seeds, size=(resamples, seeds))
-    i = rng.integers(0, n, size=(resamples, n))
-    means = np.array([diff[s[r]][:, i[r]].mean() for r in range(resamples)])
-    low, high = np.quantile(means, [0.025, 0.975])
-    return float(diff.mean()), float(low), float(high)
+    return interval(*bootstrap_draws({"": a}, {"": b}, resamples, seed))
 
 
 def split_bootstrap(
@@ -121,24 +112,43 @@ def split_bootstrap(
 ) -> tuple[float, float, float]:
     """As ``paired_bootstrap`` for the mean over several splits ({split: [seeds, images]}):
     each split is resampled on its own and the splits' means are averaged (mean OOD)."""
+    return interval(*bootstrap_draws(a, b, resamples))
+
+
+def bootstrap_draws(
+    a: Mapping[str, np.ndarray],
+    b: Mapping[str, np.ndarray],
+    resamples: int = BOOTSTRAP,
+    seed: int = 0,
+) -> tuple[float, np.ndarray]:
+    """The mean over splits of mean(a - b), and its value in each resample (the seeds drawn
+    once per resample, the images of each split on their own)."""
     names = sorted(a)
     if not names or sorted(b) != names:
         raise ValueError(f"splits differ: {sorted(a)} against {sorted(b)}")
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     seeds = a[names[0]].shape[0]
     s = rng.integers(0, seeds, size=(resamples, seeds))
     totals = np.zeros(resamples)
     point = 0.0
     for name in names:
-        if a[name].shape != b[name].shape or a[name].shape[0] != seeds:
-            raise ValueError(f"{name}: {a[name].shape} against {b[name].shape}")
+        if a[name].ndim != 2 or a[name].shape != b[name].shape or a[name].shape[0] != seeds:
+            raise ValueError(
+                f"{name or 'a'} {a[name].shape} and {b[name].shape} must be the same "
+                "[seeds, images]"
+            )
         diff = a[name].astype(float) - b[name].astype(float)
         point += diff.mean()
         i = rng.integers(0, diff.shape[1], size=(resamples, diff.shape[1]))
         totals += np.array([diff[s[r]][:, i[r]].mean() for r in range(resamples)])
     k = len(names)
-    low, high = np.quantile(totals / k, [0.025, 0.975])
-    return float(point / k), float(low), float(high)
+    return point / k, totals / k
+
+
+def interval(point: float, draws: np.ndarray) -> tuple[float, float, float]:
+    """The point and the 95% percentile interval of its bootstrap draws."""
+    low, high = np.quantile(draws, [0.025, 0.975])
+    return float(point), float(low), float(high)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,6 +174,8 @@ def _top1(run: Mapping[str, Any], alpha: float, split: str) -> float:
 def compare(base: Mapping[str, Any], other: Mapping[str, Any], method: str) -> dict[str, Any]:
     """``other`` - ``base`` per task for ``method``'s runs of the seeds both hold."""
     rows = []
+    # (where, id or ood) -> each task's (point, bootstrap draws): the mean over tasks
+    pooled: dict[tuple[str, str], list[tuple[float, np.ndarray]]] = {}
     for task, info in base["plan"]["tasks"].items():
         if task not in other["plan"]["tasks"]:
             continue
@@ -217,17 +229,45 @@ def compare(base: Mapping[str, Any], other: Mapping[str, Any], method: str) -> d
                 measured = float(np.mean([stack[name]["test"].mean()]))
                 if abs(measured - entry[name]["id"]) > 1e-6:
                     raise ValueError(f"{task} {where} {name}: per-image hits disagree with curve")
-            entry["diff_id"] = paired_bootstrap(stack["other"]["test"], stack["base"]["test"])
-            entry["diff_ood"] = split_bootstrap(
-                {sp: stack["other"][sp] for sp in ood}, {sp: stack["base"][sp] for sp in ood}
-            )
+            for key, splits in (("id", ["test"]), ("ood", ood)):
+                point, draws = bootstrap_draws(
+                    {sp: stack["other"][sp] for sp in splits},
+                    {sp: stack["base"][sp] for sp in splits},
+                )
+                entry[f"diff_{key}"] = interval(point, draws)
+                pooled.setdefault((where, key), []).append((point, draws))
             row[where] = entry
         row["concept_top1"] = {
             name: [(res[s].get("description_diagnostics") or {}).get("concept_top1") for s in seeds]
             for name, res in (("base", b_runs), ("other", a_runs))
         }
         rows.append(row)
+    if len(rows) > 1:
+        mean: dict[str, Any] = {"task": "mean over tasks", "seeds": rows[0]["seeds"]}
+        for where in ("selected", "alpha1"):
+            if where not in rows[0]:
+                continue
+            mean[where] = {
+                name: {k: float(np.mean([r[where][name][k] for r in rows])) for k in ("id", "ood")}
+                for name in ("base", "other")
+            }
+            for key in ("id", "ood"):
+                parts = pooled[(where, key)]
+                mean[where][f"diff_{key}"] = interval(
+                    float(np.mean([p for p, _ in parts])), np.mean([d for _, d in parts], axis=0)
+                )
+        mean["concept_top1"] = {
+            name: [float(np.mean([_first(r["concept_top1"][name]) for r in rows]))]
+            if all(_first(r["concept_top1"][name]) is not None for r in rows)
+            else [None]
+            for name in ("base", "other")
+        }
+        rows.append(mean)
     return {"base": _label(base), "other": _label(other), "method": method, "rows": rows}
+
+
+def _first(values: Sequence[float | None]) -> float | None:
+    return values[0] if values else None
 
 
 def _interval(d: Sequence[float]) -> str:
@@ -271,6 +311,7 @@ def markdown(comparison: Mapping[str, Any]) -> str:
         + "; ".join(
             f"{r['task']} {r['selected']['base']['alphas']}; {r['selected']['other']['alphas']}"
             for r in comparison["rows"]
+            if "alphas" in r["selected"]["base"]
         )
     )
     return "\n".join(lines) + "\n"

@@ -285,3 +285,43 @@ def test_per_image_hits_are_the_curves_figures_at_both_ends(tmp_path: Path) -> N
         for split, packed in hits[where].items():
             measured = sets.unpack(packed).mean()
             assert measured == pytest.approx(curve[alpha][split]["dual"]["top1"]), (where, split)
+
+
+def test_the_mean_over_tasks_averages_the_tasks_and_their_draws() -> None:
+    rng = np.random.default_rng(3)
+
+    def both(p: float) -> dict[int, dict[str, dict[str, np.ndarray]]]:
+        return {
+            s: {
+                w: {k: rng.random(200) < p for k in ("test", "ood_a", "ood_b")}
+                for w in ("selected", "alpha1")
+            }
+            for s in (0, 1, 2)
+        }
+
+    def two_tasks(label: str | None, t: Any, u: Any) -> Any:
+        results = _results(label, t)
+        extra = _results(label, u)
+        results["runs"] += [{**r, "task": "u"} for r in extra["runs"]]
+        results["plan"]["tasks"]["u"] = results["plan"]["tasks"]["t"]
+        return results
+
+    base_t, base_u, other_t, other_u = both(0.5), both(0.5), both(0.5), both(0.9)
+    result = sets.compare(
+        two_tasks(None, base_t, base_u), two_tasks("p", other_t, other_u), "drm-weight"
+    )
+    t, u, mean = result["rows"]
+    assert mean["task"] == "mean over tasks"
+    for where in ("selected", "alpha1"):
+        for key in ("id", "ood"):
+            point, low, high = mean[where][f"diff_{key}"]
+            assert point == pytest.approx(
+                (t[where][f"diff_{key}"][0] + u[where][f"diff_{key}"][0]) / 2
+            )
+            assert low < point < high
+            assert high - low < u[where][f"diff_{key}"][2] - u[where][f"diff_{key}"][1] + 0.05
+        assert mean[where]["other"]["id"] == pytest.approx(
+            (t[where]["other"]["id"] + u[where]["other"]["id"]) / 2
+        )
+    assert mean["concept_top1"] == {"base": [0.8], "other": [0.9]}
+    assert "| mean over tasks |" in sets.markdown(result)

@@ -76,6 +76,11 @@ class Plan:
     hparams: dict[str, Any] = field(default_factory=dict)
     zeroshot: bool = True  # evaluate the zero-shot model too (once per task)
     epochs: int | None = None  # overrides the tuned epochs (--long)
+    # --descriptions: {task: {class: [sentences]}} in place of each task's hand-written set,
+    # and the file they came from; runs then also keep per-image hits (bench.shift.descriptions).
+    descriptions: dict[str, dict[str, list[str]]] | None = None
+    descriptions_file: Path | None = None
+    per_image: bool = False
 
 
 def base_method(method: str) -> str:
@@ -117,7 +122,9 @@ def run_config(
     hparams: Mapping[str, Any],
     alphas: Sequence[float] | None = None,
     ood: bool = True,
+    descriptions: Path | None = None,
 ) -> RunConfig:
+    """``descriptions``: a set in place of the task's own ``descriptions.json``."""
     objective = {"name": "zeroshot"} if method == "zeroshot" else dict(METHODS[base_method(method)])
     if method != "zeroshot":
         keys = OBJECTIVE_KEYS if objective["name"] == "drm" else ("preset",)
@@ -129,12 +136,14 @@ def run_config(
             "objective": objective,
             "data": {
                 "path": str(manifest),
-                "descriptions": str(manifest.with_name("descriptions.json")),
+                "descriptions": str(descriptions or manifest.with_name("descriptions.json")),
                 "ood_splits": list(task.ood_splits) if ood else [],
                 # The images were just written by us; decoding all of them again is wasted time.
                 "check_images": False,
                 # bench/shift/diagnose.py measures p_c per group; the runs need no second pass.
-                "diagnose_descriptions": False,
+                # DRM's cached p_c gives the concept head's diagnostics at no cost: kept.
+                "diagnose_descriptions": objective["name"] == "drm"
+                and objective.get("pc_mode", "cached") == "cached",
             },
             "train": {
                 "epochs": hparams["epochs"],

@@ -9,6 +9,9 @@
                                            # p_c normalisation, per-step p_c, and what p_c says
                                            # about the images
     python -m bench.shift --arch ViT-B-16 --pretrained openai --device cuda   # real CLIP
+    python -m bench.shift --descriptions SETS.json  # another description set per task
+                                           # ({task: {class: [sentences]}}); compare two sets'
+                                           # runs with python -m bench.shift.descriptions
 
 Every run goes through ``models.pipeline.finetune``, the same code path as the CLI and the
 service, on datasets written as ordinary manifests (``robust_clip_offline.tasks``). Results go to
@@ -35,6 +38,7 @@ from typing import Any
 
 import torch
 
+from bench.shift import descriptions as description_sets
 from bench.shift import report
 from bench.shift.diagnose import core_prior_report
 from bench.shift.plan import (
@@ -52,9 +56,12 @@ from bench.shift.plan import (
     load_hparams,
     run_config,
 )
+from models.artifacts import FINETUNED, load_weights
 from models.backbone import OFFLINE_BACKBONE
+from models.data import ImageDataset, open_dataset
+from models.evaluation import image_features, scored_probs
 from models.json_values import stable_hash
-from models.pipeline import finetune, versions
+from models.pipeline import eval_splits, finetune, load_state, versions
 from robust_clip_offline.tasks import FORMAT as TASK_FORMAT
 from robust_clip_offline.tasks import FULL, QUICK, TASKS, Task, build_task
 
@@ -99,11 +106,28 @@ def run_one(
     """
     output_dir = plan.out / "artifacts" / f"{task.name}-{method}-s{seed}"
     alphas = (1.0,) if tuning else None
-    cfg = run_config(plan, task, manifest, method, seed, output_dir, hp, alphas, ood=not tuning)
+    cfg = run_config(
+        plan,
+        task,
+        manifest,
+        method,
+        seed,
+        output_dir,
+        hp,
+        alphas,
+        ood=not tuning,
+        descriptions=descriptions_path(plan, task),
+    )
     started = time.monotonic()
     result = finetune(cfg, note=log.debug)
     wall = time.monotonic() - started
     card = result.card
+    extra: dict[str, Any] = {}
+    if plan.per_image and not tuning:
+        extra["per_image"] = per_image_hits(result.artifact, cfg)
+    diagnostics = card.get("description_diagnostics")
+    if diagnostics is not None:
+        extra["description_diagnostics"] = diagnostics
     shutil.rmtree(output_dir, ignore_errors=True)  # ~100s of MB each; the numbers are kept
     training = card.get("training") or {}
     return {
@@ -119,7 +143,50 @@ def run_one(
         # The last step's loss terms (for DRM: erm, wrm and the mean p_c of the true class).
         "final_losses": training.get("final_losses"),
         "wall_s": round(wall, 1),
+        **extra,
     }
+
+
+def descriptions_path(plan: Plan, task: Task) -> Path | None:
+    """The task's set from --descriptions, written once into --out (None: the task's own)."""
+    if plan.descriptions is None:
+        return None
+    path = plan.out / "descriptions" / f"{task.name}.json"
+    text = json.dumps(plan.descriptions[task.name], indent=2) + "\n"
+    if not path.exists() or path.read_text(encoding="utf-8") != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    return path
+
+
+def per_image_hits(artifact: Any, cfg: Any) -> dict[str, dict[str, Any]]:
+    """Whether the served head is right on each image of ID test and the OOD splits, packed
+    (bench.shift.descriptions), at the selected alpha and, for a fine-tuned run, at alpha 1
+    (the artifact's other WiSE-FT end, read back before its folder is removed)."""
+    classifier = artifact.classifier
+    ds = open_dataset(cfg.data.path)
+    splits = {k: v for k, v in eval_splits(cfg, ds).items() if k != cfg.data.val_split}
+    transform = classifier.backbone.transform(train=False)
+
+    def hits() -> dict[str, Any]:
+        packed = {}
+        for name, samples in splits.items():
+            features, labels = image_features(
+                classifier, ImageDataset(samples, ds.classnames, transform)
+            )
+            probs = scored_probs(classifier, features.to(classifier.device), "dual", None).cpu()
+            packed[name] = description_sets.pack((probs.argmax(dim=1) == labels).numpy())
+        return packed
+
+    selected = float(artifact.card["wise"]["selected_alpha"])
+    out = {"selected": hits()}
+    finetuned = Path(cfg.output_dir) / FINETUNED
+    if selected == 1.0 or not finetuned.exists():
+        out["alpha1"] = out["selected"]
+    else:
+        load_state(classifier, load_weights(finetuned, classifier.device))
+        out["alpha1"] = hits()
+    return out
 
 
 def run_key(plan: Plan, task: str, method: str, seed: int, hp: Mapping[str, Any]) -> str:
@@ -135,6 +202,11 @@ def run_key(plan: Plan, task: str, method: str, seed: int, hp: Mapping[str, Any]
         "task_format": TASK_FORMAT,
         "run_format": RUN_FORMAT,
     }
+    # Keys of runs with the hand-written sets and no per-image hits stay as they were.
+    if plan.descriptions is not None:
+        what["descriptions"] = description_sets.set_digest(plan.descriptions[task])
+    if plan.per_image:
+        what["per_image"] = True
     return stable_hash(what)[:16]
 
 
@@ -197,6 +269,17 @@ def execute(plan: Plan) -> dict[str, Any]:
             "best_id_val: the best); hyperparameters: bench/shift/hparams.json, tuned on ID "
             "validation only",
             "epochs": plan.epochs,
+            # None: each task's hand-written descriptions.json.
+            "descriptions": None
+            if plan.descriptions is None
+            else {
+                "file": str(plan.descriptions_file),
+                "sets": {
+                    t.name: description_sets.set_digest(plan.descriptions[t.name])
+                    for t in plan.tasks
+                },
+            },
+            "per_image": plan.per_image,
         },
         "runs": runs,
         "wall_s": round(time.monotonic() - started, 1),
@@ -296,6 +379,20 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--out", default=None, type=Path, help="default runs/bench-shift")
     p.add_argument("--data-root", default="runs/bench-shift-data", type=Path)
     p.add_argument("--hparams", default=HPARAMS_FILE, type=Path, help="tuned hyperparameters")
+    p.add_argument(
+        "--descriptions",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="JSON {task: {class: [sentences]}}: concept descriptions in place of each task's "
+        "hand-written set (recorded in results.json's plan; implies --per-image)",
+    )
+    p.add_argument(
+        "--per-image",
+        action="store_true",
+        help="keep per-image hits of the served head (ID test, OOD; selected alpha and alpha 1) "
+        "for `python -m bench.shift.descriptions`",
+    )
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument(
         "--report",
@@ -332,8 +429,13 @@ def make_plan(args: argparse.Namespace) -> Plan:
     methods = args.methods or ",".join(ABLATIONS if args.ablate else METHODS)
     default_out = "runs/bench-shift-long" if args.long else "runs/bench-shift"
     out = args.out or Path("runs/bench-shift-ablation" if args.ablate else default_out)
+    tasks = tuple(TASKS[n] for n in _names(args.tasks, TASKS, "task"))
+    sets = None
+    if args.descriptions is not None:
+        classes = {t.name: list(t.descriptions) for t in tasks}
+        sets = description_sets.load_sets(args.descriptions, classes)
     return Plan(
-        tasks=tuple(TASKS[n] for n in _names(args.tasks, TASKS, "task")),
+        tasks=tasks,
         methods=_names(methods, known, "method"),
         seeds=seeds,
         sizes=QUICK if args.quick else FULL,
@@ -347,6 +449,9 @@ def make_plan(args: argparse.Namespace) -> Plan:
         hparams=load_hparams(args.hparams),
         zeroshot=not args.ablate,
         epochs=LONG_EPOCHS if args.long else None,
+        descriptions=sets,
+        descriptions_file=args.descriptions,
+        per_image=args.per_image or sets is not None,
     )
 
 

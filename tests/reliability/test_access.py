@@ -35,6 +35,9 @@ PREDICT_ONLY_ALLOWED = {
     ("POST", "/predict"): 422,
     ("POST", "/v2/models/x1/infer"): 400,  # the protocol's status for a malformed request
     ("POST", "/v2/models/x1/versions/x1/infer"): 400,
+    # Labels for the images a version served come from the application that asked for the
+    # predictions (it holds the predict key); they touch only the monitor's measured top-1.
+    ("POST", "/models/x1/versions/x1/feedback"): 422,
 }
 
 

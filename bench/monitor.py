@@ -55,6 +55,7 @@ import numpy as np
 from models.backbone import OFFLINE_BACKBONE
 from models.monitoring import Profile, judge_window
 from robust_clip_offline.tasks import TASKS, Sizes, build_task
+from tools.demo import settings_for as demo_settings
 from tools.processes import api_process, free_port, wait_ready, worker_process
 
 SIZES = (64, 256, 1024)
@@ -69,17 +70,13 @@ BOOTSTRAPS = 1000
 def settings_for(
     workdir: Path, api_key: str, monitor: bool = True, database: Path | None = None
 ) -> dict[str, str]:
-    """The bench's API and worker. The pass over the pools closes no window (and prunes no
+    """The bench's API and worker: the demo's local settings (``tools.demo.settings_for``) on
+    the CPU, with the monitor's. The pass over the pools closes no window (and prunes no
     image); the throughput runs (``database`` given) use the default window."""
     window = {} if database else {"RCS_MONITOR_WINDOW": "100000"}
     return {
-        "RCS_ENV": "local",
+        **demo_settings(workdir, api_key),
         "RCS_DATABASE_URL": f"sqlite:///{database or workdir / 'rcs.db'}",
-        "RCS_BROKER_URL": f"sqla+sqlite:///{workdir / 'broker.db'}",
-        "RCS_ARTIFACTS_URL": str(workdir / "artifacts"),
-        "RCS_WORK_DIR": str(workdir / "work"),
-        "RCS_ALLOWED_DATASET_ROOTS": str(workdir / "data"),
-        "RCS_BOOTSTRAP_API_KEY": api_key,
         "RCS_DEVICE": "cpu",
         "RCS_TORCH_THREADS": os.environ.get("RCS_TORCH_THREADS", "2"),
         "RCS_MONITOR": "true" if monitor else "false",

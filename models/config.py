@@ -27,10 +27,23 @@ PC_MODES = ("cached", "per_step")
 # prob: min-max over classes of the frozen model's concept-head probabilities (the paper, as a
 # reviewer describes it); affinity: min-max over raw cosine affinities (our first reading).
 PC_NORMS = ("prob", "affinity")
+# Which frozen head p_c is read from: concept (DRM: the core-feature descriptions) or default
+# (the template prompts: a control, DRM's soft reading becoming distillation towards zero-shot).
+PC_HEADS = ("concept", "default")
 WEIGHT_DECAY_ON = ("matrices", "all")
 AMP_MODES = ("auto", "none", "bf16", "fp16")
-SELECTION_RULES = ("tolerance", "best_id_val", "fixed")
-SELECTION_METRICS = ("top1", "macro_f1", "worst_group_acc")
+SELECTION_RULES = ("tolerance", "best_id_val", "fixed", "paired")
+SELECTION_METRICS = ("top1", "macro_f1", "worst_group_acc", "nll", "true_prob")
+# Continuous per-image metrics: the mean over images of the true class's -log p and p. They
+# have no binomial standard error, so the tolerance rule needs an explicit wise.tol with them.
+CONTINUOUS_METRICS = ("nll", "true_prob")
+LOWER_IS_BETTER = ("nll",)
+# The paired rule's choice among the alphas (and heads) whose ID-validation top-1 a paired test
+# cannot tell from the best's: the best NLL or mean true-class probability, or an end.
+TIE_BREAKS = ("nll", "true_prob", "largest", "smallest")
+# The heads a rule may choose to serve, and the dual-inference beta each is served with
+# (dual: head.beta; default: beta 1, exactly the default head; concept: beta 0).
+SERVED_HEADS = ("dual", "default", "concept")
 DEFAULT_ALPHAS = tuple(round(0.1 * i, 1) for i in range(11))
 
 # Named bundles of settings, expanded before a config is built. A preset fixes the keys it names
@@ -103,6 +116,9 @@ class ObjectiveConfig:
     pc_norm: str = "prob"
     # Multiplies the frozen model's logit scale inside p_c's softmax (pc_norm: prob only).
     pc_temperature: float = 1.0
+    # The frozen head p_c comes from (PC_HEADS); the WRM term's own prompts stay the concept
+    # descriptions either way.
+    pc_head: str = "concept"
     # FLYP treats same-class pairs off the diagonal as false negatives; masking removes them.
     mask_same_class: bool = True
     # A name from PRESETS, expanded into the other keys when the config is built (from_dict).
@@ -113,6 +129,7 @@ class ObjectiveConfig:
         _check_choice(self.wrm, WRM_READINGS, "objective.wrm")
         _check_choice(self.pc_mode, PC_MODES, "objective.pc_mode")
         _check_choice(self.pc_norm, PC_NORMS, "objective.pc_norm")
+        _check_choice(self.pc_head, PC_HEADS, "objective.pc_head")
         _check(self.lam >= 0.0, "objective.lam", f"must be >= 0, got {self.lam}")
         temperature = self.pc_temperature
         _check(temperature > 0.0, "objective.pc_temperature", f"must be > 0, got {temperature}")
@@ -146,6 +163,11 @@ KNOBS: dict[str, Knob] = {
         "multiplies the frozen model's logit scale inside p_c's softmax (pc_norm prob)",
         minimum=0.0,
         exclusive_minimum=True,
+    ),
+    "pc_head": Knob(
+        "the frozen head p_c is read from: concept (the descriptions, DRM) or default (the "
+        "template prompts: a control that makes soft a distillation towards zero-shot)",
+        PC_HEADS,
     ),
     "mask_same_class": Knob("drop same-class pairs from the contrastive loss's negatives"),
 }
@@ -254,13 +276,23 @@ class WiseConfig:
     # one-standard-error rule: differences smaller than the validation noise do not justify
     # moving further from the zero-shot model, the more robust end). best_id_val: the highest
     # ID-validation metric, ties to the smaller alpha. fixed: fixed_alpha whatever the curve says.
+    # paired: see tie_break. The service's default rule is this one line.
     selection: str = "tolerance"
     # None: one binomial standard error of the best point, sqrt(m (1 - m) / n) on the n
     # validation images (for macro-F1 and worst-group accuracy an approximation).
     tol: float | None = None
     fixed_alpha: float = 0.5
-    # What the rule maximises, read from the dual head on the validation split.
+    # What the rule maximises (nll: minimises), read from the served head on the validation
+    # split (tolerance, best_id_val; paired tests top-1 and breaks ties by tie_break).
     metric: str = "top1"
+    # paired (models.wiseft.select): among the alphas whose ID-validation top-1 a one-sided
+    # paired sign test on the same images does not find worse than the best's at level
+    # paired_level, the one tie_break prefers (see TIE_BREAKS).
+    tie_break: str = "nll"
+    paired_level: float = 0.05
+    # The heads the rule may serve, chosen with the alpha on validation by the same rule; ties
+    # go to the earlier one. ("dual",) serves dual inference at head.beta, as before.
+    heads: tuple[str, ...] = ("dual",)
 
     def __post_init__(self) -> None:
         _check(len(self.alphas) > 0, "wise.alphas", "must not be empty")
@@ -270,6 +302,27 @@ class WiseConfig:
         _check(0.0 <= self.fixed_alpha <= 1.0, "wise.fixed_alpha", "must lie in [0, 1]")
         _check(self.tol is None or self.tol >= 0.0, "wise.tol", f"must be >= 0, got {self.tol}")
         _check_choice(self.metric, SELECTION_METRICS, "wise.metric")
+        _check(
+            not (
+                self.selection == "tolerance"
+                and self.metric in CONTINUOUS_METRICS
+                and self.tol is None
+            ),
+            "wise.tol",
+            f"the tolerance rule on {self.metric!r} needs an explicit tol (no binomial error)",
+        )
+        _check(
+            self.selection != "paired" or self.metric == "top1",
+            "wise.metric",
+            "the paired rule tests top-1 (set tie_break to choose by nll or true_prob)",
+        )
+        _check_choice(self.tie_break, TIE_BREAKS, "wise.tie_break")
+        level = self.paired_level
+        _check(0.0 < level < 1.0, "wise.paired_level", f"must lie in (0, 1), got {level}")
+        _check(len(self.heads) > 0, "wise.heads", "must not be empty")
+        for h in self.heads:
+            _check_choice(h, SERVED_HEADS, "wise.heads")
+        _check(len(set(self.heads)) == len(self.heads), "wise.heads", "must not repeat a head")
 
 
 @dataclass(frozen=True)

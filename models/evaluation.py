@@ -12,11 +12,14 @@ from torch.utils.data import DataLoader
 from models.data import ImageDataset, Sample, Scoring
 from models.errors import Cancelled, ConfigError, DataError
 from models.heads import HEAD_NAMES, Classifier, blend
-from models.metrics import evaluate_probs
+from models.metrics import evaluate_probs, image_record
 
 EVAL_BATCH = 64
 # Asked between batches; True stops the evaluation (raises Cancelled). The caller decides why.
 ShouldStop = Callable[[], bool]
+# What a split's metrics keep per image (models.metrics.image_record), under each head's
+# "images": "hits" (right or not), "true_prob" (hits and the true class's probability).
+IMAGE_RECORDS = ("hits", "true_prob")
 
 
 def check_stop(should_stop: ShouldStop | None, where: str) -> None:
@@ -55,8 +58,12 @@ def evaluate_split(
     num_workers: int = 0,
     should_stop: ShouldStop | None = None,
     scoring: Scoring | None = None,
+    images: str | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Metrics per head (default, concept, dual) on one split, scored as ``scoring`` says."""
+    """Metrics per head (default, concept, dual) on one split, scored as ``scoring`` says;
+    ``images`` (from IMAGE_RECORDS) adds each head's per-image record as ``images``."""
+    if images is not None and images not in IMAGE_RECORDS:
+        raise ConfigError(f"images must be one of {list(IMAGE_RECORDS)}, got {images!r}")
     features, labels = image_features(
         classifier, dataset, num_workers=num_workers, should_stop=should_stop
     )
@@ -78,6 +85,8 @@ def evaluate_split(
             ignore_groups=rule.ignore_groups,
             macro_f1_over=rule.macro_f1_over,
         )
+        if images is not None:
+            results[head]["images"] = image_record(probs, labels, images == "true_prob")
     return results
 
 
@@ -121,15 +130,23 @@ def split_evaluator(
     num_workers: int = 0,
     should_stop: ShouldStop | None = None,
     scoring: Mapping[str, Scoring] | None = None,
+    images: Mapping[str, str] | None = None,
 ) -> Callable[[Classifier], dict[str, dict[str, Any]]]:
     """A function classifier -> {split: {head: metrics}} over fixed splits; ``should_stop``
-    is asked between batches; ``scoring`` gives the splits a benchmark scores its own way."""
+    is asked between batches; ``scoring`` gives the splits a benchmark scores its own way;
+    ``images`` ({split: "hits" or "true_prob"}) the splits whose per-image records are kept."""
     datasets = {name: ImageDataset(s, classnames, transform) for name, s in splits.items()}
 
     def evaluate(classifier: Classifier) -> dict[str, dict[str, Any]]:
         return {
             name: evaluate_split(
-                classifier, ds, heads, num_workers, should_stop, (scoring or {}).get(name)
+                classifier,
+                ds,
+                heads,
+                num_workers,
+                should_stop,
+                (scoring or {}).get(name),
+                (images or {}).get(name),
             )
             for name, ds in datasets.items()
         }

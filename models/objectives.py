@@ -147,6 +147,13 @@ class CorePrior:
         scale = float(classifier.clip.logit_scale.detach().exp())
         return {"scale": scale, "norm": cfg.pc_norm, "temperature": cfg.pc_temperature}
 
+    @staticmethod
+    def frozen_head(classifier: Classifier, cfg: ObjectiveConfig | None) -> Tensor:
+        """A copy of the head p_c is read from (``objective.pc_head``), as it is now."""
+        use_default = (cfg or ObjectiveConfig()).pc_head == "default"
+        head = classifier.default_head if use_default else classifier.concept_head
+        return head.detach().clone()
+
     def probabilities(self, features: Tensor) -> Tensor:
         head = self.concept_head.to(features.device)
         return core_probabilities(features, head, self.scale, self.norm, self.temperature)
@@ -156,7 +163,7 @@ class CorePrior:
         """Keep a frozen copy of the pre-trained image tower (call before training starts)."""
         visual: nn.Module = copy.deepcopy(classifier.clip.visual)
         visual.eval().requires_grad_(False)
-        head = classifier.concept_head.detach().clone()
+        head = cls.frozen_head(classifier, cfg)
         return cls(head, frozen_visual=visual, **cls._settings(classifier, cfg))
 
     @classmethod
@@ -168,7 +175,7 @@ class CorePrior:
         cfg: ObjectiveConfig | None = None,
     ) -> CorePrior:
         """Compute p_c once per training image, on un-augmented views (call before training)."""
-        head = classifier.concept_head.detach().clone()
+        head = cls.frozen_head(classifier, cfg)
         prior = cls(head, cache=torch.empty(0), **cls._settings(classifier, cfg))
         was_training = classifier.training
         classifier.eval()
@@ -270,7 +277,8 @@ class Drm:
     ``weight``: the contrastive loss with concept-description prompts, each sample weighted by
     p_c of its true class (averaged over the batch, so lambda keeps one scale).
     ``soft``: cross-entropy of the concept head's prediction against p_c renormalised to sum 1.
-    p_c is whatever the prior gives (``objective.pc_norm``: probabilities or affinities).
+    p_c is whatever the prior gives (``objective.pc_norm``: probabilities or affinities;
+    ``objective.pc_head``: the frozen concept head, or the frozen default head as a control).
     Both ERM and WRM prompts go through the text tower in one call, deduplicated.
     """
 
@@ -386,7 +394,15 @@ register_objective(
         label="DRM (dual risk minimisation)",
         needs_descriptions=True,
         needs_prior=True,
-        knobs=("wrm", "lam", "pc_mode", "pc_norm", "pc_temperature", "mask_same_class"),
+        knobs=(
+            "wrm",
+            "lam",
+            "pc_mode",
+            "pc_norm",
+            "pc_temperature",
+            "pc_head",
+            "mask_same_class",
+        ),
     )
 )
 

@@ -42,7 +42,7 @@ from models.objective_registry import objective_spec
 from models.objectives import CorePrior, build_objective
 from models.templates import resolve_templates
 from models.train import Callback, TrainResult, train
-from models.wiseft import CurvePoint, merge, select_alpha, sweep
+from models.wiseft import CurvePoint, merge, select, served_beta, sweep
 
 log = logging.getLogger(__name__)
 Note = Callable[[str], None]
@@ -54,6 +54,15 @@ class RunResult:
     card: dict[str, Any]
 
 
+# (section, key) of config fields added after checkpoints were first written (see run_key).
+ADDED_KEYS = (
+    ("wise", "tie_break"),
+    ("wise", "paired_level"),
+    ("wise", "heads"),
+    ("objective", "pc_head"),
+)
+
+
 def run_key(cfg: RunConfig) -> str:
     """What must match for a checkpoint to be continued: everything but where outputs go."""
     relevant = {k: v for k, v in to_dict(cfg).items() if k != "output_dir"}
@@ -61,6 +70,12 @@ def run_key(cfg: RunConfig) -> str:
     # Confinement changes which files may be read, not what is trained: jobs checkpointed
     # before it was set still resume.
     relevant["data"].pop("within", None)
+    # Keys added after checkpoints existed leave the key unchanged at their defaults, so a job
+    # checkpointed before they existed still resumes.
+    defaults = to_dict(RunConfig())
+    for section, key in ADDED_KEYS:
+        if relevant[section].get(key) == defaults[section][key]:
+            relevant[section].pop(key, None)
     return stable_hash(relevant)[:16]
 
 
@@ -99,6 +114,14 @@ def eval_splits(cfg: RunConfig, ds: DatasetSplits) -> dict[str, Sequence[Any]]:
         names.append("test")
     names += [s for s in cfg.data.ood_splits if s not in names]
     return {name: ds.split(name) for name in names}
+
+
+def image_records(cfg: RunConfig, ds: DatasetSplits, everything: bool) -> dict[str, str]:
+    """Which splits' evaluations keep per-image records (models.evaluation.IMAGE_RECORDS)."""
+    val = cfg.data.val_split
+    if everything:
+        return {name: "true_prob" if name == val else "hits" for name in eval_splits(cfg, ds)}
+    return {val: "hits"} if cfg.wise.selection == "paired" else {}
 
 
 def build_classifier(cfg: RunConfig, classnames: Sequence[str], descriptions: Any) -> Classifier:
@@ -183,7 +206,7 @@ def diagnose_descriptions(
     without descriptions (the concept head is then the bare class names) or when turned off."""
     if cfg.data.descriptions is None or not cfg.data.diagnose_descriptions:
         return None
-    if prior is not None and prior.cache is not None:
+    if prior is not None and prior.cache is not None and cfg.objective.pc_head == "concept":
         probs = prior.cache
     else:  # not DRM, or p_c per step: one pass of our own
         probs = frozen_concept_probs(cfg, classifier, train_set, classnames)
@@ -224,12 +247,16 @@ def finetune(
     checkpoint_dir: str | Path | None = None,
     note: Note | None = None,
     should_stop: Callable[[], bool] | None = None,
+    record_images: bool = False,
 ) -> RunResult:
     """Run ``cfg`` end to end and write the artifact to ``cfg.output_dir``.
 
     ``callback`` sees every training step and may stop training; ``should_stop`` is asked
     between evaluation batches and between WiSE-FT alphas, where no step runs (raises
-    Cancelled).
+    Cancelled). ``record_images`` keeps, in every evaluation's metrics (each head's
+    ``images``, models.metrics.image_record), per-image hits of every split and the true
+    class's probability on validation: what an offline study of the alpha rules needs
+    (bench/shift). The paired rule keeps the validation hits it needs in any case.
     """
     started = time.monotonic()
     say = note or log.info
@@ -242,6 +269,7 @@ def finetune(
         num_workers=cfg.data.num_workers,
         should_stop=should_stop,
         scoring=ds.scoring,
+        images=image_records(cfg, ds, record_images),
     )
     # Before the zero-shot evaluation: descriptions the guard refuses fail the run at once.
     train_split = ds.split(cfg.data.train_split)
@@ -258,7 +286,7 @@ def finetune(
     result: TrainResult | None = None
     curve: list[CurvePoint] = [CurvePoint(0.0, zeroshot_metrics)]
     finetuned_state = None
-    selected = 0.0
+    selected, selected_head = 0.0, cfg.wise.heads[0]
     if objective_spec(cfg.objective.name).trains:
         train_set = ImageDataset(ds.split(cfg.data.train_split), ds.classnames)
         result = train(
@@ -281,15 +309,23 @@ def finetune(
         )
         if 0.0 in cfg.wise.alphas:
             curve.insert(0, CurvePoint(0.0, zeroshot_metrics))
-        selected = select_alpha(curve, cfg.wise, split=cfg.data.val_split)
+        fixed = cfg.wise.fixed_alpha
+        if cfg.wise.selection == "fixed" and fixed not in {p.alpha for p in curve}:
+            # A fixed alpha off the swept grid: evaluated too (a rule over heads reads it).
+            load_state(classifier, merge(zeroshot_state, finetuned_state, fixed))
+            curve = sorted([*curve, CurvePoint(fixed, evaluate(classifier))], key=_alpha)
+        choice = select(curve, cfg.wise, split=cfg.data.val_split)
+        selected, selected_head = choice.alpha, choice.head
         load_state(classifier, merge(zeroshot_state, finetuned_state, selected))
-        if selected not in {p.alpha for p in curve}:  # a fixed alpha off the swept grid
-            curve = sorted([*curve, CurvePoint(selected, evaluate(classifier))], key=_alpha)
         for point in curve:
             say(f"alpha {point.alpha:.2f}: {summary(point.metrics)}")
-        say(f"selected alpha {selected} ({cfg.wise.selection})")
+        say(f"selected alpha {selected}, {selected_head} head ({cfg.wise.selection})")
+    # Every evaluation above scored dual inference at head.beta; from here on the classifier
+    # serves the chosen head (dual at head.beta unless wise.heads offers another).
+    classifier.beta = served_beta(selected_head, cfg.head.beta)
 
     card = run_card(cfg, ds, curve, selected, zeroshot_metrics, result, time.monotonic() - started)
+    card["wise"]["selected_head"] = selected_head
     card["description_diagnostics"] = diagnostics
     # Both WiSE-FT ends are kept: re-merging at another alpha is then exact anywhere.
     zeroshot_end = zeroshot_state if finetuned_state is not None else None

@@ -139,10 +139,22 @@ def bootstrap_draws(
             )
         diff = a[name].astype(float) - b[name].astype(float)
         point += diff.mean()
-        i = rng.integers(0, diff.shape[1], size=(resamples, diff.shape[1]))
-        totals += np.array([diff[s[r]][:, i[r]].mean() for r in range(resamples)])
+        images = diff.shape[1]
+        i = rng.integers(0, images, size=(resamples, images))
+        # The mean of diff[s[r]][:, i[r]] for every r at once: how often each seed and each
+        # image is drawn, weighted through diff.
+        seed_counts = _counts(s, seeds)
+        image_counts = _counts(i, images)
+        totals += np.einsum("rs,sn,rn->r", seed_counts, diff, image_counts) / (seeds * images)
     k = len(names)
     return point / k, totals / k
+
+
+def _counts(draws: np.ndarray, size: int) -> np.ndarray:
+    """[resamples, size]: how many times each index was drawn in each resample."""
+    counts = np.zeros((draws.shape[0], size))
+    np.add.at(counts, (np.arange(draws.shape[0])[:, None], draws), 1.0)
+    return counts
 
 
 def interval(point: float, draws: np.ndarray) -> tuple[float, float, float]:

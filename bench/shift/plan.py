@@ -22,13 +22,20 @@ METHODS: dict[str, dict[str, Any]] = {
     "flyp-paper": {"name": "flyp"},
     "drm-weight": {"name": "drm", "wrm": "weight"},
     "drm-soft": {"name": "drm", "wrm": "soft"},
+    # The control of issue 24: soft with the frozen *default* head as p_c's source, i.e.
+    # distillation towards zero-shot; its WRM prompts are still the concept descriptions.
+    "drm-soft-default": {"name": "drm", "wrm": "soft", "pc_head": "default"},
 }
+# A method run at another method's tuned values (its control is only fair at the same lr and
+# lambda): hparams.json is read under this name.
+TUNED_AS: dict[str, str] = {"drm-soft-default": "drm-soft"}
 # Settings of a method that are not tuned but are part of what a run depends on (and so of its
 # journal key): p_c's normalisation for DRM, FLYP as released (objective.preset) for flyp-paper.
 METHOD_SETTINGS: dict[str, dict[str, Any]] = {
     "flyp-paper": {"preset": "flyp-paper"},
     "drm-weight": {"pc_norm": "prob"},
     "drm-soft": {"pc_norm": "prob"},
+    "drm-soft-default": {"pc_norm": "prob"},
 }
 # hparams keys that go into the objective rather than the training loop.
 OBJECTIVE_KEYS = ("lam", "pc_mode", "pc_norm", "preset")
@@ -45,6 +52,9 @@ ABLATIONS: dict[str, tuple[str, dict[str, Any]]] = {
 HEADS = ("default", "concept", "dual")
 FULL_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 QUICK_ALPHAS = (0.0, 0.5, 1.0)
+# --fine-alphas: 0.05 steps (evaluation passes only; FULL_ALPHAS lie on it, so a study can read
+# both grids from one run).
+FINE_ALPHAS = tuple(round(0.05 * i, 2) for i in range(21))
 HPARAMS_FILE = Path(__file__).with_name("hparams.json")
 # Used where hparams.json has no tuned entry for a (backbone, task, method).
 DEFAULT_HPARAMS: dict[str, Any] = {
@@ -103,7 +113,11 @@ def hparams_for(plan: Plan, task: str, method: str) -> dict[str, Any]:
     """
     tuned = plan.hparams.get(backbone_key(plan.arch, plan.pretrained), {}).get(task, {})
     base = base_method(method)
-    values = {**DEFAULT_HPARAMS, **METHOD_SETTINGS.get(base, {}), **tuned.get(base, {})}
+    values = {
+        **DEFAULT_HPARAMS,
+        **METHOD_SETTINGS.get(base, {}),
+        **tuned.get(TUNED_AS.get(base, base), {}),
+    }
     values.update(ABLATIONS[method][1] if method in ABLATIONS else {})
     if plan.epochs is not None:
         values["epochs"] = plan.epochs
@@ -143,7 +157,8 @@ def run_config(
                 # bench/shift/diagnose.py measures p_c per group; the runs need no second pass.
                 # DRM's cached p_c gives the concept head's diagnostics at no cost: kept.
                 "diagnose_descriptions": objective["name"] == "drm"
-                and objective.get("pc_mode", "cached") == "cached",
+                and objective.get("pc_mode", "cached") == "cached"
+                and objective.get("pc_head", "concept") == "concept",
             },
             "train": {
                 "epochs": hparams["epochs"],

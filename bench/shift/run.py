@@ -39,10 +39,11 @@ from typing import Any
 import torch
 
 from bench.shift import descriptions as description_sets
-from bench.shift import report
+from bench.shift import records, report
 from bench.shift.diagnose import core_prior_report
 from bench.shift.plan import (
     ABLATIONS,
+    FINE_ALPHAS,
     FULL_ALPHAS,
     HEADS,
     HPARAMS_FILE,
@@ -56,20 +57,19 @@ from bench.shift.plan import (
     load_hparams,
     run_config,
 )
-from models.artifacts import FINETUNED, load_weights
 from models.backbone import OFFLINE_BACKBONE
-from models.data import ImageDataset, open_dataset
-from models.evaluation import image_features, scored_probs
 from models.json_values import stable_hash
-from models.pipeline import eval_splits, finetune, load_state, versions
+from models.pipeline import finetune, versions
 from robust_clip_offline.tasks import FORMAT as TASK_FORMAT
 from robust_clip_offline.tasks import FULL, QUICK, TASKS, Task, build_task
 
 # Every finished run is appended here (in --out) and reused by a later invocation.
 JOURNAL = "runs.jsonl"
 # Part of every run's key: bump it when a code change makes finished runs' figures stale, so a
-# journal written before is not reused (2: class heads encoded with the text tower in eval mode).
-RUN_FORMAT = 2
+# journal written before is not reused (2: class heads encoded with the text tower in eval mode;
+RUN_FORMAT = 3
+# 3: per-image records of every alpha, split and head (bench.shift.records); nll, true_prob and
+# ece in the curve's metrics.
 TUNE_LRS = (1e-5, 3e-5, 1e-4)
 TUNE_LAMS = LAMBDA_GRID
 # lr is tuned on this method and used by all (as papers compare methods at one lr per task);
@@ -83,8 +83,9 @@ log = logging.getLogger("bench.shift")
 
 
 def compact(metrics: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> dict[str, Any]:
-    """{split: {head: {top1, macro_f1, worst_group_acc}}}: what the report needs."""
-    keep = ("top1", "macro_f1", "worst_group_acc", "n")
+    """{split: {head: {top1, macro_f1, worst_group_acc, nll, true_prob, ece}}}: what the report
+    and the rule study need (the per-image records are kept apart: bench.shift.records)."""
+    keep = ("top1", "macro_f1", "worst_group_acc", "nll", "true_prob", "ece", "n")
     return {
         split: {head: {k: by_head[head].get(k) for k in keep} for head in HEADS if head in by_head}
         for split, by_head in metrics.items()
@@ -119,32 +120,35 @@ def run_one(
         descriptions=descriptions_path(plan, task),
     )
     started = time.monotonic()
-    result = finetune(cfg, note=log.debug)
+    result = finetune(cfg, note=log.debug, record_images=not tuning)
     wall = time.monotonic() - started
     card = result.card
+    curve, images = records.split_images(card["wise"]["curve"])
     extra: dict[str, Any] = {}
-    if plan.per_image and not tuning:
-        extra["per_image"] = per_image_hits(result.artifact, cfg)
+    if images is not None:
+        extra["images"] = images
     diagnostics = card.get("description_diagnostics")
     if diagnostics is not None:
         extra["description_diagnostics"] = diagnostics
     shutil.rmtree(output_dir, ignore_errors=True)  # ~100s of MB each; the numbers are kept
     training = card.get("training") or {}
-    return {
+    run: dict[str, Any] = {
         "task": task.name,
         "method": method,
         "seed": seed,
         "hparams": dict(hp),
         "selected_alpha": card["wise"]["selected_alpha"],
-        "curve": [
-            {"alpha": p["alpha"], "metrics": compact(p["metrics"])} for p in card["wise"]["curve"]
-        ],
+        "curve": [{"alpha": p["alpha"], "metrics": compact(p["metrics"])} for p in curve],
         "steps": training.get("steps"),
         # The last step's loss terms (for DRM: erm, wrm and the mean p_c of the true class).
         "final_losses": training.get("final_losses"),
         "wall_s": round(wall, 1),
         **extra,
     }
+    if images is not None:
+        # What bench.shift.descriptions compares: the served head at the selected alpha and 1.
+        run["per_image"] = records.served_hits(run)
+    return run
 
 
 def descriptions_path(plan: Plan, task: Task) -> Path | None:
@@ -157,36 +161,6 @@ def descriptions_path(plan: Plan, task: Task) -> Path | None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
     return path
-
-
-def per_image_hits(artifact: Any, cfg: Any) -> dict[str, dict[str, Any]]:
-    """Whether the served head is right on each image of ID test and the OOD splits, packed
-    (bench.shift.descriptions), at the selected alpha and, for a fine-tuned run, at alpha 1
-    (the artifact's other WiSE-FT end, read back before its folder is removed)."""
-    classifier = artifact.classifier
-    ds = open_dataset(cfg.data.path)
-    splits = {k: v for k, v in eval_splits(cfg, ds).items() if k != cfg.data.val_split}
-    transform = classifier.backbone.transform(train=False)
-
-    def hits() -> dict[str, Any]:
-        packed = {}
-        for name, samples in splits.items():
-            features, labels = image_features(
-                classifier, ImageDataset(samples, ds.classnames, transform)
-            )
-            probs = scored_probs(classifier, features.to(classifier.device), "dual", None).cpu()
-            packed[name] = description_sets.pack((probs.argmax(dim=1) == labels).numpy())
-        return packed
-
-    selected = float(artifact.card["wise"]["selected_alpha"])
-    out = {"selected": hits()}
-    finetuned = Path(cfg.output_dir) / FINETUNED
-    if selected == 1.0 or not finetuned.exists():
-        out["alpha1"] = out["selected"]
-    else:
-        load_state(classifier, load_weights(finetuned, classifier.device))
-        out["alpha1"] = hits()
-    return out
 
 
 def run_key(plan: Plan, task: str, method: str, seed: int, hp: Mapping[str, Any]) -> str:
@@ -202,11 +176,9 @@ def run_key(plan: Plan, task: str, method: str, seed: int, hp: Mapping[str, Any]
         "task_format": TASK_FORMAT,
         "run_format": RUN_FORMAT,
     }
-    # Keys of runs with the hand-written sets and no per-image hits stay as they were.
+    # Keys of runs with the hand-written sets stay as they were.
     if plan.descriptions is not None:
         what["descriptions"] = description_sets.set_digest(plan.descriptions[task])
-    if plan.per_image:
-        what["per_image"] = True
     return stable_hash(what)[:16]
 
 
@@ -390,8 +362,14 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--per-image",
         action="store_true",
-        help="keep per-image hits of the served head (ID test, OOD; selected alpha and alpha 1) "
-        "for `python -m bench.shift.descriptions`",
+        help="accepted for recorded commands: every run now keeps per-image records of every "
+        "alpha, split and head (bench/shift/records.py)",
+    )
+    p.add_argument(
+        "--fine-alphas",
+        action="store_true",
+        help="WiSE-FT alphas in 0.05 steps (21 evaluation passes instead of 5; the 0.25 grid "
+        "lies on it, so the rule study reads both grids from these runs)",
     )
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument(
@@ -439,7 +417,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         methods=_names(methods, known, "method"),
         seeds=seeds,
         sizes=QUICK if args.quick else FULL,
-        alphas=QUICK_ALPHAS if args.quick else FULL_ALPHAS,
+        alphas=FINE_ALPHAS if args.fine_alphas else QUICK_ALPHAS if args.quick else FULL_ALPHAS,
         arch=args.arch,
         pretrained=args.pretrained,
         device=args.device,
@@ -451,7 +429,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
         epochs=LONG_EPOCHS if args.long else None,
         descriptions=sets,
         descriptions_file=args.descriptions,
-        per_image=args.per_image or sets is not None,
+        # RUN_FORMAT 3: every run keeps its per-image records (the served head's hits too).
+        per_image=True,
     )
 
 
@@ -473,7 +452,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     if args.report:
         plan.out.mkdir(parents=True, exist_ok=True)
-        write_report(report.merge([json.loads(p.read_text()) for p in args.report]), plan.out)
+        write_report(report.merge([records.load_results(p) for p in args.report]), plan.out)
         return 0
     if plan.arch == OFFLINE_BACKBONE:
         from robust_clip_offline.build import ensure_offline_backbone
@@ -493,6 +472,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(diagnostics)
     results = execute(plan)
     (plan.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    records.write_results(results, plan.out / "results.json.gz")
     write_report(results, plan.out)
     return 0
 

@@ -12,7 +12,9 @@ import pytest
 from bench.shift import descriptions as sets
 from bench.shift.plan import run_config
 from bench.shift.run import make_plan, parse, run_key
+from models.config import WiseConfig
 from models.pipeline import finetune
+from models.wiseft import select
 from robust_clip_offline.tasks import TASKS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -81,7 +83,7 @@ def test_runs_use_the_given_set_and_their_keys_and_plan_name_it(
     args = ["--tasks", "digits-natural", "--methods", "drm-weight", "--seeds", "0"]
     own = make_plan(parse([*args, "--out", str(tmp_path / "own")]))
     other = make_plan(parse([*args, "--out", str(tmp_path / "o"), "--descriptions", str(file)]))
-    assert own.descriptions is None and not own.per_image
+    assert own.descriptions is None and own.per_image  # RUN_FORMAT 3: every run keeps them
     assert other.per_image and other.descriptions == _sets_for("digits-natural")
 
     task, manifest = TASKS["digits-natural"], tmp_path / "data" / "manifest.csv"
@@ -95,8 +97,7 @@ def test_runs_use_the_given_set_and_their_keys_and_plan_name_it(
     default = run_config(own, task, manifest, "drm-weight", 0, tmp_path, hp)
     assert default.data.descriptions == str(manifest.with_name("descriptions.json"))
     assert bench_run.descriptions_path(own, task) is None
-    # A run of another set (or keeping per-image hits) is another run; the hand-written runs
-    # without per-image hits keep the keys their journals hold.
+    # A run of another set is another run.
     keys = {run_key(p, task.name, "drm-weight", 0, hp) for p in (own, other)}
     assert len(keys) == 2
     changed = _sets_for("digits-natural")
@@ -251,12 +252,16 @@ def test_the_comparison_reads_both_alphas_pairs_images_and_says_when_nothing_dif
         sets.main([str(b), str(b), "--method", "flyp", "--out", str(tmp_path / "out")])
 
 
-def test_per_image_hits_are_the_curves_figures_at_both_ends(tmp_path: Path) -> None:
-    # A real (tiny, random-weight) model, 2 steps: the hits must reproduce the card's top-1 at
-    # the selected alpha and at alpha 1, read back from the artifact before it is removed.
-    from bench.shift.run import per_image_hits
+def test_per_image_records_are_the_curves_figures_at_every_alpha_and_head(
+    tmp_path: Path,
+) -> None:
+    # A real (tiny, random-weight) model, 2 steps: the records the evaluation keeps must
+    # reproduce the card's top-1 (every split) and true_prob and NLL (validation) at every alpha
+    # and head, and the served head's hits at the selected alpha and alpha 1.
+    from bench.shift import records
     from models.config import load_run_config
     from models.data.synthetic import write_shapes_dataset
+    from models.metrics import NLL_FLOOR, unpack_true_prob
 
     root = write_shapes_dataset(tmp_path / "shapes", per_class=6, size=32)
     cfg = load_run_config(
@@ -276,15 +281,39 @@ def test_per_image_hits_are_the_curves_figures_at_both_ends(tmp_path: Path) -> N
             f"output_dir={tmp_path / 'out'}",
         ],
     )
-    result = finetune(cfg)
-    hits = per_image_hits(result.artifact, cfg)
-    curve = {p["alpha"]: p["metrics"] for p in result.card["wise"]["curve"]}
-    assert set(hits) == {"selected", "alpha1"}
+    result = finetune(cfg, record_images=True)
+    curve, images = records.split_images(result.card["wise"]["curve"])
+    assert images is not None and images["alphas"] == [0.0, 0.5, 1.0]
+    assert set(images["splits"]) == {"val", "test", "ood_test"}
+    assert all("images" not in m for p in curve for s in p["metrics"].values() for m in s.values())
+    run = {"task": "t", "method": "drm", "seed": 0, "curve": curve, "images": images}
+    run["selected_alpha"] = result.card["wise"]["selected_alpha"]
+    for p in curve:
+        for split, by_head in p["metrics"].items():
+            for head, m in by_head.items():
+                record = records.record_at(run, p["alpha"], split, head)
+                assert records.hits_at(run, p["alpha"], split, head).mean() == pytest.approx(
+                    m["top1"]
+                )
+                assert ("true_prob" in record) == (split == "val")
+                if split == "val":
+                    probs = unpack_true_prob(record)
+                    assert probs.mean() == pytest.approx(m["true_prob"], abs=2e-3)
+                    nll = -np.log(np.maximum(probs, NLL_FLOOR)).mean()
+                    assert nll == pytest.approx(m["nll"], abs=5e-3)
+    served = records.served_hits(run)
+    by_alpha = {p["alpha"]: p["metrics"] for p in curve}
     for where, alpha in (("selected", 0.5), ("alpha1", 1.0)):
-        assert set(hits[where]) == {"test", "ood_test"}
-        for split, packed in hits[where].items():
-            measured = sets.unpack(packed).mean()
-            assert measured == pytest.approx(curve[alpha][split]["dual"]["top1"]), (where, split)
+        assert set(served[where]) == {"test", "ood_test"}
+        for split, packed in served[where].items():
+            assert sets.unpack(packed).mean() == pytest.approx(
+                by_alpha[alpha][split]["dual"]["top1"]
+            )
+    # and the rules read them back exactly as the pipeline did
+    points = records.curve_points(run)
+    assert [p.alpha for p in points] == [0.0, 0.5, 1.0]
+    assert select(points, WiseConfig(selection="paired")).alpha in (0.0, 0.5, 1.0)
+    assert [p.alpha for p in records.curve_points(run, (0.0, 1.0))] == [0.0, 1.0]
 
 
 def test_the_mean_over_tasks_averages_the_tasks_and_their_draws() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -10,7 +11,14 @@ import torch
 from sklearn.metrics import accuracy_score, f1_score
 
 from models.errors import DataError
-from models.metrics import evaluate_probs, expected_calibration_error, macro_f1
+from models.metrics import (
+    evaluate_probs,
+    expected_calibration_error,
+    image_record,
+    macro_f1,
+    unpack_hits,
+    unpack_true_prob,
+)
 
 
 def two_class(confidences: list[float], correct: list[bool]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -136,3 +144,26 @@ def test_worst_region_ignores_other_by_hand() -> None:
     wilds = evaluate_probs(probs, labels, ["x", "y"], groups, ignore_groups={"Other"})
     assert kept["worst_group_acc"] == 0.0 and wilds["worst_group_acc"] == 0.5
     assert wilds["group_acc"] == {"Africa": 0.5, "Europe": 1.0, "Other": 0.0}
+
+
+def test_true_prob_is_the_mean_probability_of_the_true_class() -> None:
+    probs = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.6, 0.3], [0.5, 0.25, 0.25]])
+    labels = torch.tensor([0, 2, 1])
+    out = evaluate_probs(probs, labels, ["a", "b", "c"])
+    assert out["true_prob"] == pytest.approx((0.7 + 0.3 + 0.25) / 3)
+    assert out["nll"] == pytest.approx(-(math.log(0.7) + math.log(0.3) + math.log(0.25)) / 3)
+
+
+def test_image_record_round_trips_hits_and_true_class_probabilities() -> None:
+    gen = torch.Generator().manual_seed(0)
+    probs = torch.rand(301, 4, generator=gen).softmax(dim=1)
+    labels = torch.randint(0, 4, (301,), generator=gen)
+    record = image_record(probs, labels, true_prob=True)
+    assert record["n"] == 301 and len(record["hits"]) == 2 * 38
+    hits = unpack_hits(record)
+    assert hits.tolist() == (probs.argmax(dim=1) == labels).tolist()
+    picked = probs.gather(1, labels[:, None]).squeeze(1).double().numpy()
+    np.testing.assert_allclose(unpack_true_prob(record), picked, rtol=1e-3)
+    assert "true_prob" not in image_record(probs, labels)
+    with pytest.raises(DataError):
+        unpack_hits({"n": 320, "hits": record["hits"]})

@@ -230,3 +230,50 @@ def test_models_list_prints_the_registry(capsys: pytest.CaptureFixture[str]) -> 
     assert lines[1 : 1 + len(OBJECTIVES)] == [
         f"  {name:9s} {spec.description}" for name, spec in OBJECTIVES.items()
     ]
+
+
+def test_pc_head_default_reads_p_c_from_the_frozen_default_head(classifier: Classifier) -> None:
+    batch = _batch(n=6)
+    assert not torch.allclose(classifier.default_head, classifier.concept_head)
+    features = classifier.image_features(batch.images)
+    scale = float(classifier.clip.logit_scale.detach().exp())
+    for head in ("concept", "default"):
+        cfg = ObjectiveConfig(name="drm", wrm="soft", pc_head=head)
+        rows = classifier.default_head if head == "default" else classifier.concept_head
+        expected = core_probabilities(features, rows, scale=scale, norm="prob").detach()
+        torch.testing.assert_close(CorePrior.per_step(classifier, cfg)(batch), expected)
+        loader = [(batch.images, batch.labels, batch.indices)]
+        cached = CorePrior.cached(classifier, loader, cfg)
+        torch.testing.assert_close(cached(batch), expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ConfigError, match="pc_head"):
+        ObjectiveConfig(pc_head="dual")
+
+
+def test_soft_with_the_default_head_target_differs_and_trains_like_soft(
+    classifier: Classifier,
+) -> None:
+    encoder = DualEncoder(classifier)
+    batch = _batch()
+    parts, grads = {}, {}
+    for head in ("concept", "default"):
+        cfg = ObjectiveConfig(name="drm", wrm="soft", pc_head=head)
+        drm = build_objective(cfg, classifier, 0, CorePrior.per_step(classifier, cfg))
+        classifier.zero_grad()
+        parts[head] = drm(encoder, batch, step=0)
+        parts[head]["loss"].backward()
+        grads[head] = {
+            n: p.grad.clone()
+            for n, p in classifier.named_parameters()
+            if p.requires_grad and p.grad is not None
+        }
+    # the same ERM, another target: another WRM
+    torch.testing.assert_close(parts["concept"]["erm"], parts["default"]["erm"])
+    assert not torch.isclose(parts["concept"]["wrm"], parts["default"]["wrm"])
+    # gradients reach the same parameters (both towers), finite, and differ
+    assert set(grads["default"]) == set(grads["concept"])
+    assert any("visual" in n for n in grads["default"])
+    assert any("visual" not in n for n in grads["default"])
+    assert all(torch.isfinite(g).all() for g in grads["default"].values())
+    assert any(
+        not torch.allclose(grads["default"][n], grads["concept"][n]) for n in grads["default"]
+    )

@@ -168,3 +168,26 @@ def test_should_stop_is_asked_between_wise_ft_alphas(shapes_root: Path, tmp_path
             should_stop=lambda: trained["done"],
         )
     assert trained["done"]
+
+
+@pytest.mark.parametrize("heads", ["[default, dual]", "[default]"])
+def test_the_paired_rule_chooses_alpha_and_head_and_the_artifact_serves_that_head(
+    shapes_root: Path, tmp_path: Path, heads: str
+) -> None:
+    overrides = _overrides(shapes_root, tmp_path / "m", "flyp")
+    overrides += ["wise.selection=paired", f"wise.heads={heads}", "head.beta=0.5"]
+    result = finetune(load_run_config(None, overrides))
+    wise = result.card["wise"]
+    head = wise["selected_head"]
+    assert head in ("default", "dual") if "dual" in heads else head == "default"
+    # the rule kept the per-image validation hits it needs, and nothing else
+    for point in wise["curve"]:
+        assert set(point["metrics"]["val"][head]["images"]) == {"n", "hits"}
+        assert all("images" not in m for m in point["metrics"]["test"].values())
+    assert result.card["beta"] == (1.0 if head == "default" else 0.5)
+    loaded = load_artifact(tmp_path / "m", verify=True)
+    assert loaded.classifier.beta == result.card["beta"]
+    # the served output is the chosen head's at the selected alpha
+    images = torch.randn(3, 3, 32, 32)
+    classifier = loaded.classifier.eval()
+    torch.testing.assert_close(classifier(images), classifier(images, head=head))

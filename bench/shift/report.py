@@ -12,6 +12,9 @@ from models.wiseft import CurvePoint, select_alpha
 
 SERVED_HEAD = "dual"  # what the product serves; every fine-tuned number below uses it
 ZEROSHOT_HEADS = ("default", "concept", "dual")
+# The heads every fine-tuned method is read on in results.md: the served one, and the default
+# head (FLYP's paper evaluates FLYP on it; issue 24).
+READ_HEADS = (SERVED_HEAD, "default")
 # WiSE-FT's alpha, chosen on ID validation by each rule (models.wiseft.select_alpha) from the
 # stored curve: the row suffix names the rule.
 POLICIES = {"tolerance": "+ WiSE-FT (tolerance)", "best_id_val": "+ WiSE-FT (best ID val)"}
@@ -32,10 +35,10 @@ def ood_splits(metrics: Mapping[str, Any]) -> list[str]:
     return [s for s in metrics if s.startswith("ood")]
 
 
-def selected_alpha(run: Mapping[str, Any], policy: str) -> float:
-    """The alpha ``policy`` picks from the run's curve, on ID validation only."""
+def selected_alpha(run: Mapping[str, Any], policy: str, head: str = SERVED_HEAD) -> float:
+    """The alpha ``policy`` picks from the run's curve for ``head``, on ID validation only."""
     curve = [CurvePoint(p["alpha"], p["metrics"]) for p in run["curve"]]
-    return select_alpha(curve, WiseConfig(selection=policy), split="val", head=SERVED_HEAD)
+    return select_alpha(curve, WiseConfig(selection=policy), split="val", head=head)
 
 
 def worst_groups(metrics: Mapping[str, Any], head: str = SERVED_HEAD) -> dict[str, float]:
@@ -123,8 +126,12 @@ def fmt(values: Sequence[float]) -> str:
     return f"{mean:.3f}" if len(values) == 1 else f"{mean:.3f} ± {std:.3f}"
 
 
-def rows_for_task(runs: Sequence[Mapping[str, Any]], task: str) -> list[dict[str, Any]]:
-    """Table rows: zero-shot per head, then per method its endpoint and its WiSE-FT pick."""
+def rows_for_task(
+    runs: Sequence[Mapping[str, Any]], task: str, heads: Sequence[str] = (SERVED_HEAD,)
+) -> list[dict[str, Any]]:
+    """Table rows: zero-shot per head, then per method its endpoint and its WiSE-FT pick, read
+    on each of ``heads`` (another head than the served one: its name in the row, and the
+    rules choose alpha on that head's validation top-1)."""
     mine = [r for r in runs if r["task"] == task]
     rows: list[dict[str, Any]] = []
     for run in (r for r in mine if r["method"] == "zeroshot"):
@@ -133,11 +140,13 @@ def rows_for_task(runs: Sequence[Mapping[str, Any]], task: str) -> list[dict[str
             rows.append(_row(f"zero-shot ({head})", [metrics], None, head))
     for method in _ordered(r["method"] for r in mine if r["method"] != "zeroshot"):
         seeds = [r for r in mine if r["method"] == method]
-        rows.append(_row(method, [point(r, 1.0) for r in seeds], [1.0] * len(seeds)))
-        for policy, suffix in POLICIES.items():
-            alphas = [selected_alpha(r, policy) for r in seeds]
-            picks = [point(r, a) for r, a in zip(seeds, alphas, strict=True)]
-            rows.append(_row(f"{method} {suffix}", picks, alphas))
+        for head in heads:
+            name = method if head == SERVED_HEAD else f"{method} ({head} head)"
+            rows.append(_row(name, [point(r, 1.0) for r in seeds], [1.0] * len(seeds), head))
+            for policy, suffix in POLICIES.items():
+                alphas = [selected_alpha(r, policy, head) for r in seeds]
+                picks = [point(r, a) for r, a in zip(seeds, alphas, strict=True)]
+                rows.append(_row(f"{name} {suffix}", picks, alphas, head))
     return rows
 
 
@@ -178,7 +187,9 @@ def markdown(results: Mapping[str, Any]) -> str:
         f"Backbone `{plan['backbone']}`, seeds {plan['seeds']}, WiSE-FT alphas {plan['alphas']}, "
         f"{'quick' if plan['quick'] else 'full'} run, {results['wall_s'] / 60:.1f} min on "
         f"{results['machine']['cuda'] or 'CPU'}{side_by_side} ({results['created_at']}).",
-        "Top-1 of the served (dual) head unless the row names another head; mean ± std over "
+        "Top-1 of the served (dual) head unless the row names another head (a method's "
+        "`(default head)` rows: its own default head, alpha chosen on that head's validation "
+        "top-1); mean ± std over "
         "seeds; zero-shot is deterministic (one evaluation). `+ WiSE-FT (tolerance)`: each "
         "seed's alpha is the smallest within one binomial standard error of the best ID "
         "validation top-1; `+ WiSE-FT (best ID val)`: the best (ties to the smaller alpha). "
@@ -187,7 +198,7 @@ def markdown(results: Mapping[str, Any]) -> str:
         "",
     ]
     for task, info in plan["tasks"].items():
-        rows = rows_for_task(results["runs"], task)
+        rows = rows_for_task(results["runs"], task, READ_HEADS)
         if not rows:
             continue
         oods = info["ood_splits"]

@@ -17,8 +17,16 @@ from PIL import Image
 
 from bench.shift import report
 from bench.shift.diagnose import core_prior_stats, markdown
-from bench.shift.plan import ABLATIONS, LAMBDA_GRID, LONG_EPOCHS, hparams_for, run_config
-from bench.shift.run import main, make_plan, parse
+from bench.shift.plan import (
+    ABLATIONS,
+    FINE_ALPHAS,
+    FULL_ALPHAS,
+    LAMBDA_GRID,
+    LONG_EPOCHS,
+    hparams_for,
+    run_config,
+)
+from bench.shift.run import main, make_plan, parse, run_key
 from models.config import to_dict
 from models.data import open_dataset
 from robust_clip_offline.data import FASHION_CLASSNAMES, RESERVED, load_source, within_class_rank
@@ -187,6 +195,40 @@ def test_flyp_paper_and_long_runs_configure_what_they_say(tmp_path: Path) -> Non
     assert hparams_for(plan, task.name, "drm-soft")["pc_norm"] == "prob"
     with pytest.raises(SystemExit, match="--long"):
         main(["--long", "--tune"])
+
+
+def test_the_default_head_control_and_ce_run_long_at_the_values_they_are_compared_at(
+    tmp_path: Path,
+) -> None:
+    hparams = tmp_path / "hparams.json"
+    tuned = {"fashion-spurious": {"drm-soft": {"lr": 1e-4, "lam": 0.5}, "ce": {"lr": 3e-5}}}
+    hparams.write_text(json.dumps({"offline-lite0-minilm": tuned}))
+    plan = make_plan(
+        parse(["--long", "--fine-alphas", "--hparams", str(hparams), "--out", str(tmp_path)])
+    )
+    assert "drm-soft-default" in plan.methods and "ce" in plan.methods
+    assert (
+        plan.alphas == FINE_ALPHAS
+        and len(plan.alphas) == 21
+        and set(FULL_ALPHAS) <= set(plan.alphas)
+    )
+    task = TASKS["fashion-spurious"]
+
+    def config(method: str) -> dict[str, Any]:
+        hp = hparams_for(plan, task.name, method)
+        return to_dict(run_config(plan, task, tmp_path / "m.csv", method, 0, tmp_path, hp))
+
+    control, soft, ce = config("drm-soft-default"), config("drm-soft"), config("ce")
+    # the control differs from drm-soft in p_c's head only, at drm-soft's tuned values
+    assert control["objective"] == {**soft["objective"], "pc_head": "default"}
+    assert control["train"] == soft["train"] and control["train"]["lr"] == 1e-4
+    assert control["train"]["epochs"] == ce["train"]["epochs"] == LONG_EPOCHS
+    assert ce["objective"]["name"] == "ce" and ce["train"]["lr"] == 3e-5
+    # its p_c is not the concept head: no description diagnostics read from it
+    assert soft["data"]["diagnose_descriptions"] and not control["data"]["diagnose_descriptions"]
+    assert run_key(
+        plan, task.name, "drm-soft-default", 0, hparams_for(plan, task.name, "drm-soft-default")
+    ) != run_key(plan, task.name, "drm-soft", 0, hparams_for(plan, task.name, "drm-soft"))
 
 
 def test_ablation_variants_change_only_their_own_settings(tmp_path: Path) -> None:

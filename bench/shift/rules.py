@@ -60,6 +60,7 @@ HEAD_CHOICES: dict[str, tuple[str, ...]] = {
     "dual|default": ("dual", "default"),
 }
 REFERENCE = "tolerance / 0.25 / dual"
+LENGTH = " @"
 # Equal ID: a reading is admissible when its mean ID test top-1 (over tasks and methods) lies
 # within this of the highest among the readings; the criterion then takes the admissible
 # reading with the highest mean OOD top-1 (OOD chooses among rules here, in the study, never
@@ -203,8 +204,9 @@ def study(
                 d = difference(mine[key], ref[key], ood[task], resamples)
                 for k in ("id", "ood"):
                     parts[k].append(d[k])
-                if method != baseline and (task, baseline) in mine:
-                    d = difference(mine[key], mine[(task, baseline)], ood[task], resamples)
+                base = baseline_of(method, baseline)
+                if method != base and (task, base) in mine:
+                    d = difference(mine[key], mine[(task, base)], ood[task], resamples)
                     entry["vs_baseline"][f"{task}/{method}"] = {k: interval(*d[k]) for k in d}
                     for k in ("id", "ood"):
                         base_parts.setdefault(method, {"id": [], "ood": []})[k].append(d[k])
@@ -231,6 +233,22 @@ def study(
         "chosen": choose({n: (e["mean_id"], e["mean_ood"]) for n, e in table.items()}),
         "held_out": held_out(table, tasks, methods),
     }
+
+
+def by_length(results: Mapping[str, Any]) -> dict[str, Any]:
+    """Runs of a ``--long`` file are named ``method @10ep``: the same method at two lengths
+    is two sets of curves (``report.merge`` keeps one run per task, method and seed), and
+    each is compared with the baseline of its own length."""
+    epochs = results["plan"].get("epochs")
+    if epochs is None:
+        return dict(results)
+    runs = [{**r, "method": f"{r['method']}{LENGTH}{epochs}ep"} for r in results["runs"]]
+    return {**results, "runs": runs}
+
+
+def baseline_of(method: str, baseline: str) -> str:
+    """The baseline run at ``method``'s length."""
+    return baseline + (method[method.index(LENGTH) :] if LENGTH in method else "")
 
 
 def choose(scores: Mapping[str, tuple[float, float]]) -> str:
@@ -318,10 +336,11 @@ def markdown(s: Mapping[str, Any], command: str) -> str:
         )
     lines += [
         "",
-        f"Each method against `{s['baseline']}` under the same reading, mean over tasks:",
+        f"Each method against `{s['baseline']}` of the same length under the same reading, "
+        "mean over tasks (`@10ep`: the `--long` runs):",
         "",
     ]
-    others = [m for m in s["methods"] if m != s["baseline"]]
+    others = [m for m in s["methods"] if m != baseline_of(m, s["baseline"])]
     header = ["reading", *(f"{m}: ID / OOD - {s['baseline']}" for m in others)]
     lines += ["| " + " | ".join(header) + " |", "| " + " | ".join(["---"] * len(header)) + " |"]
     for name, e in table.items():
@@ -383,7 +402,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.resamples < 100:
         raise SystemExit("--resamples must be at least 100 for a 95% interval")
-    results = merge([records.load_results(f) for f in args.results])
+    results = merge([by_length(records.load_results(f)) for f in args.results])
     result = study(results, args.baseline, args.resamples)
     command = "python -m bench.shift.rules " + " ".join(
         [

@@ -131,3 +131,22 @@ def test_runs_without_records_and_bad_files_are_refused(tmp_path: Path) -> None:
         records.load_results(bad)
     with pytest.raises(SystemExit, match="at least 100"):
         rules.main([str(bad), "--out", str(tmp_path), "--resamples", "10"])
+
+
+def test_long_runs_are_their_own_curves_compared_with_the_baseline_of_their_length(
+    tmp_path: Path,
+) -> None:
+    short = _results()
+    long = {**_results(), "plan": {**_results()["plan"], "epochs": 10}}
+    paths = []
+    for name, results in (("short", short), ("long", long)):
+        paths.append(tmp_path / f"{name}.json.gz")
+        records.write_results(results, paths[-1])
+    out = tmp_path / "study"
+    rules.main([*(str(p) for p in paths), "--out", str(out), "--resamples", "100"])
+    written = json.loads((out / "rules.json").read_text())
+    assert written["methods"] == ["flyp", "drm-weight", "flyp @10ep", "drm-weight @10ep"]
+    versus = written["readings"][rules.REFERENCE]["vs_baseline"]
+    assert set(versus) >= {"mean over tasks/drm-weight", "mean over tasks/drm-weight @10ep"}
+    assert "mean over tasks/flyp @10ep" not in versus
+    assert rules.baseline_of("ce @10ep", "flyp") == "flyp @10ep"

@@ -56,7 +56,7 @@ export async function newJobPage(main, ctx) {
     ),
     h("fieldset", {}, h("legend", {}, "WiSE-FT"),
       field("alphas", "Alphas", h("input", { type: "text", value: "0, 0.25, 0.5, 0.75, 1" }), "mixing weights to evaluate, comma-separated, each in [0, 1]"),
-      field("selection", "Selection rule", select([["tolerance", "tolerance (smallest alpha within noise of the best)"], ["best_id_val", "best ID validation"], ["fixed", "fixed"]], "tolerance")),
+      field("selection", "Selection rule", select([["tolerance", "tolerance (smallest alpha within noise of the best)"], ["best_id_val", "best ID validation"], ["fixed", "fixed"], ["paired", "paired (alphas a paired test cannot tell from the best; lowest validation NLL)"]], "tolerance")),
       field("fixed_alpha", "Fixed alpha", number({ step: "any", min: 0, max: 1, placeholder: "0.5" })),
     ),
     h("div", { class: "actions" }, h("button", { type: "submit", id: "create-job" }, "Create job"), h("a", { href: "#/jobs" }, "Back to jobs")),

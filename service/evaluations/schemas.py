@@ -102,8 +102,9 @@ class EvaluationObject(BaseModel):
     # (kind ``candidates``, when stored as a set), else None.
     description_set: str | None
     # Kind ``model``: split -> head (default, concept, dual) -> the card's metrics: n, top1,
-    # macro_f1, per_class_acc, worst_group_acc (and group_acc with groups), ece, nll. Kind
-    # ``descriptions``: {"diagnostics": models.diagnostics.description_diagnostics's output}.
+    # macro_f1, per_class_acc, worst_group_acc (and group_acc with groups), ece, nll,
+    # true_prob (the mean probability of the true class). Kind ``descriptions``:
+    # {"diagnostics": models.diagnostics.description_diagnostics's output}.
     # Kind ``candidates``: {"scores": models.description_scoring.score_candidates's output}.
     # None until done.
     results: dict[str, Any] | None

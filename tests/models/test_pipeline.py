@@ -191,3 +191,22 @@ def test_the_paired_rule_chooses_alpha_and_head_and_the_artifact_serves_that_hea
     images = torch.randn(3, 3, 32, 32)
     classifier = loaded.classifier.eval()
     torch.testing.assert_close(classifier(images), classifier(images, head=head))
+
+
+def test_keys_added_to_the_config_leave_checkpoint_keys_unchanged_at_their_defaults(
+    tmp_path: Path,
+) -> None:
+    from models.config import to_dict
+    from models.json_values import stable_hash
+    from models.pipeline import ADDED_KEYS, run_key
+
+    cfg = load_run_config(None, ["data.path=x", f"output_dir={tmp_path}"])
+    before = to_dict(cfg)  # the key as computed before the keys existed
+    del before["output_dir"]
+    before["train"].pop("device")
+    before["data"].pop("within")
+    for section, key in ADDED_KEYS:
+        before[section].pop(key)
+    assert run_key(cfg) == stable_hash(before)[:16]
+    changed = load_run_config(None, ["data.path=x", "objective.pc_head=default"])
+    assert run_key(changed) != run_key(cfg)

@@ -40,7 +40,8 @@ from bench.shift.descriptions import BOOTSTRAP, bootstrap_draws, interval
 from bench.shift.plan import FINE_ALPHAS, FULL_ALPHAS, QUICK_ALPHAS
 from bench.shift.report import merge
 from models.config import WiseConfig
-from models.wiseft import select
+from models.errors import ConfigError
+from models.wiseft import CurvePoint, select
 
 RULES: dict[str, dict[str, Any]] = {
     "best-top1": {"selection": "best_id_val"},
@@ -187,8 +188,13 @@ def pooled(parts: Sequence[tuple[float, np.ndarray]]) -> tuple[float, float, flo
 
 
 def study(
-    results: Mapping[str, Any], baseline: str = "flyp", resamples: int = BOOTSTRAP
+    results: Mapping[str, Any],
+    baseline: str = "flyp",
+    resamples: int = BOOTSTRAP,
+    cards: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
+    """Every reading on every run (see the module's docstring); ``cards`` ({name: model card})
+    are curves the choice never sees, read only to check it (``check_on_cards``)."""
     runs = fine_tuned(results)
     ood = {t: info["ood_splits"] for t, info in results["plan"]["tasks"].items()}
     tasks = [t for t in ood if any(r["task"] == t for r in runs)]
@@ -232,6 +238,7 @@ def study(
         entry["mean_id"] = float(np.mean([c["id"] for c in cells]))
         entry["mean_ood"] = float(np.mean([c["ood"] for c in cells]))
         table[rd.name] = entry
+    chosen = choose({n: (e["mean_id"], e["mean_ood"]) for n, e in table.items()})
     return {
         "reference": reference,
         "baseline": baseline,
@@ -240,9 +247,78 @@ def study(
         "methods": methods,
         "resamples": resamples,
         "readings": table,
-        "chosen": choose({n: (e["mean_id"], e["mean_ood"]) for n, e in table.items()}),
+        "chosen": chosen,
         "held_out": held_out(table, tasks, methods, reference),
+        "cards": check_on_cards(cards or {}, all_readings, chosen, reference),
     }
+
+
+def load_card(path: Path) -> dict[str, Any]:
+    """A model card with its WiSE-FT curve: an artifact's ``artifact.json`` (the demo's lie
+    under its workdir's ``artifacts/``), a JSON object holding one under ``card``, or a
+    registry version as the API returns it (its ``wise_ft``; OOD: the splits named ood*)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SystemExit(f"--cards {path}: not a readable JSON file ({exc})") from None
+    card = data.get("card", data) if isinstance(data, dict) else None
+    if isinstance(card, dict) and "wise" not in card and "wise_ft" in card:
+        card = {**card, "wise": card["wise_ft"]}  # GET /models/{name}/versions/{v}
+    if not isinstance(card, dict) or not (card.get("wise") or {}).get("curve"):
+        raise SystemExit(f"--cards {path}: no model card with a WiSE-FT curve (wise.curve)")
+    return card
+
+
+def on_card(card: Mapping[str, Any], reading: Reading) -> dict[str, Any] | None:
+    """What ``reading`` picks on a model card's curve (the card's aggregate metrics: ID test
+    and mean OOD top-1 there), or None where the card cannot support it (its curve lacks the
+    grid's alphas, or the rule needs per-image hits the card did not keep)."""
+    cfg = reading.config()
+    curve = [
+        CurvePoint(float(p["alpha"]), p["metrics"])
+        for p in card["wise"]["curve"]
+        if any(abs(float(p["alpha"]) - a) < 1e-9 for a in cfg.alphas)
+    ]
+    if len(curve) != len(cfg.alphas):
+        return None
+    data = (card.get("config") or {}).get("data") or {}
+    try:
+        choice = select(curve, cfg, split=data.get("val_split", "val"))
+    except ConfigError:
+        return None
+    metrics = next(p.metrics for p in curve if p.alpha == choice.alpha)
+    oods = list(data.get("ood_splits") or [s for s in metrics if s.startswith("ood")])
+    head = choice.head
+    return {
+        "alpha": choice.alpha,
+        "head": head,
+        "id": float(metrics["test"][head]["top1"]),
+        "ood": statistics.fmean(float(metrics[s][head]["top1"]) for s in oods),
+    }
+
+
+def check_on_cards(
+    cards: Mapping[str, Mapping[str, Any]],
+    readings_: Sequence[Reading],
+    chosen: str,
+    reference: str,
+) -> list[dict[str, Any]]:
+    """The chosen reading and the reference on curves the choice never saw (e.g. the demo's
+    versions), beside the reading the criterion would choose on each card alone."""
+    rows = []
+    for name, card in cards.items():
+        there = {rd.name: on_card(card, rd) for rd in readings_}
+        known = {n: (f["id"], f["ood"]) for n, f in there.items() if f is not None}
+        rows.append(
+            {
+                "card": name,
+                "chosen": there.get(chosen),
+                "reference": there.get(reference),
+                "best_there": choose(known) if known else None,
+                "readings": there,
+            }
+        )
+    return rows
 
 
 def by_length(results: Mapping[str, Any]) -> dict[str, Any]:
@@ -396,6 +472,30 @@ def markdown(s: Mapping[str, Any], command: str) -> str:
                 f"{r['reference']['id']:.3f} / {r['reference']['ood']:.3f} | {r['best_there']} "
                 f"({r['best_there_figures']['id']:.3f} / {r['best_there_figures']['ood']:.3f}) |"
             )
+    if s.get("cards"):
+        lines += [
+            "",
+            "Checked on model cards the choice never saw (their aggregate metrics; `-`: the "
+            "card's curve cannot support the reading):",
+            "",
+            "| card | chosen reading ID / OOD | reference ID / OOD | best there |",
+            "| --- | --- | --- | --- |",
+        ]
+        for r in s["cards"]:
+            cells = [r["card"]]
+            for key in ("chosen", "reference"):
+                f = r[key]
+                cells.append(
+                    "-"
+                    if f is None
+                    else f"{f['id']:.3f} / {f['ood']:.3f} (a {f['alpha']:g}, {f['head']})"
+                )
+            best = r["best_there"]
+            there = r["readings"].get(best) if best else None
+            cells.append(
+                "-" if there is None else f"{best} ({there['id']:.3f} / {there['ood']:.3f})"
+            )
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -409,11 +509,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--baseline", default="flyp", help="the method the others are compared with")
     p.add_argument("--resamples", type=int, default=BOOTSTRAP)
+    p.add_argument(
+        "--cards",
+        nargs="+",
+        type=Path,
+        default=[],
+        metavar="CARD_JSON",
+        help="model cards (artifact.json, or a registry version's JSON) to check the chosen "
+        "reading on: e.g. the demo's versions; never used to choose",
+    )
     args = p.parse_args(argv)
     if args.resamples < 100:
         raise SystemExit("--resamples must be at least 100 for a 95% interval")
     results = merge([by_length(records.load_results(f)) for f in args.results])
-    result = study(results, args.baseline, args.resamples)
+    cards = {str(f): load_card(f) for f in args.cards}
+    result = study(results, args.baseline, args.resamples, cards)
     command = "python -m bench.shift.rules " + " ".join(
         [
             *(str(f) for f in args.results),
@@ -421,6 +531,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.baseline,
             "--resamples",
             str(args.resamples),
+            *(["--cards", *(str(f) for f in args.cards)] if args.cards else []),
         ]
     )
     args.out.mkdir(parents=True, exist_ok=True)

@@ -150,3 +150,42 @@ def test_long_runs_are_their_own_curves_compared_with_the_baseline_of_their_leng
     assert set(versus) >= {"mean over tasks/drm-weight", "mean over tasks/drm-weight @10ep"}
     assert "mean over tasks/flyp @10ep" not in versus
     assert rules.baseline_of("ce @10ep", "flyp") == "flyp @10ep"
+
+
+def test_the_chosen_reading_is_checked_on_model_cards_it_never_saw(tmp_path: Path) -> None:
+    results = _results()
+    run = _run("t2", "drm", 0, 1.0)
+    # a card as the pipeline writes it: curve metrics with no per-image records
+    curve = [
+        {
+            "alpha": p["alpha"],
+            "metrics": {s: {h: m for h, m in by.items()} for s, by in p["metrics"].items()},
+        }
+        for p in run["curve"]
+    ]
+    card = {
+        "wise": {"curve": curve},
+        "config": {"data": {"val_split": "val", "ood_splits": ["ood_y"]}},
+    }
+    path = tmp_path / "artifact.json"
+    path.write_text(json.dumps({"card": card}))
+    loaded = rules.load_card(path)
+    study = rules.study(results, resamples=100, cards={"demo": loaded})
+    [row] = study["cards"]
+    ref = row["reference"]
+    # tolerance / 0.25 / dual on the card, by hand
+    from models.config import WiseConfig
+    from models.wiseft import CurvePoint, select
+
+    points = [CurvePoint(p["alpha"], p["metrics"]) for p in curve]
+    alpha = select(points, WiseConfig(selection="tolerance")).alpha
+    at = next(p for p in curve if p["alpha"] == alpha)["metrics"]
+    assert ref["alpha"] == alpha and ref["id"] == pytest.approx(at["test"]["dual"]["top1"])
+    assert ref["ood"] == pytest.approx(at["ood_y"]["dual"]["top1"])  # the card's own OOD splits
+    # the paired rule needs per-image hits the card did not keep: not read
+    assert row["readings"]["paired-nll / 0.25 / dual"] is None
+    assert row["readings"]["best-nll / 0.25 / dual"] is not None
+    assert "Checked on model cards" in rules.markdown(study, "cmd")
+    (tmp_path / "bad.json").write_text(json.dumps({"wise": {}}))
+    with pytest.raises(SystemExit, match="no model card"):
+        rules.load_card(tmp_path / "bad.json")

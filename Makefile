@@ -4,6 +4,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+# The KServe SDK's own environment (requirements/clients.txt says why it cannot share .venv).
+CLIENTS_VENV ?= .venv-clients
+CLIENTS_STAMP := $(CLIENTS_VENV)/.installed-stamp
 
 .PHONY: demo demo-tiny demo-cli test test-fast chaos lint format bench bench-peer bench-monitor bench-shift bench-shift-quick install clean compose-smoke
 
@@ -24,7 +27,12 @@ $(STAMP): pyproject.toml offline/pyproject.toml requirements/no-deps.txt
 	bash scripts/install-system-deps.sh
 	touch $(STAMP)
 
-install: $(STAMP)
+$(CLIENTS_STAMP): requirements/clients.txt
+	test -x $(CLIENTS_VENV)/bin/python || $(PYTHON) -m venv $(CLIENTS_VENV)
+	$(CLIENTS_VENV)/bin/python -m pip install --quiet -r requirements/clients.txt
+	touch $(CLIENTS_STAMP)
+
+install: $(STAMP) $(CLIENTS_STAMP)
 
 # The main job through the real service (API + worker processes, SQLite, no servers needed):
 # zero-shot, FLYP and DRM on real images with the offline backbone (built once and cached).
@@ -48,10 +56,10 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-test: lint
+test: lint $(CLIENTS_STAMP)
 	$(PY) -m pytest -q
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) $(CLIENTS_STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
 # The chaos run (tests/chaos/conftest.py), too long for CI: 50 worker SIGKILLs and 10 Redis
@@ -93,4 +101,4 @@ compose-smoke: $(STAMP)
 	bash scripts/compose-smoke.sh
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache runs
+	rm -rf $(VENV) $(CLIENTS_VENV) .pytest_cache .mypy_cache .ruff_cache runs

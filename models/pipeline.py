@@ -36,10 +36,10 @@ from models.diagnostics import description_diagnostics, guard_message, near_chan
 from models.diagnostics import summary_line as diagnostics_line
 from models.errors import ConfigError, WeakDescriptionsError
 from models.evaluation import ShouldStop, check_stop, split_evaluator, summary
-from models.heads import Classifier
+from models.heads import Classifier, class_embeddings, concept_prompts
 from models.json_values import stable_hash
 from models.objective_registry import objective_spec
-from models.objectives import CorePrior, build_objective
+from models.objectives import CorePrior, build_objective, core_probabilities
 from models.templates import resolve_templates
 from models.train import Callback, TrainResult, train
 from models.wiseft import CurvePoint, merge, select, served_beta, sweep
@@ -180,19 +180,38 @@ def _stoppable(batches: Iterable[Any], should_stop: ShouldStop | None) -> Iterat
         yield batch
 
 
-def frozen_concept_probs(
+@torch.no_grad()
+def frozen_head_probs(
     cfg: RunConfig,
     classifier: Classifier,
     samples: Sequence[Any],
     classnames: Sequence[str],
+    other_descriptions: Mapping[str, Sequence[str]] | None = None,
     should_stop: ShouldStop | None = None,
-) -> Tensor:
-    """The frozen concept head's p_c over ``samples`` ([N, K], in their order): what DRM's
-    cached prior weighs each image by, and what description diagnostics read. ``should_stop``
-    is asked between batches (raises Cancelled)."""
-    prior = _cached_prior(cfg, classifier, samples, classnames, ObjectiveConfig(), should_stop)
-    assert prior.cache is not None
-    return prior.cache
+) -> dict[str, Tensor]:
+    """From one pass of the frozen model over ``samples`` ([N, K] each, in their order): the
+    ``default`` head's probabilities; the ``concept`` head's p_c, as DRM's cached prior computes
+    it (``models.objectives.core_probabilities``); and with ``other_descriptions``, the p_c of
+    the concept head those descriptions make (``other``). The description diagnostics' inputs.
+    ``should_stop`` is asked between batches (raises Cancelled)."""
+    device = classifier.device
+    heads = {"concept": classifier.concept_head}
+    if other_descriptions is not None:
+        prompts = concept_prompts(classnames, other_descriptions)
+        heads["other"] = class_embeddings(classifier.backbone, prompts, device)
+    scale = classifier.clip.logit_scale.exp()
+    plain = ImageDataset(samples, classnames, classifier.backbone.transform(train=False))
+    loader = DataLoader(plain, batch_size=64, num_workers=cfg.data.num_workers)
+    was_training = classifier.training
+    classifier.eval()
+    rows: dict[str, list[Tensor]] = {"default": [], **{name: [] for name in heads}}
+    for images, _, _ in _stoppable(loader, should_stop):
+        features = classifier.image_features(images.to(device))
+        rows["default"].append(classifier.probs_from_features(features, "default").cpu())
+        for name, head in heads.items():
+            rows[name].append(core_probabilities(features, head, scale).cpu())
+    classifier.train(was_training)
+    return {name: torch.cat(parts) for name, parts in rows.items()}
 
 
 def diagnose_descriptions(
@@ -202,15 +221,18 @@ def diagnose_descriptions(
     classnames: Sequence[str],
     prior: CorePrior | None,
 ) -> dict[str, Any] | None:
-    """The frozen concept head on the training images, per class (models.diagnostics); None
-    without descriptions (the concept head is then the bare class names) or when turned off."""
+    """The frozen concept head on the training images, per class, against the default head
+    (models.diagnostics); None without descriptions (the concept head is then the bare class
+    names) or when turned off."""
     if cfg.data.descriptions is None or not cfg.data.diagnose_descriptions:
         return None
-    if prior is not None and prior.cache is not None and cfg.objective.pc_head == "concept":
-        probs = prior.cache
-    else:  # not DRM, or p_c per step: one pass of our own
-        probs = frozen_concept_probs(cfg, classifier, train_set, classnames)
-    return description_diagnostics(probs, [s.label for s in train_set], classnames)
+    heads = frozen_head_probs(cfg, classifier, train_set, classnames)
+    # DRM's cached p_c where there is one and it is read from the concept head (objective.
+    # pc_head): what training weighs the images by.
+    cache = prior.cache if prior is not None else None
+    probs = cache if cache is not None and cfg.objective.pc_head == "concept" else heads["concept"]
+    labels, groups = [s.label for s in train_set], [s.group for s in train_set]
+    return description_diagnostics(probs, labels, classnames, heads["default"], groups)
 
 
 def guard_descriptions(cfg: RunConfig, diagnostics: dict[str, Any], say: Note) -> None:

@@ -85,7 +85,12 @@ def build_context(settings: Settings) -> AppContext:
         models=ModelCache(
             settings.model_cache_bytes,
             str(resolve_device(settings.device)),
-            Engine(settings.predict_engine, settings.onnx_dir, settings.torch_threads),
+            Engine(
+                settings.predict_engine,
+                settings.onnx_dir,
+                settings.torch_threads,
+                tuple(sorted(settings.predict_engine_by_model.items())),
+            ),
         ),
         metrics=metrics,
         batcher=Batcher(

@@ -7,6 +7,7 @@ refused: a deployment must fail at start, not run open.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
@@ -114,6 +115,12 @@ class Settings(BaseSettings):
     # export (made on first load, verified against torch, cached under onnx_dir by digest). A
     # model that cannot be exported is served by torch, with a warning in the log.
     predict_engine: Literal["torch", "onnxruntime"] = "torch"
+    # Another engine for some models, by registered name: "shapes=onnxruntime,cams=torch" or
+    # the JSON object {"shapes": "onnxruntime"} (those whose towers gain from ONNX Runtime,
+    # while the rest stay on torch, or back); empty: none.
+    predict_engine_by_model: Annotated[dict[str, Literal["torch", "onnxruntime"]], NoDecode] = (
+        Field(default_factory=dict)
+    )
 
     # Shift monitoring of /predict traffic (service/monitor/): windows of monitor_window
     # images per version (or fewer, at least monitor_min_window, once the oldest is
@@ -180,6 +187,22 @@ class Settings(BaseSettings):
             if isinstance(data, dict) and name in data:
                 data = {**data, name: _split_list(data[name])}
         return data
+
+    @field_validator("predict_engine_by_model", mode="before")
+    @classmethod
+    def _engine_map(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if text.startswith("{"):
+            try:
+                return json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"not a JSON object: {exc}") from exc
+        pairs = [item.strip() for item in text.split(",") if item.strip()]
+        if any("=" not in pair for pair in pairs):
+            raise ValueError('expected "name=engine,..." or a JSON object')
+        return {k.strip(): v.strip() for k, v in (pair.split("=", 1) for pair in pairs)}
 
     @field_validator("default_model", "bootstrap_api_key", mode="before")
     @classmethod

@@ -19,19 +19,20 @@ from typing import Any
 
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
+from torch import Tensor
 
 from models.artifacts import load_artifact
 from models.backbone import resolve_device
 from models.config import RunConfig, from_dict
 from models.data import DatasetSplits, ImageDataset, Sample, Scoring, dataset_root, open_dataset
 from models.description_scoring import ScoringRule, score_dataset
-from models.diagnostics import description_diagnostics, summary_line
+from models.diagnostics import description_diagnostics, set_difference, summary_line
 from models.errors import Cancelled, DataError, ModelsError
 from models.evaluation import evaluate_split
 from models.heads import Classifier
 from models.json_values import json_safe
 from models.monitoring import Profile, profile_split
-from models.pipeline import build_classifier, frozen_concept_probs
+from models.pipeline import build_classifier, frozen_head_probs
 from service.db.tables import Dataset, Evaluation, ModelVersion
 from service.errors import error_code
 from service.evaluations import state
@@ -242,15 +243,35 @@ def _frozen_config(
 
 def diagnose(ctx: WorkerContext, evaluation_id: str, watch: LeaseWatch) -> dict[str, Any]:
     """Description diagnostics (models.diagnostics): the frozen backbone's concept head, built
-    from the evaluation's descriptions, on its split's images; JSON-ready, with an event."""
+    from the evaluation's descriptions, on its split's images, against its default head; with
+    ``compare`` in the config, another set's concept head on the same images beside it and
+    the differences. JSON-ready, with an event."""
     cfg, ds, config, split = _frozen_config(ctx, evaluation_id)
     samples = ds.split(split)  # a DataError naming the splits there are, should it have gone
     classifier = build_classifier(cfg, ds.classnames, config["descriptions"])
-    probs = frozen_concept_probs(cfg, classifier, samples, ds.classnames, watch.should_stop)
-    labels = [s.label for s in samples]
-    diagnostics: dict[str, Any] = json_safe(
-        description_diagnostics(probs, labels, ds.classnames), finite=True, fallback=str
+    compare = config.get("compare")
+    heads = frozen_head_probs(
+        cfg,
+        classifier,
+        samples,
+        ds.classnames,
+        compare["descriptions"] if compare else None,
+        watch.should_stop,
     )
+    labels, groups = [s.label for s in samples], [s.group for s in samples]
+
+    def of(concept: Tensor) -> dict[str, Any]:
+        found = description_diagnostics(concept, labels, ds.classnames, heads["default"], groups)
+        return dict(json_safe(found, finite=True, fallback=str))
+
+    diagnostics = of(heads["concept"])
+    if compare:
+        other = of(heads["other"])
+        diagnostics["compared"] = {
+            "description_set": compare["description_set"],
+            **other,
+            "difference": set_difference(diagnostics, other),
+        }
     if not watch.renew(1):
         raise Cancelled(f"stopped after split {split}")
     line = summary_line(diagnostics)
@@ -259,8 +280,18 @@ def diagnose(ctx: WorkerContext, evaluation_id: str, watch: LeaseWatch) -> dict[
         "split": split,
         "n": diagnostics["images"],
         "concept_top1": diagnostics["concept_top1"],
+        "default_top1": diagnostics["default_top1"],
+        "accepted": diagnostics["accepted"],
         "weak": diagnostics["weak"],
     }
+    if compare:
+        delta = diagnostics["compared"]["difference"]["concept_top1"]
+        message += (
+            f". Set {compare['description_set']} on the same images: concept head "
+            f"{diagnostics['compared']['concept_top1']:.1%} ({delta:+.1%}), "
+            + ("accepted" if diagnostics["compared"]["accepted"] else "not accepted")
+        )
+        data["compared_concept_top1"] = diagnostics["compared"]["concept_top1"]
     watch.record(message, data)
     return diagnostics
 

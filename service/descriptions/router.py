@@ -16,7 +16,7 @@ from service.descriptions import candidates, service
 from service.descriptions.candidates import AcceptRequest, DraftRequest, ScoreRequest
 from service.descriptions.schemas import DescriptionSetCreate, DescriptionSetObject, normalise
 from service.evaluations import service as evaluations
-from service.evaluations.router import _created, _object, _sender
+from service.evaluations.respond import created_evaluation, evaluation_object, evaluation_sender
 from service.evaluations.schemas import EvaluationObject
 from service.schemas import ERROR_RESPONSES, ListResponse
 
@@ -55,8 +55,10 @@ def score_candidates(
     holds every candidate's scores, the dropped ones' reasons and the proposal."""
     make = partial(candidates.build_scoring, db, ctx.settings, body)
     digest = stable_hash({"score": body.model_dump(mode="json")})
-    row, created = evaluations.store(db, make, digest, _sender(ctx), key.key_id, idempotency_key)
-    return _created(row, created, key, response)
+    row, created = evaluations.store(
+        db, make, digest, evaluation_sender(ctx), key.key_id, idempotency_key
+    )
+    return created_evaluation(row, created, key, response)
 
 
 class DraftObject(BaseModel):
@@ -72,8 +74,12 @@ def draft_candidates(body: DraftRequest, ctx: Ctx, db: Db, key: TrainKey) -> Dra
     """Ask the operator's language model (``RCS_LLM_*``; 501 without it) for core-feature
     descriptions of the dataset's classes, store them as a pool of candidates with their
     provenance, and queue their scoring; nothing is stored when the model fails."""
-    pool, row = candidates.draft_and_score(db, ctx.settings, body, _sender(ctx), key.key_id)
-    return DraftObject(description_set=DescriptionSetObject.of(pool), evaluation=_object(row, key))
+    pool, row = candidates.draft_and_score(
+        db, ctx.settings, body, evaluation_sender(ctx), key.key_id
+    )
+    return DraftObject(
+        description_set=DescriptionSetObject.of(pool), evaluation=evaluation_object(row, key)
+    )
 
 
 @router.post("/accept", response_model=DescriptionSetObject)

@@ -6,43 +6,22 @@ from fastapi import APIRouter, Header, Path, Query, Response
 from fastapi.responses import StreamingResponse
 
 from service.auth.deps import AnyKey, KeyStillValid, TrainKey
-from service.auth.service import Principal
-from service.context import AppContext
-from service.db.tables import Evaluation
 from service.deps import Ctx, Db, Page
 from service.evaluations import service
+from service.evaluations.respond import created_evaluation, evaluation_object, evaluation_sender
 from service.evaluations.schemas import (
     DiagnoseRequest,
-    EvaluationError,
     EvaluationEventObject,
     EvaluationObject,
     EvaluationRequest,
 )
-from service.queue import TASK_EVALUATE, EvaluatePayload
 from service.registry import service as registry
 from service.schemas import ERROR_RESPONSES, MAX_INT, ListResponse
 from service.status import EvaluationStatus
-from service.tasks.create import Sender
-from service.tasks.routes import Events, events_response, events_route, sender
-from service.visibility import paths_hidden_in, sees_server_paths
+from service.tasks.routes import Events, events_response, events_route
 
 router = APIRouter(tags=["evaluations"], responses=ERROR_RESPONSES)
 Version = Annotated[int, Path(ge=1, le=MAX_INT)]
-
-
-def _sender(ctx: AppContext) -> Sender:
-    return sender(ctx, TASK_EVALUATE, lambda task_id: EvaluatePayload(evaluation_id=task_id))
-
-
-def _object(row: Evaluation, key: Principal) -> EvaluationObject:
-    """The evaluation as ``key`` may see it: a worker's error can quote a server folder."""
-    obj = EvaluationObject.of(row)
-    if obj.error is None or sees_server_paths(key):
-        return obj
-    error = EvaluationError(
-        **{**obj.error.model_dump(), "message": paths_hidden_in(obj.error.message)}
-    )
-    return obj.model_copy(update={"error": error})
 
 
 @router.post("/evaluations", response_model=EvaluationObject)
@@ -57,8 +36,8 @@ def create_evaluation(
     """Evaluate a registered version on a dataset's splits, on a worker: every head's metrics
     per split, as in the model card. Retrying with the same ``Idempotency-Key`` returns the
     same evaluation."""
-    row, created = service.create(db, body, _sender(ctx), key.key_id, idempotency_key)
-    return _created(row, created, key, response)
+    row, created = service.create(db, body, evaluation_sender(ctx), key.key_id, idempotency_key)
+    return created_evaluation(row, created, key, response)
 
 
 @router.post(
@@ -78,17 +57,9 @@ def diagnose_descriptions(
     worker: per class, the concept head's top-1 on the split's images, the mean p_c of the true
     class and the class most often confused with; weak classes flagged."""
     row, created = service.create_diagnosis(
-        db, ctx.settings, set_ref, body, _sender(ctx), key.key_id, idempotency_key
+        db, ctx.settings, set_ref, body, evaluation_sender(ctx), key.key_id, idempotency_key
     )
-    return _created(row, created, key, response)
-
-
-def _created(
-    row: Evaluation, created: bool, key: Principal, response: Response
-) -> EvaluationObject:
-    if not created:  # an earlier request with the same Idempotency-Key
-        response.headers["Idempotent-Replayed"] = "true"
-    return _object(row, key)
+    return created_evaluation(row, created, key, response)
 
 
 @router.get("/evaluations", response_model=ListResponse[EvaluationObject])
@@ -106,7 +77,7 @@ def list_evaluations(
     rows, more = service.list_evaluations(
         db, page.after, page.limit, model=selected, dataset=dataset, status=status
     )
-    return ListResponse(data=[_object(r, key) for r in rows], has_more=more)
+    return ListResponse(data=[evaluation_object(r, key) for r in rows], has_more=more)
 
 
 @router.get(
@@ -120,18 +91,18 @@ def list_version_evaluations(
     those of a version since deleted)."""
     stored = registry.get_version(db, name, version).name
     rows, more = service.list_evaluations(db, page.after, page.limit, model=(stored, version))
-    return ListResponse(data=[_object(r, key) for r in rows], has_more=more)
+    return ListResponse(data=[evaluation_object(r, key) for r in rows], has_more=more)
 
 
 @router.get("/evaluations/{evaluation_id}", response_model=EvaluationObject)
 def get_evaluation(evaluation_id: str, db: Db, key: AnyKey) -> EvaluationObject:
-    return _object(service.get(db, evaluation_id), key)
+    return evaluation_object(service.get(db, evaluation_id), key)
 
 
 @router.post("/evaluations/{evaluation_id}/cancel", response_model=EvaluationObject)
 def cancel_evaluation(evaluation_id: str, db: Db, key: TrainKey) -> EvaluationObject:
     """Cancel a queued or running evaluation; a running one stops at its next batch."""
-    return _object(service.cancel(db, evaluation_id), key)
+    return evaluation_object(service.cancel(db, evaluation_id), key)
 
 
 @router.get("/evaluations/{evaluation_id}/events", **events_route(EvaluationEventObject))

@@ -67,6 +67,13 @@ class DiagnoseRequest(BackboneRequest):
     descriptions) on a split's images, per class, before any training."""
 
     split: str = Field("train", min_length=1, max_length=200, description="The images to read")
+    compare_to: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        description="Another description set (id or name) diagnosed on the same images beside "
+        "this one, with the differences",
+    )
     # As a job's: the concept head reads the descriptions only, so templates change nothing
     # measured here; accepted so a job's body can be diagnosed as it is.
     head: StrictHead | None = None  # type: ignore[valid-type]

@@ -123,11 +123,19 @@ def build_diagnosis(
     base = backbones.base_model(session, settings, body.model, body.pretrained)
     if body.head is not None:
         backbones.check_templates(body.head.templates)
-    config = {
+    config: dict[str, Any] = {
         "head": to_dict(body.head) if body.head else {},
         "description_set": description_set.id,
         "descriptions": descriptions,
     }
+    if body.compare_to is not None:
+        other = description_sets.resolve(session, body.compare_to, "compare_to")
+        config["compare"] = {
+            "description_set": other.id,
+            "descriptions": backbones.dataset_descriptions(
+                other.descriptions, dataset, "compare_to"
+            ),
+        }
     return backbone_evaluation(session, "descriptions", base, body, dataset, split, config)
 
 

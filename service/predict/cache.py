@@ -68,11 +68,16 @@ def model_bytes(module: torch.nn.Module) -> int:
 @dataclass(frozen=True)
 class Engine:
     """What runs the forward passes: ``torch``, or ``onnxruntime`` over exports in ``onnx_dir``
-    with ``threads`` intra-op threads (0: its default)."""
+    with ``threads`` intra-op threads (0: its default); ``by_model`` names another engine for
+    some models (``RCS_PREDICT_ENGINE_BY_MODEL``), which wins over ``name`` for them."""
 
     name: str = "torch"
     onnx_dir: Path | None = None
     threads: int = 0
+    by_model: tuple[tuple[str, str], ...] = ()
+
+    def for_model(self, model: str) -> str:
+        return dict(self.by_model).get(model, self.name)
 
 
 def load(
@@ -86,7 +91,7 @@ def load(
     if split is not None:
         model.pixels, mean, std = split
         model.mean, model.std = (t.to(classifier.device)[:, None, None] for t in (mean, std))
-    if engine is not None and engine.name == "onnxruntime" and engine.onnx_dir is not None:
+    if engine is not None and engine.for_model(name) == "onnxruntime" and engine.onnx_dir:
         digest = card_digest(folder)
         model.runner = runner_for(classifier, engine.onnx_dir, digest, device, engine.threads)
         if model.runner is not None:  # its own copy of the weights

@@ -9,6 +9,7 @@ from fastapi.testclient import TestClient
 from models.data.synthetic import DESCRIPTIONS
 from service.auth.service import create_key
 from service.context import AppContext
+from service.db.tables import Evaluation
 from service.queue import TASK_EVALUATE
 from tests.service.support import FakeBroker
 
@@ -25,7 +26,7 @@ def diagnose(client: TestClient, ref: str, body: dict[str, Any], **headers: str)
 
 
 def test_a_diagnosis_is_stored_as_an_evaluation_and_queued(
-    client: TestClient, broker: FakeBroker, dataset: dict[str, Any]
+    client: TestClient, ctx: AppContext, broker: FakeBroker, dataset: dict[str, Any]
 ) -> None:
     made_set = store(client, "shapes", dict(DESCRIPTIONS))
     body = {"dataset": dataset["id"], "model": "test-tiny-vit", "head": {"templates": "single"}}
@@ -44,6 +45,14 @@ def test_a_diagnosis_is_stored_as_an_evaluation_and_queued(
     # By id too, and on another split.
     other = diagnose(client, made_set["id"], {**body, "split": "val"}).json()
     assert other["splits"] == ["val"]
+    # Beside another set, on the same images: a diagnosis of its own, with that set stored.
+    second = store(client, "second", dict(DESCRIPTIONS))
+    compared = diagnose(client, "shapes", {**body, "compare_to": "second"})
+    assert compared.status_code == 200, compared.text
+    assert compared.json()["id"] not in (made["id"], other["id"])
+    with ctx.sessions() as session:
+        row = session.get(Evaluation, compared.json()["id"])
+        assert row is not None and row.config["compare"]["description_set"] == second["id"]
 
 
 def test_every_bad_input_is_a_4xx_naming_it_and_nothing_is_queued(
@@ -72,6 +81,8 @@ def test_every_bad_input_is_a_4xx_naming_it_and_nothing_is_queued(
         ("shapes", {**ok, "pretrained": "nope"}, 422, "pretrained", ["no pretrained tag"]),
         ("shapes", {**ok, "head": {"templates": "nope"}}, 422, "head.templates", []),
         ("shapes", {**ok, "splits": ["val"]}, 422, None, []),
+        ("shapes", {**ok, "compare_to": "nothing"}, 422, "compare_to", ["'nothing'"]),
+        ("shapes", {**ok, "compare_to": "renamed"}, 422, "compare_to", ["'cross'", ds]),
     ]
     for ref, body, status, param, words in cases:
         response = diagnose(client, ref, body)

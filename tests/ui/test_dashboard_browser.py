@@ -440,6 +440,8 @@ def check_the_version_page(page: Page, stack: UiStack, name: str, version: str) 
     for row in rows:
         taken_for = diagnostics["per_class"][row.get_attribute("data-class")]["confused_with"]
         assert (taken_for or "–") in row.text
+    verdict = page.find("#diagnostics-verdict").text
+    assert ("Accepted" if diagnostics["accepted"] else "Not accepted") in verdict
     page.shot_of("#descriptions-section", "dashboard-description-diagnostics")
     page.find("#alias-name").send_keys("champion")
     page.click("#set-alias")

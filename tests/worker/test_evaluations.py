@@ -17,11 +17,12 @@ from sklearn.metrics import f1_score
 from models import backbone as backbone_module
 from models.artifacts import load_artifact, save_artifact
 from models.backbone import OFFLINE_BACKBONE, create_backbone
-from models.config import BackboneConfig
+from models.config import BackboneConfig, HeadConfig
 from models.data.synthetic import DESCRIPTIONS
 from models.diagnostics import description_diagnostics
 from models.heads import Classifier
 from models.objectives import core_probabilities
+from models.templates import resolve_templates
 from service.datasets import service as datasets
 from service.db.tables import Dataset, Evaluation, EvaluationEvent
 from service.descriptions import service as description_sets
@@ -242,6 +243,7 @@ def new_diagnosis(
     shapes_root: Path,
     descriptions: Mapping[str, Sequence[str]],
     model: str = "test-tiny-vit",
+    compare_to: Mapping[str, Sequence[str]] | None = None,
 ) -> str:
     with ctx.sessions() as session:
         dataset = datasets.register_path(
@@ -250,7 +252,14 @@ def new_diagnosis(
         made = description_sets.create(
             session, "set", {k: list(v) for k, v in descriptions.items()}
         )
-        body = DiagnoseRequest(dataset=dataset.id, model=model, pretrained=None, split="train")
+        other = None
+        if compare_to is not None:
+            other = description_sets.create(
+                session, "other", {k: list(v) for k, v in compare_to.items()}
+            ).id
+        body = DiagnoseRequest(
+            dataset=dataset.id, model=model, pretrained=None, split="train", compare_to=other
+        )
         row, _ = evaluations.create_diagnosis(
             session, ctx.settings, made.id, body, lambda _: None, "test", None
         )
@@ -317,6 +326,49 @@ def test_a_class_given_another_class_text_is_flagged_weak(
     assert any(
         "WEAK descriptions" in m and "triangle (0%" in m for m in messages(ctx, evaluation_id)
     )
+
+
+@torch.no_grad()
+def independent_default_top1(split_dir: Path) -> float:
+    """The frozen default head (the class names in the default templates) on the images."""
+    torch.manual_seed(0)
+    backbone = create_backbone(BackboneConfig(arch="test-tiny-vit"))
+    classnames = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
+    templates = resolve_templates(HeadConfig().templates)
+    classifier = Classifier(backbone, classnames, templates, DESCRIPTIONS).eval()
+    transform = backbone.transform(train=False)
+    right = []
+    for image in sorted(split_dir.glob("*/*.png")):
+        probs = classifier(transform(Image.open(image).convert("RGB"))[None], head="default")
+        right.append(classnames[int(probs.argmax())] == image.parent.name)
+    return sum(right) / len(right)
+
+
+def test_a_diagnosis_compares_the_concept_head_with_the_default_head_and_another_set(
+    ctx: WorkerContext, shapes_root: Path
+) -> None:
+    copied = {**DESCRIPTIONS, "triangle": DESCRIPTIONS["circle"]}
+    evaluation_id = new_diagnosis(ctx, shapes_root, DESCRIPTIONS, compare_to=copied)
+    assert runner.run_evaluation(ctx, evaluation_id).status == "succeeded"
+    results = row_of(ctx, evaluation_id).results
+    assert results is not None
+    got = results["diagnostics"]
+    assert got["default_top1"] == pytest.approx(independent_default_top1(shapes_root / "train"))
+    assert got["gap"] == pytest.approx(got["concept_top1"] - got["default_top1"], abs=1e-4)
+    assert got["accepted"] is (got["gap"] >= -0.03) and isinstance(got["reasons"], list)
+    # The other set, on the same images: what diagnosing it alone gives, and the differences.
+    other = got["compared"]
+    alone = independent_diagnostics(shapes_root / "train", copied)
+    assert other["concept_top1"] == alone["concept_top1"] and other["weak"] == alone["weak"]
+    assert other["description_set"].startswith("desc-")
+    assert other["per_class"]["triangle"]["concept_top1"] == 0.0
+    diff = other["difference"]
+    assert diff["concept_top1"] == pytest.approx(other["concept_top1"] - got["concept_top1"])
+    assert diff["per_class"]["triangle"]["concept_top1"] == pytest.approx(
+        -got["per_class"]["triangle"]["concept_top1"]
+    )
+    assert "triangle" in diff["weak_only_in_b"]
+    assert any("on the same images: concept head" in m for m in messages(ctx, evaluation_id))
 
 
 def test_a_diagnosis_of_a_backbone_missing_here_fails_with_its_message(

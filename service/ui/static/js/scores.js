@@ -3,23 +3,51 @@
 
 import { fmtNum, h, pct, table } from "./dom.js";
 
-/** models.diagnostics' output: a summary line, the guard's warning, a per-class table. */
+/** The concept head against the default head, and per group: accepted or the reasons why not. */
+function verdictView(diagnostics) {
+  if (diagnostics.default_top1 === undefined) return null; // stored before the comparison existed
+  const groups = Object.entries(diagnostics.groups || {});
+  return h(
+    "div",
+    { class: "verdict" },
+    h(
+      "p",
+      { id: "diagnostics-verdict", class: diagnostics.accepted ? "" : "error" },
+      `Default head (the class names): ${pct(diagnostics.default_top1)}; concept head ${fmtNum(diagnostics.gap * 100, 1)} points from it. `,
+      diagnostics.accepted
+        ? `Accepted: within ${pct(diagnostics.accept_gap)} of the default head${groups.length > 1 ? " and as right on every group" : ""}.`
+        : `Not accepted: ${(diagnostics.reasons || []).join("; ")}.`,
+    ),
+    groups.length > 1
+      ? table(
+          ["Group", "Images", "Concept top-1", "Default top-1"],
+          groups.map(([g, v]) => [h("th", { scope: "row" }, g), h("td", { class: "num" }, String(v.n)), h("td", { class: "num" }, pct(v.concept_top1)), h("td", { class: "num" }, pct(v.default_top1))]),
+          { id: "diagnostics-groups" },
+        )
+      : null,
+  );
+}
+
+/** models.diagnostics' output: a summary line, the guard's warning, the verdict, a per-class table. */
 export function diagnosticsView(diagnostics, id = "diagnostics-table") {
   const weak = new Set(diagnostics.weak || []);
   const perClass = Object.entries(diagnostics.per_class || {});
+  const defaults = diagnostics.default_per_class;
   const rows = perClass.map(([cls, v]) => {
     const flagged = weak.has(cls);
     const row = [
       h("th", { scope: "row" }, cls),
       h("td", { class: "num" }, String(v.n)),
       h("td", { class: "num" }, pct(v.concept_top1)),
+      ...(defaults ? [h("td", { class: "num" }, defaults[cls] === undefined ? "–" : pct(defaults[cls]))] : []),
       h("td", { class: "num" }, fmtNum(v.pc_true)),
       h("td", {}, v.confused_with ?? "–"),
       h("td", {}, flagged ? h("span", { class: "badge badge-warn" }, "weak") : "ok"),
     ];
     return row;
   });
-  const node = table(["Class", "Images", "Concept top-1", "Mean p_c (true class)", "Most often taken for", ""], rows, { id });
+  const headers = ["Class", "Images", "Concept top-1", ...(defaults ? ["Default top-1"] : []), "Mean p_c (true class)", "Most often taken for", ""];
+  const node = table(headers, rows, { id });
   node.querySelectorAll("tbody tr").forEach((tr, i) => {
     if (weak.has(perClass[i][0])) tr.classList.add("weak");
     tr.dataset.class = perClass[i][0];
@@ -34,6 +62,7 @@ export function diagnosticsView(diagnostics, id = "diagnostics-table") {
       weak.size ? `${weak.size} weak class${weak.size > 1 ? "es" : ""} (top-1 below ${pct(diagnostics.weak_threshold)}): rewrite their descriptions (name the class; its shape and parts, never the background), or score candidates.` : "no class looks weak.",
     ),
     diagnostics.warning ? h("p", { class: "error", id: "guard-warning" }, diagnostics.warning) : null,
+    verdictView(diagnostics),
     node,
   );
 }

@@ -197,9 +197,14 @@ def _paired(
 
     right = {id(c): hits(c) for c in candidates}
     top1 = {id(c): float(right[id(c)].mean()) for c in candidates}
-    tie = "nll" if cfg.tie_break in ("largest", "smallest") else cfg.tie_break
-    # The reference: the best top-1 (its continuous metric, then the smaller alpha, breaks ties).
-    best = max(candidates, key=lambda c: (top1[id(c)], oriented(c, tie), -c[0].alpha))
+    by_metric = cfg.tie_break not in ("largest", "smallest")
+
+    def reference_key(c: Candidate) -> tuple[float, ...]:
+        # The best top-1; ties: the tie-break metric when it is one, then the smaller alpha.
+        tie = oriented(c, cfg.tie_break) if by_metric else 0.0
+        return (top1[id(c)], tie, -c[0].alpha, -rank[c[1]])
+
+    best = max(candidates, key=reference_key)
     kept = [
         c
         for c in candidates
@@ -210,7 +215,7 @@ def _paired(
     elif cfg.tie_break == "smallest":
         chosen = min(kept, key=lambda c: (c[0].alpha, rank[c[1]]))
     else:
-        chosen = max(kept, key=lambda c: (oriented(c, tie), -c[0].alpha, -rank[c[1]]))
+        chosen = max(kept, key=lambda c: (oriented(c, cfg.tie_break), -c[0].alpha, -rank[c[1]]))
     return Selection(chosen[0].alpha, chosen[1])
 
 

@@ -243,3 +243,16 @@ def test_served_beta_of_each_head() -> None:
     assert served_beta("concept", 0.3) == 0.0
     with pytest.raises(ConfigError):
         served_beta("other", 0.5)
+
+
+def test_paired_rule_with_an_end_as_tie_break_needs_no_continuous_metric() -> None:
+    hits = [1] * 18 + [0] * 2
+    record = image_record(np.eye(2)[[0 if h else 1 for h in hits]], np.zeros(20, dtype=int))
+    curve = [
+        CurvePoint(a, {"val": {"dual": {"top1": 0.9, "n": 20, "images": record}}})
+        for a in (0.0, 0.5, 1.0)
+    ]
+    assert select_alpha(curve, WiseConfig(selection="paired", tie_break="largest")) == 1.0
+    assert select_alpha(curve, WiseConfig(selection="paired", tie_break="smallest")) == 0.0
+    with pytest.raises(ConfigError, match="nll"):
+        select_alpha(curve, WiseConfig(selection="paired"))

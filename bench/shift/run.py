@@ -16,9 +16,12 @@
 Every run goes through ``models.pipeline.finetune``, the same code path as the CLI and the
 service, on datasets written as ordinary manifests (``robust_clip_offline.tasks``). Results go to
 ``--out`` (default ``runs/bench-shift``): ``results.json`` (every run, every alpha, every split
-and head), ``results.md`` (mean and standard deviation over seeds) and
-``effective_robustness.png``. Finished runs are journaled in ``runs.jsonl`` there: run the same
-command again after an interruption and it picks up where it stopped.
+and head, with per-image records: ``bench.shift.records``), ``results.json.gz`` (the same,
+compact and compressed: the file to commit), ``results.md`` (mean and standard deviation over
+seeds) and ``effective_robustness.png``. ``--fine-alphas`` evaluates WiSE-FT on a 0.05 grid;
+``python -m bench.shift.rules`` studies the alpha rules and heads on the records. Finished
+runs are journaled in ``runs.jsonl`` there: run the same command again after an interruption
+and it picks up where it stopped.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ import asyncio
 import json
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,21 @@ def test_each_request_is_a_complete_http_request_the_server_can_parse() -> None:
                 assert form["model"] == peer.REGISTERED and form["top_k"] == str(peer.TOP_K)
 
 
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+def against(handle: Handler, drive: Callable[[str], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+    """``drive``'s result against a small HTTP server on a free port that ``handle`` answers."""
+
+    async def run() -> dict[str, Any]:
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with server:
+            return await drive(f"http://127.0.0.1:{port}")
+
+    return asyncio.run(run())
+
+
 def test_the_load_generator_counts_answers_errors_and_closed_connections() -> None:
     """Against a small HTTP server: keep-alive, chunked bodies, errors and closes are counted."""
     answered = {"n": 0}
@@ -85,13 +101,7 @@ def test_the_load_generator_counts_answers_errors_and_closed_connections() -> No
         except (asyncio.IncompleteReadError, ConnectionError):
             writer.close()
 
-    async def run() -> dict[str, Any]:
-        server = await asyncio.start_server(handle, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        async with server:
-            return await peer.drive(f"http://127.0.0.1:{port}", "ours", "json", 4, 60, None)
-
-    result = asyncio.run(run())
+    result = against(handle, lambda url: peer.drive(url, "ours", "json", 4, 60, None))
     assert result["requests"] == 60
     assert result["errors"] == result["error_kinds"]["503"] > 0
     assert result["images_per_s"] > 0 and result["p99_ms"] >= result["p50_ms"]
@@ -134,16 +144,12 @@ def test_wrk_sends_the_same_requests_and_its_counts_are_read() -> None:
         except (asyncio.IncompleteReadError, ConnectionError):
             writer.close()
 
-    async def run() -> dict[str, Any]:
-        server = await asyncio.start_server(handle, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        async with server:
-            url = f"http://127.0.0.1:{port}"
-            return await asyncio.to_thread(
-                peer.drive_wrk, url, "ours", "multipart", 3, 1.0, "k" * 20, 64
-            )
-
-    result = asyncio.run(run())
+    result = against(
+        handle,
+        lambda url: asyncio.to_thread(
+            peer.drive_wrk, url, "ours", "multipart", 3, 1.0, "k" * 20, 64
+        ),
+    )
     assert seen["images"] == images  # every sample image, each a valid multipart body
     assert seen["auth"] == {"Bearer " + "k" * 20}
     assert 0 < result["requests"] <= seen["n"] - result["warm_up_requests"]

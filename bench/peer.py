@@ -12,9 +12,12 @@ For each model it
      (``bench/peer_bento.py``);
    both with ``--workers`` processes (1 unless told) and ``--torch-threads`` each;
    checks that both give the same labels and probabilities for every sample image, then drives
-   it from one load generator (a separate process: raw HTTP/1.1 on asyncio, keep-alive, closed
-   loop, one JPEG per request, 256 px unless ``--image-size``, untimed warm-up) at each client
-   level, with the image as multipart and as base64 JSON;
+   it from each load generator in turn at each client level, with the image as multipart and as
+   base64 JSON (one JPEG per request, 256 px unless ``--image-size``, untimed warm-up):
+   - ``ours``: a separate process, raw HTTP/1.1 on asyncio, keep-alive, closed loop, a fixed
+     number of timed requests;
+   - ``wrk`` (the Debian package): the same prebuilt requests from a Lua script, one keep-alive
+     connection per client, for ``--wrk-seconds``;
 4. reports images/s, p50/p99 latency, errors, the server's CPU per image (its whole process
    tree) and the goals of issue 15.
 
@@ -24,8 +27,8 @@ Run from the repository root (``make bench-peer``; about 10 minutes on 2 CPU cor
     .venv/bin/python bench/peer.py --models ViT-B-32 --clients 1,32 --requests 256
     .venv/bin/python bench/peer.py --report runs/peer.json      # the tables of a saved run
 
-Both servers share the machine with the load generator; it is cheap (no HTTP library, requests
-prebuilt) so that what is measured is the servers.
+Both servers share the machine with the load generator; both generators are cheap (requests
+prebuilt; ours has no HTTP library, wrk is C) so that what is measured is the servers.
 """
 
 from __future__ import annotations
@@ -764,8 +767,9 @@ def goals(result: dict[str, Any]) -> list[str]:
         for clients in sorted({c for g, f, c in by_level if (g, f) == (generator, fmt)}):
             ours, peer = by_level[(generator, fmt, clients)]
             spread = ours["p99_ms"] / ours["p50_ms"]
+            noun = "client" if clients == 1 else "clients"
             checks.append(
-                (f"{name}, {clients} clients: p99/p50 {spread:.2f} (goal < 4)", spread < 4)
+                (f"{name}, {clients} {noun}: p99/p50 {spread:.2f} (goal < 4)", spread < 4)
             )
             if clients not in (32, 64):
                 continue

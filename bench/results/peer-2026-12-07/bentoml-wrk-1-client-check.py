@@ -1,0 +1,23 @@
+import argparse, sys, tempfile, json
+from pathlib import Path
+
+sys.path.insert(0, "bench")
+from bench import peer
+from bench.serve import write_artifact
+
+args = argparse.Namespace(
+    device="cpu", max_batch=32, torch_threads=0, workers=1, jpeg_draft=False, image_size=256
+)
+with tempfile.TemporaryDirectory() as tmp:
+    folder = write_artifact("test-tiny-vit", Path(tmp) / "artifact")
+    with peer.running("bentoml", folder, Path(tmp) / "b", args) as (url, pid, key):
+        import asyncio
+
+        def show(name, c, r):
+            print(name, c, round(r["p50_ms"], 1), round(r["images_per_s"], 1), flush=True)
+
+        show("wrk", 1, peer.drive_wrk(url, "bentoml", "json", 1, 4, None, 256))
+        show("ours-gen", 64, asyncio.run(peer.drive(url, "bentoml", "json", 64, 1024, None, 256)))
+        show("wrk", 1, peer.drive_wrk(url, "bentoml", "json", 1, 4, None, 256))
+        show("ours-gen", 1, asyncio.run(peer.drive(url, "bentoml", "json", 1, 200, None, 256)))
+        show("wrk", 1, peer.drive_wrk(url, "bentoml", "json", 1, 4, None, 256))

@@ -1,4 +1,19 @@
-import argparse, sys, tempfile, json
+"""BentoML under wrk at 1 client, on a fresh server with the test model (2026-12-07 04:46 UTC,
+load average 3.1). Run from the repository root with PYTHONPATH=$PWD:$PWD/offline:
+
+    .venv/bin/python bench/results/peer-2026-12-07/bentoml-wrk-1-client-check.py
+
+It printed (generator, clients, p50 ms, images/s):
+    wrk 1 5.0 192.0
+    ours-gen 64 145.9 318.5
+    wrk 1 5.7 163.6
+    ours-gen 1 6.5 136.5
+    wrk 1 5.7 159.2
+"""
+
+import argparse
+import sys
+import tempfile
 from pathlib import Path
 
 sys.path.insert(0, "bench")

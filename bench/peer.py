@@ -12,9 +12,12 @@ For each model it
      (``bench/peer_bento.py``);
    both with ``--workers`` processes (1 unless told) and ``--torch-threads`` each;
    checks that both give the same labels and probabilities for every sample image, then drives
-   it from one load generator (a separate process: raw HTTP/1.1 on asyncio, keep-alive, closed
-   loop, one JPEG per request, 256 px unless ``--image-size``, untimed warm-up) at each client
-   level, with the image as multipart and as base64 JSON;
+   it from each load generator in turn at each client level, with the image as multipart and as
+   base64 JSON (one JPEG per request, 256 px unless ``--image-size``, untimed warm-up):
+   - ``ours``: a separate process, raw HTTP/1.1 on asyncio, keep-alive, closed loop, a fixed
+     number of timed requests;
+   - ``wrk`` (the Debian package): the same prebuilt requests from a Lua script, one keep-alive
+     connection per client, for ``--wrk-seconds``;
 4. reports images/s, p50/p99 latency, errors, the server's CPU per image (its whole process
    tree) and the goals of issue 15.
 
@@ -24,8 +27,8 @@ Run from the repository root (``make bench-peer``; about 10 minutes on 2 CPU cor
     .venv/bin/python bench/peer.py --models ViT-B-32 --clients 1,32 --requests 256
     .venv/bin/python bench/peer.py --report runs/peer.json      # the tables of a saved run
 
-Both servers share the machine with the load generator; it is cheap (no HTTP library, requests
-prebuilt) so that what is measured is the servers.
+Both servers share the machine with the load generator; both generators are cheap (requests
+prebuilt; ours has no HTTP library, wrk is C) so that what is measured is the servers.
 """
 
 from __future__ import annotations
@@ -231,6 +234,123 @@ async def drive(
     }
 
 
+# --- the second load generator: wrk -------------------------------------------------------------
+
+GENERATORS = ("ours", "wrk")
+WRK_WARM_UP_S = 2.0
+# wrk's Lua: the prebuilt requests (each body in a file, with its own Content-Type, since a
+# multipart boundary is per body) sent round-robin on every connection; at the end, one JSON
+# line with the counts and the latency percentiles (microseconds).
+WRK_SCRIPT = """
+local bodies = {%(bodies)s}
+local requests = {}
+local i = 0
+function init(args)
+  for _, item in ipairs(bodies) do
+    local f = assert(io.open(item[1], "rb"))
+    local body = f:read("*a")
+    f:close()
+    local headers = {%(headers)s}
+    headers["Content-Type"] = item[2]
+    requests[#requests + 1] = wrk.format("POST", "%(path)s", headers, body)
+  end
+end
+function request()
+  i = i %% #requests + 1
+  return requests[i]
+end
+function done(summary, latency, _)
+  local e = summary.errors
+  io.write(string.format(
+    '{"requests": %%d, "duration_us": %%d, "p50_us": %%d, "p99_us": %%d, '
+    .. '"connect": %%d, "read": %%d, "write": %%d, "status": %%d, "timeout": %%d}\\n',
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
+    e.connect, e.read, e.write, e.status, e.timeout))
+end
+"""
+
+
+def wrk_script(
+    server: str, fmt: str, host: str, images: list[bytes], key: str | None, folder: Path
+) -> Path:
+    """The Lua script that makes wrk send the requests ``request_bytes`` builds."""
+    bodies = []
+    headers: dict[str, str] = {}
+    path = "/"
+    for i, image in enumerate(images):
+        head, _, body = request_bytes(server, fmt, host, image, key).partition(b"\r\n\r\n")
+        lines = head.decode().split("\r\n")
+        path = lines[0].split(" ")[1]
+        fields = dict(line.split(": ", 1) for line in lines[1:])
+        content_type = fields.pop("Content-Type")
+        headers = {k: v for k, v in fields.items() if k not in ("Host", "Content-Length")}
+        body_path = folder / f"body-{i}"
+        body_path.write_bytes(body)
+        bodies.append(f"{{{json.dumps(str(body_path))}, {json.dumps(content_type)}}}")
+    script = folder / "requests.lua"
+    script.write_text(
+        WRK_SCRIPT
+        % {
+            "bodies": ", ".join(bodies),
+            "path": path,
+            "headers": ", ".join(
+                f"[{json.dumps(k)}] = {json.dumps(v)}" for k, v in headers.items()
+            ),
+        }
+    )
+    return script
+
+
+def drive_wrk(
+    url: str,
+    server: str,
+    fmt: str,
+    clients: int,
+    seconds: float,
+    key: str | None,
+    image_size: int = 256,
+) -> dict[str, Any]:
+    """``clients`` keep-alive connections from wrk (a C load generator on its own threads,
+    closed loop per connection) for ``seconds``, after an untimed warm-up of the same kind."""
+    import resource
+    import subprocess
+
+    with tempfile.TemporaryDirectory(prefix="rcs-bench-wrk-") as tmp:
+        images = sample_images(size=image_size)
+        script = wrk_script(server, fmt, urlsplit(url).netloc, images, key, Path(tmp))
+        threads = min(clients, 2)
+
+        def run(duration: float) -> dict[str, Any]:
+            cmd = ["wrk", "-t", str(threads), "-c", str(clients), "-d", f"{duration:.0f}s"]
+            cmd += ["--timeout", "60s", "-s", str(script), url]
+            done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+            return result
+
+        warm = run(WRK_WARM_UP_S)
+        cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        out = run(seconds)
+        cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    client_cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (
+        cpu_after.ru_stime - cpu_before.ru_stime
+    )
+    kinds = {k: out[k] for k in ("connect", "read", "write", "status", "timeout") if out[k]}
+    errors = sum(kinds.values())
+    wall = out["duration_us"] / 1e6
+    return {
+        "clients": clients,
+        "requests": out["requests"],
+        "warm_up_requests": warm["requests"],
+        "images_per_s": (out["requests"] - errors) / wall,
+        "p50_ms": out["p50_us"] / 1000,
+        "p99_ms": out["p99_us"] / 1000,
+        "errors": errors,
+        "error_kinds": kinds,
+        "wall_s": wall,
+        "client_cpu_ms_per_request": client_cpu * 1000 / max(1, out["requests"]),
+    }
+
+
 # --- the servers ----------------------------------------------------------------------------------
 
 
@@ -356,36 +476,44 @@ def run_levels(
     server: str, url: str, pid: int, key: str | None, args: argparse.Namespace
 ) -> list[dict[str, Any]]:
     rows = []
-    for fmt in args.formats.split(","):
-        for clients in [int(c) for c in args.clients.split(",")]:
-            # /metrics answers for the one process that takes the request: images per pass is
-            # known with a single server process only.
-            ours = server == "ours" and args.workers == 1
-            images_before, passes_before = batch_counts(url) if ours else (0.0, 0.0)
-            cpu_before = tree_cpu_s(pid)
-            n = max(args.requests, 4 * clients)
-            drive_args = ["--drive", url, "--server", server, "--format", fmt]
-            drive_args += ["--image-size", str(args.image_size)]
-            drive_args += ["--clients", str(clients), "--requests", str(n)]
-            out = _self(drive_args + (["--key", key] if key else []), __file__)
-            cpu = tree_cpu_s(pid) - cpu_before
-            images_after, passes_after = batch_counts(url) if ours else (0.0, 0.0)
-            passes = passes_after - passes_before
-            row = {
-                "server": server,
-                "format": fmt,
-                **out,
-                "mean_batch": (images_after - images_before) / passes if passes else None,
-                # Warm-up requests included: CPU per image served.
-                "server_cpu_ms_per_image": cpu * 1000 / (out["requests"] + out["warm_up_requests"]),
-            }
-            print(
-                f"  {server:8s} {fmt:9s} {clients:3d} clients: {row['images_per_s']:6.1f} "
-                f"images/s, p50 {row['p50_ms']:.0f} ms, p99 {row['p99_ms']:.0f} ms, "
-                f"{row['errors']} errors",
-                flush=True,
-            )
-            rows.append(row)
+    levels = [
+        (generator, fmt, int(clients))
+        for generator in args.generators.split(",")
+        for fmt in args.formats.split(",")
+        for clients in args.clients.split(",")
+    ]
+    for generator, fmt, clients in levels:
+        # /metrics answers for the one process that takes the request: images per pass is
+        # known with a single server process only.
+        ours = server == "ours" and args.workers == 1
+        images_before, passes_before = batch_counts(url) if ours else (0.0, 0.0)
+        cpu_before = tree_cpu_s(pid)
+        n = max(args.requests, 4 * clients)
+        drive_args = ["--drive", url, "--server", server, "--format", fmt]
+        drive_args += ["--image-size", str(args.image_size), "--generator", generator]
+        drive_args += ["--clients", str(clients), "--requests", str(n)]
+        drive_args += ["--wrk-seconds", str(args.wrk_seconds)]
+        out = _self(drive_args + (["--key", key] if key else []), __file__)
+        cpu = tree_cpu_s(pid) - cpu_before
+        images_after, passes_after = batch_counts(url) if ours else (0.0, 0.0)
+        passes = passes_after - passes_before
+        row = {
+            "server": server,
+            "generator": generator,
+            "format": fmt,
+            **out,
+            "mean_batch": (images_after - images_before) / passes if passes else None,
+            # Warm-up requests included: CPU per image served.
+            "server_cpu_ms_per_image": cpu * 1000 / (out["requests"] + out["warm_up_requests"]),
+        }
+        print(
+            f"  {server:8s} {generator:4s} {fmt:9s} {clients:3d} clients: "
+            f"{row['images_per_s']:6.1f} "
+            f"images/s, p50 {row['p50_ms']:.0f} ms, p99 {row['p99_ms']:.0f} ms, "
+            f"{row['errors']} errors",
+            flush=True,
+        )
+        rows.append(row)
     return rows
 
 
@@ -543,14 +671,15 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> str:
         "",
         *agreement_lines(result["agreement"]),
         "",
-        "| format | clients | ours images/s | BentoML images/s | ours / BentoML | ours vs limit "
-        "| ours p50 / p99 ms | BentoML p50 / p99 ms | errors (ours, BentoML) "
+        "| generator | format | clients | ours images/s | BentoML images/s | ours / BentoML "
+        "| ours vs limit | ours p50 / p99 ms | BentoML p50 / p99 ms | errors (ours, BentoML) "
         "| server CPU ms/image (ours, BentoML) | ours images/pass |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for fmt, clients, ours, peer in paired(result["rows"]):
+    for generator, fmt, clients, ours, peer in paired(result["rows"]):
         lines.append(
-            f"| {fmt} | {clients} | {ours['images_per_s']:.1f} | {peer['images_per_s']:.1f} "
+            f"| {generator} | {fmt} | {clients} | {ours['images_per_s']:.1f} "
+            f"| {peer['images_per_s']:.1f} "
             f"| {ours['images_per_s'] / peer['images_per_s']:.2f} "
             f"| {ours['images_per_s'] / limit:.2f} "
             f"| {ours['p50_ms']:.0f} / {ours['p99_ms']:.0f} "
@@ -567,17 +696,21 @@ def _fmt_batch(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
-def paired(rows: list[dict[str, Any]]) -> list[tuple[str, int, dict[str, Any], dict[str, Any]]]:
-    """(format, clients, ours, BentoML) per level, each the mean over rounds."""
-    groups: dict[tuple[str, int, str], list[dict[str, Any]]] = {}
+def paired(
+    rows: list[dict[str, Any]],
+) -> list[tuple[str, str, int, dict[str, Any], dict[str, Any]]]:
+    """(load generator, format, clients, ours, BentoML) per level, each the mean over rounds
+    (a run saved before wrk was added has only our generator)."""
+    groups: dict[tuple[str, str, int, str], list[dict[str, Any]]] = {}
     for row in rows:
-        groups.setdefault((row["format"], row["clients"], row["server"]), []).append(row)
+        level = (row.get("generator", "ours"), row["format"], row["clients"], row["server"])
+        groups.setdefault(level, []).append(row)
     out = []
-    for (fmt, clients, server), group in groups.items():
-        peer = groups.get((fmt, clients, "bentoml"))
+    for (generator, fmt, clients, server), group in groups.items():
+        peer = groups.get((generator, fmt, clients, "bentoml"))
         if server != "ours" or not peer:
             continue
-        out.append((fmt, clients, _mean(group), _mean(peer)))
+        out.append((generator, fmt, clients, _mean(group), _mean(peer)))
     return out
 
 
@@ -615,35 +748,52 @@ def agreement_lines(agreement: dict[str, list[tuple[str, float]]]) -> list[str]:
 
 
 def goals(result: dict[str, Any]) -> list[str]:
+    """Issue 28's goals, per load generator and format (and the own limit's of issue 15)."""
     limit = result["limit"]["images_per_s"]
     model_bound = result["arch"] != "offline-lite0-minilm"
     checks = []
-    by_level = {(fmt, c): (o, p) for fmt, c, o, p in paired(result["rows"])}
-    for fmt in sorted({fmt for fmt, _ in by_level}):
-        for clients in (32, 64):
-            if (fmt, clients) not in by_level:
+    by_level = {(g, fmt, c): (o, p) for g, fmt, c, o, p in paired(result["rows"])}
+    for generator, fmt in sorted({(g, fmt) for g, fmt, _ in by_level}):
+        name = f"{generator}, {fmt}"
+        if (generator, fmt, 1) in by_level:
+            ours, peer = by_level[(generator, fmt, 1)]
+            checks.append(
+                (
+                    f"{name}, 1 client: p50 {ours['p50_ms']:.1f} ms against BentoML's "
+                    f"{peer['p50_ms']:.1f} (goal: at most)",
+                    ours["p50_ms"] <= peer["p50_ms"],
+                )
+            )
+        for clients in sorted({c for g, f, c in by_level if (g, f) == (generator, fmt)}):
+            ours, peer = by_level[(generator, fmt, clients)]
+            spread = ours["p99_ms"] / ours["p50_ms"]
+            noun = "client" if clients == 1 else "clients"
+            checks.append(
+                (f"{name}, {clients} {noun}: p99/p50 {spread:.2f} (goal < 4)", spread < 4)
+            )
+            if clients not in (32, 64):
                 continue
-            ours, peer = by_level[(fmt, clients)]
             ratio = ours["images_per_s"] / peer["images_per_s"]
             want = 1.0 if model_bound else 1.3
             checks.append(
-                (f"{fmt}, {clients} clients: {ratio:.2f}x BentoML (goal >= {want})", ratio >= want)
+                (f"{name}, {clients} clients: {ratio:.2f}x BentoML (goal >= {want})", ratio >= want)
             )
-            spread = ours["p99_ms"] / ours["p50_ms"]
-            checks.append(
-                (f"{fmt}, {clients} clients: p99/p50 {spread:.2f} (goal < 4)", spread < 4)
-            )
-        if (fmt, 32) in by_level:
-            share = by_level[(fmt, 32)][0]["images_per_s"] / limit
+        if (generator, fmt, 32) in by_level and generator == "ours":
+            share = by_level[(generator, fmt, 32)][0]["images_per_s"] / limit
             want = 0.9 if model_bound else 0.5
             checks.append(
-                (f"{fmt}, 32 clients: {share:.2f} of the own limit (goal >= {want})", share >= want)
+                (
+                    f"{name}, 32 clients: {share:.2f} of the own limit (goal >= {want})",
+                    share >= want,
+                )
             )
-        # At its own limit a model-bound model's 32 and 64 clients differ by noise alone.
-        if (fmt, 32) in by_level and (fmt, 64) in by_level and not model_bound:
-            at32, at64 = (by_level[(fmt, c)][0]["images_per_s"] for c in (32, 64))
+        if (generator, fmt, 32) in by_level and (generator, fmt, 64) in by_level:
+            at32, at64 = (by_level[(generator, fmt, c)][0]["images_per_s"] for c in (32, 64))
             checks.append(
-                (f"{fmt}: 64 clients at {at64 / at32:.2f}x of 32 clients (goal >= 1)", at64 >= at32)
+                (
+                    f"{name}: 64 clients at {at64 / at32:.2f}x of 32 clients (goal >= 0.9)",
+                    at64 >= 0.9 * at32,
+                )
             )
     errors = sum(r["errors"] for r in result["rows"] if r["server"] == "ours")
     checks.append((f"errors of ours at every level: {errors} (goal 0)", errors == 0))
@@ -658,6 +808,14 @@ def main() -> None:
     parser.add_argument("--servers", default=",".join(SERVERS), help="ours and/or bentoml")
     parser.add_argument("--formats", default=",".join(FORMATS), help="multipart and/or json")
     parser.add_argument("--clients", default="1,8,32,64", help="comma-separated levels")
+    parser.add_argument(
+        "--generators",
+        default=",".join(GENERATORS),
+        help="load generators: ours (raw HTTP/1.1 on asyncio) and/or wrk (the Debian package)",
+    )
+    parser.add_argument(
+        "--wrk-seconds", type=float, default=10.0, help="timed seconds of each wrk level"
+    )
     parser.add_argument("--requests", type=int, default=512, help="timed requests per level")
     parser.add_argument("--rounds", type=int, default=1, help="repeat, alternating the order")
     parser.add_argument("--max-batch", type=int, default=32)
@@ -689,8 +847,24 @@ def main() -> None:
     parser.add_argument("--server", help=argparse.SUPPRESS)
     parser.add_argument("--format", help=argparse.SUPPRESS)
     parser.add_argument("--key", help=argparse.SUPPRESS)
+    parser.add_argument("--generator", default="ours", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
+    if args.drive and args.generator == "wrk":
+        print(
+            json.dumps(
+                drive_wrk(
+                    args.drive,
+                    args.server,
+                    args.format,
+                    int(args.clients),
+                    args.wrk_seconds,
+                    args.key,
+                    args.image_size,
+                )
+            )
+        )
+        return
     if args.drive:
         result = asyncio.run(
             drive(

@@ -15,3 +15,6 @@ dpkg -s dataset-fashion-mnist >/dev/null 2>&1 \
 # Headless Chromium and its WebDriver for the dashboard's browser tests (tests/ui).
 dpkg -s chromium chromium-driver >/dev/null 2>&1 \
     || ($SUDO apt-get update && $SUDO apt-get install -y chromium chromium-driver)
+# wrk, bench/peer.py's second load generator (and its test in tests/bench/test_peer.py).
+command -v wrk >/dev/null 2>&1 \
+    || ($SUDO apt-get update && $SUDO apt-get install -y wrk)

@@ -97,8 +97,10 @@ class Settings(BaseSettings):
     max_image_pixels: int = 40_000_000
 
     # Dynamic batching of /predict: concurrent requests for a model share one forward pass of up
-    # to predict_max_batch images, which waits at most predict_max_wait_ms for company. Off, each
-    # request runs its own pass (the naive baseline bench/serve.py compares against).
+    # to predict_max_batch images. A pass leaves at once unless other requests for the model are
+    # admitted and still decoding; then it waits for them, at most predict_max_wait_ms after its
+    # oldest request queued (a lone request never waits). Off, each request runs its own pass
+    # (the naive baseline bench/serve.py compares against).
     predict_batching: bool = True
     predict_max_batch: int = Field(default=32, ge=1)
     predict_max_wait_ms: float = Field(default=5.0, ge=0)

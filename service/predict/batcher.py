@@ -1,9 +1,11 @@
 """Dynamic batching: concurrent ``/predict`` requests for one model share a forward pass.
 
-Each loaded model gets a queue. A batch leaves when ``max_batch`` images are waiting or when
-the oldest waiting request has waited ``max_wait_s``, whichever comes first. While a forward
-pass runs, new requests queue and form the next batch, so under load the wait costs nothing
-and batches fill; when idle, a lone request waits at most ``max_wait_s``.
+Each loaded model gets a queue. A batch leaves at once unless company is known to be coming:
+it waits only while other requests for the model are admitted and still decoding, and then
+until ``max_batch`` images are waiting, those requests have all joined, or the oldest waiting
+request has waited ``max_wait_s``, whichever comes first. While a forward pass runs, new
+requests queue and form the next batch, so under load batches fill without any waiting; a lone
+request (nothing else admitted) goes straight to the model.
 
 Admission is bounded per model: a request that would take the images admitted (decoding,
 queued or in the forward pass) past ``max_queue`` is refused before its images are decoded,
@@ -25,7 +27,7 @@ import math
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -65,11 +67,13 @@ class ModelQueue:
         self._pending: deque[_Pending] = deque()
         self._waiting = 0  # images in _pending
         self.admitted = 0  # images admitted and not yet answered
+        self.decoding = 0  # images admitted and not yet submitted (being decoded)
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
-    def admit(self, n: int) -> contextlib.AbstractContextManager[None]:
-        """Reserve ``n`` images' places now, or raise 429; the places are held until exit."""
+    def admit(self, n: int) -> Admission:
+        """Reserve ``n`` images' places now, or raise 429; the places are held until exit, and
+        the images count as decoding until ``Admission.submit`` queues them."""
         limit = self._batcher.max_queue
         # An empty queue always admits, so a request larger than the limit is not refused forever.
         if self.admitted and self.admitted + n > limit:
@@ -80,24 +84,25 @@ class ModelQueue:
                 retry_after_s=retry,
             )
         self.admitted += n
-        return self._held(n)
+        self.decoding += n
+        return Admission(self, n)
 
-    @contextlib.contextmanager
-    def _held(self, n: int) -> Iterator[None]:
-        try:
-            yield
-        finally:
-            self.admitted -= n
-            if self.admitted == 0:
-                self._batcher.release(self)
+    def _decoded(self, n: int) -> None:
+        """``n`` images left decoding (queued, or failed): a waiting drain may go now."""
+        self.decoding -= n
+        self._wakeup.set()
+
+    def _released(self, n: int) -> None:
+        self.admitted -= n
+        if self.admitted == 0:
+            self._batcher.release(self)
 
     @property
     def waiting(self) -> int:
         """Images queued for the next forward pass (not those being decoded or in a pass)."""
         return self._waiting
 
-    async def submit(self, images: Tensor) -> Tensor:
-        """Queue preprocessed ``images`` (N, 3, H, W); their (N, classes) probabilities."""
+    def _enqueue(self, images: Tensor) -> asyncio.Future[Tensor]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Tensor] = loop.create_future()
         self._pending.append(_Pending(images, future, loop.time()))
@@ -105,15 +110,25 @@ class ModelQueue:
         self._wakeup.set()
         if self._task is None:
             self._task = loop.create_task(self._drain())
-        return await future
+        return future
+
+    def wait_s(self, now: float) -> float:
+        """How long the next batch waits for company, at loop time ``now`` (0: it leaves now).
+
+        It waits only while requests admitted after it are still decoding and there is room
+        for them: a lone request, a full batch or a batch whose oldest request has waited
+        ``max_wait_s`` leaves at once.
+        """
+        if not self._pending or not self.decoding or self._waiting >= self._batcher.max_batch:
+            return 0.0
+        return max(0.0, self._pending[0].enqueued + self._batcher.max_wait_s - now)
 
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
         try:
             while self._pending:
-                first = self._pending[0]
-                wait = first.enqueued + self._batcher.max_wait_s - loop.time()
-                if wait > 0 and self._waiting < self._batcher.max_batch:
+                wait = self.wait_s(loop.time())
+                if wait > 0:
                     self._wakeup.clear()
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(wait):
@@ -168,6 +183,33 @@ class ModelQueue:
         for item in batch:
             _settle(item.future, result=probs[start : start + item.size])
             start += item.size
+
+
+class Admission:
+    """A request's places in its model's queue (``ModelQueue.admit``): a context manager that
+    holds them until the request is answered or fails."""
+
+    def __init__(self, queue: ModelQueue, n: int) -> None:
+        self.queue = queue
+        self.n = n
+        self._decoding = True
+
+    def __enter__(self) -> Admission:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._leave_decoding()
+        self.queue._released(self.n)
+
+    def _leave_decoding(self) -> None:
+        if self._decoding:
+            self._decoding = False
+            self.queue._decoded(self.n)
+
+    async def submit(self, images: Tensor) -> Tensor:
+        """Queue the request's preprocessed ``images`` (N, ...); their (N, classes) output."""
+        self._leave_decoding()
+        return await self.queue._enqueue(images)
 
 
 def _settle(

@@ -5,13 +5,12 @@ import json
 from fastapi import APIRouter, Request
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
 
 from service.auth.deps import PredictKey
 from service.deps import Ctx
 from service.errors import BadRequest, InvalidRequest
 from service.limits import body_limit
-from service.multipart import read_form
+from service.multipart import read_parts
 from service.predict import service
 from service.predict.schemas import PredictJSON, PredictResponse
 from service.schemas import ERROR_RESPONSES
@@ -75,21 +74,20 @@ async def _from_json(request: Request) -> tuple[str, int, list[service.ImageInpu
 async def _from_multipart(
     request: Request, max_files: int
 ) -> tuple[str, int, list[service.ImageInput], bool]:
-    form = await read_form(request, max_files=max_files)
-    try:
-        ref = form.get("model")
-        if not isinstance(ref, str) or not ref.strip():
-            raise InvalidRequest("a 'model' field is required", "model")
-        top_k = _top_k(form.get("top_k"))
-        monitor = _monitor(form.get("monitor"))
-        uploads = [f for key in ("files", "file") for f in form.getlist(key)]
-        images = []
-        for i, upload in enumerate(uploads):
-            if not isinstance(upload, UploadFile):
-                raise InvalidRequest(f"files[{i}] must be a file part", f"files[{i}]")
-            images.append(service.ImageInput(await upload.read(), upload.filename, f"files[{i}]"))
-    finally:
-        await form.close()
+    parts = await read_parts(request, max_files=max_files)
+    ref = parts.field("model")
+    if ref is None or not ref.strip():
+        raise InvalidRequest("a 'model' field is required", "model")
+    top_k = _top_k(parts.field("top_k"))
+    monitor = _monitor(parts.field("monitor"))
+    for key in ("files", "file"):
+        if key in parts.fields:
+            raise InvalidRequest(f"{key} must be file parts (with a filename)", key)
+    uploads = [f for key in ("files", "file") for f in parts.files if f.name == key]
+    images = [
+        service.ImageInput(upload.data, upload.filename, f"files[{i}]")
+        for i, upload in enumerate(uploads)
+    ]
     if not images:
         raise InvalidRequest("no image files given (multipart field 'files')", "files")
     return ref.strip(), top_k, images, monitor

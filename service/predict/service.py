@@ -240,4 +240,4 @@ async def batched_probs(
         raise
     with admission:
         batch = await batcher.preprocess(prepare)
-        return await queue.submit(batch)
+        return await admission.submit(batch)

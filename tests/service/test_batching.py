@@ -146,6 +146,10 @@ def expected_probs(artifact_folder: Path, images: list[bytes]) -> torch.Tensor:
     return torch.stack(rows)
 
 
+def admitted(ctx: AppContext, ref: str) -> int:
+    return sum(queue.admitted for queue in queues_of(ctx, ref))
+
+
 @pytest.mark.parametrize(
     "settings_overrides", [{"predict_max_batch": 8, "predict_max_wait_ms": 30_000}]
 )
@@ -156,18 +160,24 @@ def test_concurrent_requests_share_one_forward_pass_with_unbatched_results(
     pool: ThreadPoolExecutor,
     artifact_folder: Path,
 ) -> None:
-    gate = gate_model(ctx, "shapes")
+    gate, _, first = start_held_pass(ctx, client, pool, "shapes")
     batches_before = ctx.metrics.predict_batches._value.get()
     images = colour_images(8)
-    futures = [
-        post(pool, client, {"model": "shapes", "images": [b64(data)], "top_k": 4})
-        for data in images
-    ]
+    try:
+        futures = [
+            post(pool, client, {"model": "shapes", "images": [b64(data)], "top_k": 4})
+            for data in images
+        ]
+        wait_until(lambda: admitted(ctx, "shapes/2") == 9, "eight requests to be admitted")
+    finally:
+        gate.release()
     responses = [f.result() for f in futures]
+    assert first.result().status_code == 200
     assert [r.status_code for r in responses] == [200] * 8
-    # The batch leaves as soon as it is full: one pass for eight requests, not eight passes.
-    assert gate.sizes == [8]
-    assert ctx.metrics.predict_batches._value.get() - batches_before == 1
+    # The eight admitted during the held pass leave together once it ends (the batch is full,
+    # and any still decoding were waited for): one pass for eight requests, not eight passes.
+    assert gate.sizes == [1, 8]
+    assert ctx.metrics.predict_batches._value.get() - batches_before == 2
 
     expected = expected_probs(artifact_folder, images)
     names = list(load_artifact(artifact_folder).classifier.classnames)
@@ -218,21 +228,76 @@ def test_a_bad_request_does_not_fail_its_batch(
     client: TestClient, ctx: AppContext, version: int, pool: ThreadPoolExecutor
 ) -> None:
     black = png_bytes((0, 0, 0))
-    gate = gate_model(ctx, "shapes")
+    gate, _, first = start_held_pass(ctx, client, pool, "shapes")
     # The black image, preprocessed as the server will, makes any pass that contains it fail.
     gate.poison = gate.transform_for_test(black)
-    undecodable = post(pool, client, {"model": "shapes", "images": [b64(b"not an image")]})
-    bodies = [b64(png_bytes((200, 10, 10))), b64(black), b64(png_bytes((10, 200, 10)))]
-    futures = [post(pool, client, {"model": "shapes", "images": [data]}) for data in bodies]
+    try:
+        undecodable = post(pool, client, {"model": "shapes", "images": [b64(b"not an image")]})
+        bodies = [b64(png_bytes((200, 10, 10))), b64(black), b64(png_bytes((10, 200, 10)))]
+        futures = [post(pool, client, {"model": "shapes", "images": [d]}) for d in bodies]
+        # A request that fails to decode leaves the queue: nothing waits for it.
+        wait_until(
+            lambda: undecodable.done() and admitted(ctx, "shapes/2") == 4,
+            "three requests to be admitted and the undecodable one refused",
+        )
+    finally:
+        gate.release()
 
+    assert first.result().status_code == 200
     assert undecodable.result().status_code == 422
     assert futures[0].result().status_code == 200
     assert futures[2].result().status_code == 200
     # The poisoned request alone fails (a server error: the test client re-raises it).
     with pytest.raises(RuntimeError, match="poisoned"):
         futures[1].result()
-    # One shared pass of three failed, then each request ran alone.
-    assert gate.sizes == [3, 1, 1, 1]
+    # After the held pass, one shared pass of three failed, then each request ran alone.
+    assert gate.sizes == [1, 3, 1, 1, 1]
+
+
+@pytest.mark.parametrize("settings_overrides", [{"predict_max_wait_ms": 600_000}])
+def test_a_lone_request_goes_straight_to_the_model(
+    client: TestClient, ctx: AppContext, version: int, pool: ThreadPoolExecutor
+) -> None:
+    gate = gate_model(ctx, "shapes")
+    for data in colour_images(3):
+        # With nothing else admitted there is no company to wait for: each request is answered
+        # now, not after the 10 minutes it may wait (the result's timeout only guards a hang).
+        response = post(pool, client, {"model": "shapes", "images": [b64(data)]})
+        assert response.result(timeout=HELD_FOREVER).status_code == 200
+    assert gate.sizes == [1, 1, 1]
+
+
+@pytest.mark.parametrize("settings_overrides", [{"predict_max_wait_ms": 600_000}])
+def test_a_queued_request_waits_for_one_still_decoding(
+    client: TestClient,
+    ctx: AppContext,
+    version: int,
+    pool: ThreadPoolExecutor,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    gate = gate_model(ctx, "shapes")
+    slow = png_bytes((1, 2, 3))
+    decoding = threading.Event()
+    decoded = threading.Event()
+    preprocess = predict_service.preprocess
+
+    def held_preprocess(model: Any, images: list[Any], *args: Any) -> torch.Tensor:
+        if images[0].data == slow:  # this request's decoding is held until the test says
+            decoding.set()
+            assert decoded.wait(HELD_FOREVER)
+        return preprocess(model, images, *args)
+
+    monkeypatch.setattr(predict_service, "preprocess", held_preprocess)
+    late = post(pool, client, {"model": "shapes", "images": [b64(slow)]})
+    try:
+        assert decoding.wait(HELD_FOREVER)
+        early = post(pool, client, {"model": "shapes", "images": [b64(png_bytes())]})
+        wait_until(lambda: waiting(ctx, "shapes/2") == 1, "the other request to queue")
+        assert gate.sizes == []  # it waits: a request is admitted and decoding
+    finally:
+        decoded.set()
+    assert early.result().status_code == 200 and late.result().status_code == 200
+    assert gate.sizes == [2]
 
 
 @pytest.mark.parametrize("settings_overrides", [{"predict_max_batch": 1, "predict_max_wait_ms": 0}])

@@ -224,12 +224,15 @@ def finetune(
     checkpoint_dir: str | Path | None = None,
     note: Note | None = None,
     should_stop: Callable[[], bool] | None = None,
+    resume_key: str | None = None,
 ) -> RunResult:
     """Run ``cfg`` end to end and write the artifact to ``cfg.output_dir``.
 
     ``callback`` sees every training step and may stop training; ``should_stop`` is asked
     between evaluation batches and between WiSE-FT alphas, where no step runs (raises
-    Cancelled).
+    Cancelled). ``resume_key`` is what a checkpoint in ``checkpoint_dir`` must match to be
+    continued, when ``run_key(cfg)`` would not do: a worker whose dataset path is its own
+    download passes the key of the job's stored config, the same on every machine.
     """
     started = time.monotonic()
     say = note or log.info
@@ -271,7 +274,7 @@ def finetune(
             evaluate=_refreshing(evaluate),
             checkpoint_dir=checkpoint_dir,
             num_workers=cfg.data.num_workers,
-            run_key=run_key(cfg),
+            run_key=resume_key or run_key(cfg),
         )
         finetuned_state = cpu_state(classifier)
         # alpha 0 is the zero-shot model, evaluated above: its metrics are reused, not redone.

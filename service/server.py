@@ -31,7 +31,7 @@ import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from service.http_errors import error_body
-from service.settings import Settings, check_storage, settings_from_env
+from service.settings import Settings, settings_from_env
 
 # After a refusal the connection is half-closed and what the client still sends is read and
 # dropped for at most this long, so the answer reaches it instead of being lost to the reset a
@@ -386,6 +386,8 @@ class ServiceHttpProtocol(HttpToolsProtocol):
 def serve(host: str, port: int, workers: int | None = None, log_level: str | None = None) -> None:
     """Run the API (settings from RCS_*) under uvicorn with ``ServiceHttpProtocol``."""
     settings = settings_from_env()  # a bad setting: one line naming it, before uvicorn starts
+    from service.storage import check_storage  # the storage client: only in this process
+
     check_storage(settings)
     workers = workers or settings.api_workers
     if workers > 1 and settings.auto_migrate:

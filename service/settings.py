@@ -297,17 +297,6 @@ def settings_from_env() -> Settings:
         raise SystemExit(f"refusing to start: {exc}") from None
 
 
-def check_storage(settings: Settings) -> None:
-    """Exit with one line naming the setting if the configured object store cannot be written
-    (no credentials, a wrong endpoint, no bucket): at start, not at the first job."""
-    from service.storage import ArtifactStore, StorageError
-
-    try:
-        ArtifactStore.of(settings).check()
-    except (StorageError, ImportError, ValueError) as exc:
-        raise SystemExit(f"refusing to start: {exc}") from None
-
-
 def describe_settings_error(exc: ValidationError) -> str:
     """``RCS_NAME: problem; ...``, without the values (one may be a secret)."""
     problems = []

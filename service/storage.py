@@ -274,6 +274,15 @@ class ArtifactStore:
             log.warning("could not remove %s after a failed write", self.fs.unstrip_protocol(path))
 
 
+def check_storage(settings: Settings) -> None:
+    """Exit with one line naming the setting if the configured object store cannot be written
+    (no credentials, a wrong endpoint, no bucket): at start, not at the first job."""
+    try:
+        ArtifactStore.of(settings).check()
+    except (StorageError, ImportError, ValueError) as exc:
+        raise SystemExit(f"refusing to start: {exc}") from None
+
+
 def explain(exc: BaseException) -> str:
     """What went wrong with an object store, in words an operator acts on, without secrets."""
     name = type(exc).__name__

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import torch
 
-from service.settings import check_storage, settings_from_env
+from service.settings import settings_from_env
+from service.storage import check_storage
 from worker.app import create_celery, make_context
 
 

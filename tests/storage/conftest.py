@@ -36,7 +36,13 @@ def bucket_url(s3_env: dict[str, str]) -> str:
 
 
 @pytest.fixture
-def s3fs_client(s3_env: dict[str, str]) -> object:
+def s3fs_client(s3_env: dict[str, str], s3_endpoint: str) -> object:
+    """The test's own client of the server: straight to it, whatever the test then does to
+    the environment (a worker behind a proxy)."""
     import s3fs
 
-    return s3fs.S3FileSystem(skip_instance_cache=True, use_listings_cache=False)
+    return s3fs.S3FileSystem(
+        skip_instance_cache=True,
+        use_listings_cache=False,
+        client_kwargs={"endpoint_url": s3_endpoint},
+    )

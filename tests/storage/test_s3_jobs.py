@@ -6,6 +6,7 @@ mid-job failing the job with nothing registered."""
 from __future__ import annotations
 
 import io
+import json
 import tarfile
 import threading
 import time
@@ -17,11 +18,12 @@ import pytest
 from sqlalchemy import select
 
 from service.datasets import service as datasets
-from service.db.tables import Dataset, Evaluation, Job, JobEvent, ModelVersion
-from service.errors import InvalidRequest
+from service.db.tables import Dataset, Evaluation, Job, JobCheckpoint, JobEvent, ModelVersion
+from service.errors import InvalidRequest, Unavailable
 from service.jobs import service as jobs
 from service.jobs.schemas import FineTuneRequest
 from service.settings import Settings
+from tests.reliability.proxy import CuttableProxy
 from tests.service.support import dataset_name, finetune_body, make_settings, worker_context
 from worker.evaluations import run_evaluation
 from worker.lease import Outcome, WorkerContext
@@ -185,3 +187,60 @@ def test_a_bucket_that_disappears_mid_job_fails_it_with_nothing_registered(
     with ctx.sessions() as session:
         statuses = session.scalars(select(ModelVersion.status)).all()
     assert statuses == ["FAILED_REGISTRATION"], statuses
+
+
+def test_checkpoint_uploads_that_fail_are_retried_and_the_job_finishes(
+    tmp_path: Path,
+    shapes_root: Path,
+    bucket_url: str,
+    s3fs_client: Any,
+    s3_endpoint: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    host, port = s3_endpoint.removeprefix("http://").split(":")
+    with CuttableProxy((host, int(port))) as proxy:
+        # This worker reaches the bucket only through the proxy; the test's client directly.
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{proxy.port}")
+        ctx = worker_context(s3_settings(tmp_path, "worker-a", shapes_root, bucket_url))
+        dataset = upload_shapes(ctx, shapes_root)
+        job_id = queue_job(ctx, dataset.id, hyperparameters={"max_steps": 60, "batch_size": 8})
+        thread, done = in_thread(lambda: run_job(ctx, job_id))
+        index = f"{bucket_url}/jobs/{job_id}/checkpoints.json"
+        wait_until(lambda: s3fs_client.exists(index), 120, "a first checkpoint in the bucket")
+        proxy.cut()  # the network to the store fails mid-job
+
+        def failed_upload() -> bool:
+            return any("Uploading a checkpoint failed" in e.message for e in events(ctx, job_id))
+
+        wait_until(failed_upload, 120, "an upload to fail")
+        cut_at = json.loads(s3fs_client.cat_file(index))["latest"]
+        proxy.restore()
+        thread.join(300)
+    assert done and done[0].status == "succeeded", [e.message for e in events(ctx, job_id)]
+    with ctx.sessions() as session:
+        assert session.scalars(select(ModelVersion.status)).all() == ["READY"]
+        listed = session.scalars(
+            select(JobCheckpoint.step_number).where(JobCheckpoint.job_id == job_id)
+        ).all()
+    assert max(listed) == 60 and any(step > cut_at for step in listed), (cut_at, listed)
+
+
+def test_a_dataset_upload_the_store_refuses_registers_nothing(
+    tmp_path: Path,
+    shapes_root: Path,
+    bucket_url: str,
+    s3fs_client: Any,
+    s3_endpoint: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    host, port = s3_endpoint.removeprefix("http://").split(":")
+    with CuttableProxy((host, int(port))) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{proxy.port}")
+        ctx = worker_context(s3_settings(tmp_path, "api", shapes_root, bucket_url))
+        proxy.cut()
+        with pytest.raises(Unavailable, match="RCS_STORAGE_URL.*nothing was registered"):
+            upload_shapes(ctx, shapes_root)
+    with ctx.sessions() as session:
+        assert session.scalars(select(Dataset)).all() == []
+    assert list(ctx.settings.uploads_dir.iterdir()) == [], "no unpacked or packed leftovers"
+    assert not s3fs_client.exists(f"{bucket_url}/datasets")

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.storage.s3_server import aws_env, moto_server, new_bucket
+from tools.s3_server import aws_env, moto_server, new_bucket
 
 
 @pytest.fixture(scope="session")

@@ -18,8 +18,8 @@ import pytest
 from tests.e2e.conftest import clean_redis
 from tests.live import REDIS_URL, base_settings, key_client, ok, redis_or_skip, wait_for
 from tests.service.support import finetune_body
-from tests.storage.s3_server import aws_env
 from tools.processes import Process, api_process, free_port, wait_ready, worker_process
+from tools.s3_server import aws_env
 
 pytestmark = pytest.mark.slow
 

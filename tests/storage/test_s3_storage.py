@@ -15,8 +15,8 @@ import pytest
 
 from models.artifacts import CARD, card_digest
 from service.storage import ArtifactStore, Cache, StorageError
-from tests.storage.s3_server import aws_env
 from tools.processes import ROOT, free_port
+from tools.s3_server import aws_env
 
 
 def store_for(url: str, tmp_path: Path, cache_bytes: int | None = None) -> ArtifactStore:

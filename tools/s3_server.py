@@ -1,4 +1,4 @@
-"""A real S3 server process for the tests: moto's standalone server (``python -m moto.server``,
+"""A real S3 server process for the tests and bench/storage.py: moto's standalone server (``python -m moto.server``,
 the dev dependency ``moto[server]``), on a free port, and the AWS environment that points
 botocore (and so s3fs) at it. Nothing here fakes S3 in-process: every call goes over HTTP."""
 

@@ -80,6 +80,30 @@ def timed(work: Callable[[], Any]) -> float:
     return time.perf_counter() - start
 
 
+def one_round(store: Any, sources: tuple[Path, Path, Path], scratch: Path) -> dict[str, float]:
+    """Each operation once, on fresh keys and an empty cache: its seconds by name."""
+    from models.artifacts import card_digest
+
+    artifact, checkpoint, dataset = sources
+    scratch.mkdir(parents=True)
+    key, job = f"bench/{uuid.uuid4().hex[:8]}", f"job-{uuid.uuid4().hex[:8]}"
+    files: dict[str, str] = {}
+    uris: list[str] = []
+    runs: dict[str, Callable[[], Any]] = {
+        "artifact upload": lambda: store.put_folder(artifact, key),
+        "artifact download": lambda: store.local_path(key, card_digest(artifact)),
+        "checkpoint upload": lambda: files.update(
+            store.put_files(checkpoint, f"{job}/{checkpoint.name}")
+        ),
+        "checkpoint download": lambda: store.get_files(
+            f"{job}/{checkpoint.name}", files, scratch / "resumed"
+        ),
+        "dataset upload (tar)": lambda: uris.append(store.put_dataset(job, dataset, scratch)),
+        "dataset download (untar)": lambda: store.dataset_folder(uris[-1]).__enter__(),
+    }
+    return {name: timed(run) for name, run in runs.items()}
+
+
 def summary(values: list[float]) -> dict[str, Any]:
     mean = statistics.fmean(values)
     sd = statistics.stdev(values) if len(values) > 1 else 0.0
@@ -97,7 +121,6 @@ def summary(values: list[float]) -> dict[str, Any]:
 
 
 def main() -> None:
-    from models.artifacts import card_digest
     from models.backbone import OFFLINE_BACKBONE
     from service.storage import ArtifactStore
     from tools.s3_server import aws_env, moto_server, new_bucket
@@ -119,29 +142,11 @@ def main() -> None:
 
             bucket = new_bucket(s3fs.S3FileSystem(skip_instance_cache=True))
             url = f"s3://{bucket}/bench"
-            digest = card_digest(artifact)
             times: dict[str, list[float]] = {}
             for repeat in range(args.repeats + 1):  # the first is a warm-up, not kept
                 store = ArtifactStore(f"{url}/artifacts", tmp / f"cache-{repeat}", None, url)
-                key, job = f"bench/{uuid.uuid4().hex[:8]}", f"job-{uuid.uuid4().hex[:8]}"
-                runs: dict[str, Callable[[], Any]] = {
-                    "artifact upload": lambda: store.put_folder(artifact, key),
-                    "artifact download": lambda: store.local_path(key, digest),
-                    "checkpoint upload": lambda: files.update(
-                        store.put_files(checkpoint, f"{job}/{checkpoint.name}")
-                    ),
-                    "checkpoint download": lambda: store.get_files(
-                        f"{job}/{checkpoint.name}", files, tmp / f"resumed-{repeat}"
-                    ),
-                    "dataset upload (tar)": lambda: uris.append(
-                        store.put_dataset(job, dataset, tmp)
-                    ),
-                    "dataset download (untar)": lambda: store.dataset_folder(uris[-1]).__enter__(),
-                }
-                files: dict[str, str] = {}
-                uris: list[str] = []
-                for name, run in runs.items():
-                    elapsed = timed(run)
+                measured = one_round(store, (artifact, checkpoint, dataset), tmp / str(repeat))
+                for name, elapsed in measured.items():
                     if repeat:
                         times.setdefault(name, []).append(elapsed)
     sizes = {

@@ -1,6 +1,7 @@
-"""A real S3 server process for the tests and bench/storage.py: moto's standalone server (``python -m moto.server``,
-the dev dependency ``moto[server]``), on a free port, and the AWS environment that points
-botocore (and so s3fs) at it. Nothing here fakes S3 in-process: every call goes over HTTP."""
+"""A real S3 server process for the tests and bench/storage.py: moto's standalone server
+(``python -m moto.server``, the dev dependency ``moto[server]``), on a free port, and the AWS
+environment that points botocore (and so s3fs) at it. Nothing here fakes S3 in-process: every
+call goes over HTTP."""
 
 from __future__ import annotations
 

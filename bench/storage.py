@@ -132,10 +132,16 @@ def main() -> None:
     args = parser.parse_args()
     out = args.out or ROOT / "bench" / "results" / f"storage-{date.today().isoformat()}"
     out.mkdir(parents=True, exist_ok=True)
+    load_at_start = os.getloadavg()
 
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         artifact, checkpoint, dataset = train_two_steps(args.arch, tmp / "run")
+        sizes = {
+            "artifact": size_of(artifact),
+            "checkpoint": size_of(checkpoint),
+            "dataset": size_of(dataset),
+        }
         with moto_server(tmp / "moto.log") as endpoint:
             os.environ.update(aws_env(endpoint))
             import s3fs
@@ -149,11 +155,6 @@ def main() -> None:
                 for name, elapsed in measured.items():
                     if repeat:
                         times.setdefault(name, []).append(elapsed)
-    sizes = {
-        "artifact": size_of(artifact),
-        "checkpoint": size_of(checkpoint),
-        "dataset": size_of(dataset),
-    }
     results = {
         "command": " ".join([".venv/bin/python", "bench/storage.py", *sys.argv[1:]]),
         "arch": args.arch,
@@ -162,6 +163,7 @@ def main() -> None:
         "server": "moto[server] 5.2.5 on 127.0.0.1 (in-memory), started by the script",
         "machine": {
             "cpus": os.cpu_count(),
+            "load_avg_at_start": load_at_start,
             "load_avg_at_end": os.getloadavg(),
             "python": platform.python_version(),
         },

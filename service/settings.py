@@ -268,10 +268,6 @@ class Settings(BaseSettings):
         return (self.shared_root or self.work_dir) / "jobs"
 
     @property
-    def artifact_cache_dir(self) -> Path:
-        return self.work_dir / "artifact-cache"
-
-    @property
     def cache_dir(self) -> Path:
         """Downloads from an object store: datasets and artifacts, LRU within cache_bytes."""
         return self.work_dir / "cache"

@@ -149,7 +149,8 @@ class ArtifactStore:
         target = f"{self.root}/{key}"
         if self.fs.exists(target):
             self.fs.rm(target, recursive=True)
-        shutil.rmtree(self.cache_dir / key, ignore_errors=True)
+        # Downloads are cached by digest: a later version under the key is another entry, and
+        # this one leaves the cache when it is the least recently used.
 
     # --- datasets (object store) ---
 

@@ -6,7 +6,10 @@
 ARG PYTHON_IMAGE=python:3.11-slim
 FROM ${PYTHON_IMAGE}
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PYTHONDONTWRITEBYTECODE=1
-# The versions the dev extra pins (pyproject.toml).
-RUN python -m pip install "moto[server]==5.2.5" "boto3==1.43.117"
+# In a virtual environment, as docker/Dockerfile (a Debian python has no pip of its own), with
+# the versions the dev extra pins (pyproject.toml).
+RUN python -m venv /opt/venv \
+    && /opt/venv/bin/pip install "moto[server]==5.2.5" "boto3==1.43.117"
+ENV PATH=/opt/venv/bin:$PATH
 EXPOSE 9000
 CMD ["python", "-m", "moto.server", "-H", "0.0.0.0", "-p", "9000"]

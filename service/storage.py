@@ -191,8 +191,7 @@ class ArtifactStore:
                         f"{digest[:12]} it was registered with"
                     )
                 tmp.mkdir()
-                with tarfile.open(packed) as archive:
-                    archive.extractall(tmp, filter="data")
+                _unpack(packed, tmp)
             finally:
                 packed.unlink(missing_ok=True)
 
@@ -414,6 +413,22 @@ def _pack(folder: Path, target: Path) -> None:
         for path in sorted(folder.rglob("*")):
             if path.is_file() and not path.is_symlink():
                 archive.add(path, path.relative_to(folder).as_posix(), filter=plain)
+
+
+def _unpack(packed: Path, target: Path) -> None:
+    """Unpack a dataset tar (``_pack``'s, its digest checked) into ``target``: regular files
+    and folders only, every one inside ``target``. tarfile's "data" filter does this where the
+    Python has it (3.11.4 and later); before, the same rules are applied here."""
+    with tarfile.open(packed) as archive:
+        if hasattr(tarfile, "data_filter"):
+            archive.extractall(target, filter="data")
+            return
+        root = target.resolve()
+        for member in archive.getmembers():
+            inside = (root / member.name).resolve()
+            if not (member.isfile() or member.isdir()) or not inside.is_relative_to(root):
+                raise StorageError(f"the dataset archive has an unsafe member: {member.name!r}")
+        archive.extractall(target)
 
 
 def _size(folder: Path) -> int:

@@ -221,3 +221,24 @@ def test_credentials_in_the_url_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValidationError, match="must not contain credentials") as refused:
         Settings(storage_url="s3://AKIA:hunter2@bucket/prefix", env="local")
     assert "hunter2" not in str(refused.value)
+
+
+def test_unpacking_without_tarfiles_data_filter_keeps_members_inside(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pythons before 3.11.4 (Debian 12's 3.11.2) have no extraction filter: the same rules."""
+    import tarfile
+
+    from service.storage import _pack, _unpack
+
+    monkeypatch.delattr(tarfile, "data_filter", raising=False)
+    packed = tmp_path / "good.tar"
+    _pack(dataset_tree(tmp_path / "ds"), packed)
+    _unpack(packed, tmp_path / "out")
+    assert (tmp_path / "out/train/square/0001.png").read_bytes() == bytes([1]) * 101
+    evil = tmp_path / "evil.tar"
+    with tarfile.open(evil, "w") as archive:
+        archive.add(packed, "../escaped.tar")
+    with pytest.raises(StorageError, match="unsafe member"):
+        _unpack(evil, tmp_path / "out2")
+    assert not (tmp_path / "escaped.tar").exists()

@@ -222,7 +222,7 @@ def run_stack_s3(stack: Stack, figures: dict[str, float], state: Path) -> None:
     step(
         "start worker-cpu-b, the other machine (worker-cpu stays dead)",
         lambda: stack(
-            "up", "-d", "--no-deps", "--scale", "worker-cpu=0", "worker-cpu-b", quiet=True
+            "up", "-d", "--no-deps", "--scale", "worker-cpu-b=1", "worker-cpu-b", quiet=True
         ),
     )
 

@@ -239,6 +239,10 @@ def run_stack_s3(stack: Stack, figures: dict[str, float], state: Path) -> None:
     all_steps = [s for _, steps in runs for s in steps]
     if len(runs) != 2 or not runs[1][1] or all_steps.count(1) != 1:
         raise SmokeError(f"expected 2 attempts, step 1 once: {runs}")
+    # The second attempt ran on worker-cpu-b: its start names that container's host name.
+    other = stack.container("worker-cpu-b")[:12]
+    if other not in runs[1][0]:
+        raise SmokeError(f"attempt 2 did not run on worker-cpu-b ({other}): {runs[1][0]}")
     if runs[1][1][0] != checkpoint + 1:
         raise SmokeError(f"attempt 2 began at {runs[1][1][0]}, not after checkpoint {checkpoint}")
     one_ready_version(api, "shapes-kill", kill_id)

@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 CLIENTS_VENV ?= .venv-clients
 CLIENTS_STAMP := $(CLIENTS_VENV)/.installed-stamp
 
-.PHONY: demo demo-tiny demo-cli test test-fast chaos lint format bench bench-peer bench-monitor bench-shift bench-shift-quick install clean compose-smoke
+.PHONY: demo demo-tiny demo-cli test test-fast chaos lint format bench bench-peer bench-monitor bench-shift bench-shift-quick install clean compose-smoke compose-smoke-s3
 
 $(STAMP): pyproject.toml offline/pyproject.toml requirements/no-deps.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -99,6 +99,13 @@ bench-shift-quick: $(STAMP)
 # On 2 cores: about 5 minutes from nothing (base-image stand-ins, 7 GB of images), 2 cached.
 compose-smoke: $(STAMP)
 	bash scripts/compose-smoke.sh
+
+# The same engine handling, on docker-compose.s3.yml (scripts/compose-smoke/smoke_s3.py): an S3
+# server as a service, the API without the artifacts volume, two workers sharing no volume; a
+# dataset uploaded to the bucket, a job whose worker container is killed finished by the other
+# from the checkpoint in the bucket, /predict served from the bucket.
+compose-smoke-s3: $(STAMP)
+	RCS_SMOKE_S3=1 bash scripts/compose-smoke.sh
 
 clean:
 	rm -rf $(VENV) $(CLIENTS_VENV) .pytest_cache .mypy_cache .ruff_cache runs

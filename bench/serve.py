@@ -88,7 +88,7 @@ def register(env: dict[str, str], folder: Path) -> None:
     from service.storage import ArtifactStore
 
     upgrade(env["RCS_DATABASE_URL"])
-    store = ArtifactStore(env["RCS_ARTIFACTS_URL"], Path(env["RCS_WORK_DIR"]) / "artifact-cache")
+    store = ArtifactStore(env["RCS_ARTIFACTS_URL"], Path(env["RCS_WORK_DIR"]) / "cache")
     with make_sessionmaker(make_engine(env["RCS_DATABASE_URL"]))() as session:
         row = registry.begin_version(session, REGISTERED, "bench-" + "0" * 24, read_card(folder))
         source = store.put_folder(folder, registry.version_key(REGISTERED, row.version))

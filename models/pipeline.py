@@ -270,6 +270,7 @@ def finetune(
     note: Note | None = None,
     should_stop: Callable[[], bool] | None = None,
     record_images: bool = False,
+    resume_key: str | None = None,
 ) -> RunResult:
     """Run ``cfg`` end to end and write the artifact to ``cfg.output_dir``.
 
@@ -279,6 +280,9 @@ def finetune(
     ``images``, models.metrics.image_record), per-image hits of every split and the true
     class's probability on validation: what an offline study of the alpha rules needs
     (bench/shift). The paired rule keeps the validation hits it needs in any case.
+    ``resume_key`` is what a checkpoint in ``checkpoint_dir`` must match to be
+    continued, when ``run_key(cfg)`` would not do: a worker whose dataset path is its own
+    download passes the key of the job's stored config, the same on every machine.
     """
     started = time.monotonic()
     say = note or log.info
@@ -321,7 +325,7 @@ def finetune(
             evaluate=_refreshing(evaluate),
             checkpoint_dir=checkpoint_dir,
             num_workers=cfg.data.num_workers,
-            run_key=run_key(cfg),
+            run_key=resume_key or run_key(cfg),
         )
         finetuned_state = cpu_state(classifier)
         # alpha 0 is the zero-shot model, evaluated above: its metrics are reused, not redone.

@@ -130,7 +130,8 @@ cleanup() {
         # The driver brings the stack down itself; this is for an interrupted run.
         # shellcheck disable=SC2086,SC1091
         (set -a; . "$state/env"; $COMPOSE -p "$RCS_SMOKE_PROJECT" -f docker-compose.yml \
-            -f docker-compose.cpu.yml down -v --remove-orphans >/dev/null 2>&1) || true
+            -f docker-compose.cpu.yml ${RCS_SMOKE_EXTRA_FILES:-} down -v --remove-orphans \
+            >/dev/null 2>&1) || true
     fi
     if [ -n "$started_dockerd" ]; then
         stop_dockerd
@@ -174,4 +175,7 @@ say "compose: $COMPOSE ($(compose_version $COMPOSE))"
 
 py=python3
 [ -x "$root/.venv/bin/python" ] && py="$root/.venv/bin/python"
-RCS_SMOKE_T0=$t0 nice -n 10 "$py" scripts/compose-smoke/smoke.py --state "$state"
+# RCS_SMOKE_S3=1 (make compose-smoke-s3): the object-storage variant, scripts/compose-smoke/smoke_s3.py.
+driver=scripts/compose-smoke/smoke.py
+[ -n "${RCS_SMOKE_S3:-}" ] && driver=scripts/compose-smoke/smoke_s3.py
+RCS_SMOKE_T0=$t0 nice -n 10 "$py" "$driver" --state "$state"

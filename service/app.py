@@ -80,7 +80,7 @@ def build_context(settings: Settings) -> AppContext:
         settings=settings,
         engine=engine,
         sessions=sessions,
-        store=ArtifactStore(settings.artifacts_url, settings.artifact_cache_dir),
+        store=ArtifactStore.of(settings),
         broker=broker,
         models=ModelCache(
             settings.model_cache_bytes,

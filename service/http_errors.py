@@ -52,6 +52,8 @@ def hide_server_paths(request: Request, message: str) -> str:
         return message
     settings: Settings = ctx.settings
     folders = {"RCS_WORK_DIR": str(settings.work_dir), "RCS_ARTIFACTS_URL": settings.artifacts_url}
+    if settings.storage_url is not None:
+        folders["RCS_STORAGE_URL"] = settings.storage_url
     for name, folder in folders.items():
         # The longer, absolute form first; a relative one only if it has a separator, so a
         # short folder name ("work") cannot replace an ordinary word of the message.

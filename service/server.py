@@ -386,6 +386,9 @@ class ServiceHttpProtocol(HttpToolsProtocol):
 def serve(host: str, port: int, workers: int | None = None, log_level: str | None = None) -> None:
     """Run the API (settings from RCS_*) under uvicorn with ``ServiceHttpProtocol``."""
     settings = settings_from_env()  # a bad setting: one line naming it, before uvicorn starts
+    from service.storage import check_storage  # the storage client: only in this process
+
+    check_storage(settings)
     workers = workers or settings.api_workers
     if workers > 1 and settings.auto_migrate:
         # Once, here, rather than in every process at once (two migrations would race).

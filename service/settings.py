@@ -47,10 +47,20 @@ class Settings(BaseSettings):
     broker_url: str = f"sqla+sqlite:///{DEFAULT_ROOT}/broker.db"
     # One queue per pool of identical GPUs; the API sends every training job here.
     training_queue: str = TRAINING_QUEUE
-    # Where registered artifacts live: a folder, or any fsspec URL (s3://bucket/prefix).
+    # Where artifacts, uploaded datasets and job checkpoints live (service/storage.py): unset,
+    # artifacts under RCS_ARTIFACTS_URL and the rest under RCS_WORK_DIR, on this machine; a
+    # folder (a shared mount), all three under it; an object store URL (s3://bucket/prefix,
+    # credentials from the usual AWS variables or profile, never in the URL), all three in the
+    # bucket, and machines share nothing else but the database and the broker.
+    storage_url: str | None = None
+    # Artifacts only, when RCS_STORAGE_URL is unset: a folder, or any fsspec URL.
     artifacts_url: str = str(DEFAULT_ROOT / "artifacts")
-    # Local scratch: uploaded datasets, job checkpoints, downloaded artifacts.
+    # Local scratch: uploaded datasets and job checkpoints (unless RCS_STORAGE_URL says
+    # otherwise), the attempts' own files, and the cache of downloads from remote storage.
     work_dir: Path = DEFAULT_ROOT / "work"
+    # Bytes the cache of downloads from remote storage (datasets, artifacts) may keep on this
+    # machine; the least recently used go first, never one a running job is using.
+    cache_bytes: int = Field(default=20 * 1024**3, ge=0)
     # Server-side dataset folders may only be registered from under these roots.
     allowed_dataset_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list)
     # Server-side model folders (open_clip local-dir models, pretrained weight files) a job may
@@ -206,6 +216,19 @@ class Settings(BaseSettings):
             raise ValueError('expected "name=engine,..." or a JSON object')
         return {k.strip(): v.strip() for k, v in (pair.split("=", 1) for pair in pairs)}
 
+    @field_validator("storage_url", mode="before")
+    @classmethod
+    def _storage_url(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            return None
+        if isinstance(value, str) and "://" in value and urlsplit(value).password is not None:
+            # The URL is written into version cards and logs: credentials never go there.
+            raise ValueError(
+                "must not contain credentials: give them in AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY, or a profile (AWS_PROFILE)"
+            )
+        return value.rstrip("/") if isinstance(value, str) else value
+
     @field_validator("default_model", "bootstrap_api_key", mode="before")
     @classmethod
     def _blank_is_none(cls, value: object) -> object:
@@ -239,16 +262,40 @@ class Settings(BaseSettings):
         return self
 
     @property
+    def remote_storage(self) -> bool:
+        """Whether RCS_STORAGE_URL is an object store (anything but a local folder)."""
+        url = self.storage_url
+        return url is not None and "://" in url and not url.startswith("file://")
+
+    @property
+    def shared_root(self) -> Path | None:
+        """RCS_STORAGE_URL as a local folder (a shared mount), or None."""
+        if self.storage_url is None or self.remote_storage:
+            return None
+        return Path(self.storage_url.removeprefix("file://"))
+
+    @property
+    def artifacts_location(self) -> str:
+        """Where artifacts go: under RCS_STORAGE_URL if set, else RCS_ARTIFACTS_URL."""
+        if self.storage_url is not None:
+            return f"{self.storage_url}/artifacts"
+        return self.artifacts_url
+
+    @property
     def uploads_dir(self) -> Path:
-        return self.work_dir / "datasets"
+        """Uploaded datasets, unpacked (a folder storage; an object store keeps archives)."""
+        return (self.shared_root or self.work_dir) / "datasets"
 
     @property
     def jobs_dir(self) -> Path:
-        return self.work_dir / "jobs"
+        """Each job's folder: its attempts' scratch, and its published checkpoints unless the
+        storage is an object store (service/storage.py, worker/checkpoints.py)."""
+        return (self.shared_root or self.work_dir) / "jobs"
 
     @property
-    def artifact_cache_dir(self) -> Path:
-        return self.work_dir / "artifact-cache"
+    def cache_dir(self) -> Path:
+        """Downloads from an object store: datasets and artifacts, LRU within cache_bytes."""
+        return self.work_dir / "cache"
 
     @property
     def onnx_dir(self) -> Path:

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from service.settings import settings_from_env
+from service.storage import check_storage
 from worker.app import create_celery, make_context
 
 
@@ -35,10 +36,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", default=f"trainer@{socket.gethostname()}")
     parser.add_argument("--loglevel", default="INFO")
     args = parser.parse_args(argv)
+    # Before logging is set up: a refusal is one line, without the storage client's own logs.
+    settings = settings_from_env()
+    check_storage(settings)
     logging.basicConfig(
         level=args.loglevel, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    settings = settings_from_env()
     if settings.torch_threads > 0:
         torch.set_num_threads(settings.torch_threads)
     app = create_celery(make_context(settings))

@@ -58,7 +58,7 @@ def make_context(settings: Settings) -> WorkerContext:
     return WorkerContext(
         settings=settings,
         sessions=make_sessionmaker(engine),
-        store=ArtifactStore(settings.artifacts_url, settings.artifact_cache_dir),
+        store=ArtifactStore.of(settings),
     )
 
 

@@ -15,6 +15,7 @@ import dataclasses
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.exc import InterfaceError, OperationalError
@@ -43,6 +44,7 @@ from service.registry import service as registry
 from service.status import EvaluationStatus, VersionStatus
 from worker.lease import Lease, Outcome, Stop, TaskWatch, WorkerContext, claim, failed, stopped
 from worker.runner import check_server_paths
+from worker.storage import dataset_path
 
 log = logging.getLogger(__name__)
 Results = dict[str, dict[str, dict[str, Any]]]
@@ -75,7 +77,8 @@ def run_evaluation(ctx: WorkerContext, evaluation_id: str) -> Outcome:
         row = session.get(Evaluation, evaluation_id)
         assert row is not None  # claimed just now; rows are never deleted while active
         kind = row.kind
-    return _evaluate_and_record(ctx, lease, kind)
+    with ctx.held:  # its dataset stays in the download cache until it ends
+        return _evaluate_and_record(ctx, lease, kind)
 
 
 def _evaluate_and_record(ctx: WorkerContext, lease: Lease, kind: str) -> Outcome:
@@ -149,9 +152,10 @@ def _dataset(session: Session, row: Evaluation) -> Dataset:
     return dataset
 
 
-def open_checked(dataset: Dataset) -> DatasetSplits:
-    """The dataset confined to its own folder, as at registration, and unchanged since."""
-    ds = open_dataset(dataset.path, within=dataset_root(dataset.path))
+def open_checked(dataset: Dataset, path: Path) -> DatasetSplits:
+    """The dataset (at ``path``, this machine's copy) confined to its own folder, as at
+    registration, and unchanged since."""
+    ds = open_dataset(path, within=dataset_root(path))
     if ds.fingerprint != dataset.fingerprint:
         raise DataError(f"dataset {dataset.id} changed on disk since it was registered")
     return ds
@@ -186,7 +190,7 @@ def relabel(
 def evaluate(ctx: WorkerContext, evaluation_id: str, watch: LeaseWatch) -> Results:
     """Every head's metrics on each split, with an event (and the lease renewed) per split."""
     plan = _plan(ctx, evaluation_id)
-    ds = open_checked(plan.dataset)
+    ds = open_checked(plan.dataset, dataset_path(ctx, plan.dataset))
     device = resolve_device(ctx.settings.device)
     classifier: Classifier = load_artifact(plan.folder, device=device).classifier
     samples, scoring = relabel(ds, classifier.classnames)
@@ -222,7 +226,8 @@ def _frozen_config(
         else:
             check_server_paths(ctx.settings, backbone["arch"], backbone.get("pretrained"))
         dataset = _dataset(session, row)
-    ds = open_checked(dataset)
+    path = dataset_path(ctx, dataset)
+    ds = open_checked(dataset, path)
     # As a job's config: every file confined to the dataset's own folder.
     cfg = from_dict(
         RunConfig,
@@ -230,8 +235,8 @@ def _frozen_config(
             "backbone": backbone,
             "head": config["head"],
             "data": {
-                "path": dataset.path,
-                "within": str(dataset_root(dataset.path)),
+                "path": str(path),
+                "within": str(dataset_root(path)),
                 "train_split": split,
                 "check_images": False,
             },
@@ -301,7 +306,7 @@ def reference_profile(
 ) -> tuple[Profile, AlsoStore]:
     """The version's shift-monitoring reference on a labelled ID split (``models.monitoring``),
     with an event, and what stores it with the evaluation's result."""
-    ds = open_checked(plan.dataset)
+    ds = open_checked(plan.dataset, dataset_path(ctx, plan.dataset))
     device = resolve_device(ctx.settings.device)
     classifier: Classifier = load_artifact(plan.folder, device=device).classifier
     samples, _ = relabel(ds, classifier.classnames)

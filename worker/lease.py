@@ -17,6 +17,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, cast
 
@@ -48,6 +49,9 @@ class WorkerContext:
     event_every_s: float = 2.0
     # Sends a task by name (task, payload, countdown): the worker's Celery app, once it runs.
     send: Callable[[str, dict[str, Any], float | None], None] | None = None
+    # What the running task holds until it ends: its dataset's entry in the download cache
+    # (worker.storage.dataset_path), so the cache never evicts it meanwhile.
+    held: ExitStack = field(default_factory=ExitStack)
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from models.config import RunConfig, from_dict
 from models.data import dataset_root, open_dataset
 from models.errors import Cancelled, ModelsError
 from models.json_values import json_safe
-from models.pipeline import RunResult, finetune
+from models.pipeline import RunResult, finetune, run_key
 from models.train import KEEP_CHECKPOINTS, LATEST, Progress, latest_checkpoint
 from service.db.tables import Dataset, Job, JobCheckpoint, ModelVersion
 from service.errors import ServiceError, error_code, redact
@@ -46,6 +46,7 @@ from service.registry import service as registry
 from service.settings import Settings
 from service.status import TERMINAL, JobStatus, VersionStatus
 from worker.lease import Lease, Outcome, Stop, WorkerContext, claim, failed, stopped
+from worker.storage import RemoteCheckpoints, dataset_path
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +55,18 @@ class JobObserver:
     """The training callback: progress events, lease renewal, cancellation between steps, and
     the checkpoints this attempt saved moved where the next attempt resumes from."""
 
-    def __init__(self, ctx: WorkerContext, lease: Lease, checkpoint_every: int) -> None:
+    def __init__(
+        self,
+        ctx: WorkerContext,
+        lease: Lease,
+        checkpoint_every: int,
+        remote: RemoteCheckpoints | None = None,
+    ) -> None:
         self.ctx, self.lease, self.checkpoint_every = ctx, lease, checkpoint_every
         self.job_id = lease.task_id
+        # The job's checkpoints in an object store (worker.storage), or None: in jobs_dir.
+        self.remote = remote
+        self.upload_failed = False
         self.last_renew = self.last_event = 0.0
         # The losses at each step the loop saves a checkpoint after, until it is published.
         self.saving: dict[int, dict[str, float]] = {}
@@ -88,7 +98,8 @@ class JobObserver:
         renew = now - self.last_renew >= self.ctx.renew_every_s or last
         event = progress.event == "eval" or now - self.last_event >= self.ctx.event_every_s
         event = event or progress.step in (1, progress.total_steps)
-        if renew or event or self._unpublished():
+        ready = self.upload()
+        if renew or event or ready:
             with self.ctx.sessions() as session:
                 step = (progress.step, progress.total_steps, progress.eta_s)
                 if not self._hold(session, renew, now, step):
@@ -105,6 +116,7 @@ class JobObserver:
         renews the lease too, or a long sweep would look abandoned and be taken over."""
         now = time.monotonic()
         if not self.lost and now - self.last_renew >= self.ctx.renew_every_s:
+            self.upload()
             with self.ctx.sessions() as session:
                 if self._hold(session, True, now, None):
                     self.publish(session)  # the last step's checkpoint, saved after training
@@ -139,11 +151,33 @@ class JobObserver:
         safe = json_safe(data, finite=True, fallback=str)
         state.add_event(session, self.job_id, message, type="metrics", data=safe)
 
+    def upload(self) -> dict[int, Path]:
+        """Upload this attempt's unpublished checkpoints to the object store, outside any
+        transaction (no lock is held while they go); those ready to publish. A failed upload
+        is retried at the next step: training goes on, and the job keeps resuming from its
+        last published checkpoint meanwhile."""
+        ready = self._unpublished()
+        if not ready or self.remote is None:
+            return ready
+        try:
+            self.remote.upload(ready)
+        except Exception as exc:
+            log.warning("job %s: uploading checkpoints failed, retrying: %s", self.job_id, exc)
+            if not self.upload_failed:
+                self.upload_failed = True
+                self.note(f"Uploading a checkpoint failed, retrying: {redact(str(exc))}")
+        else:
+            self.upload_failed = False
+        return {s: p for s, p in ready.items() if s in self.remote.uploaded}
+
     def _unpublished(self) -> dict[int, Path]:
         """This attempt's saved checkpoints newer than the job's latest published one."""
         if not self.saving:
             return {}
-        newest = max(saved_steps(published_dir(self.ctx, self.job_id)), default=-1)
+        if self.remote is not None:
+            newest = self.remote.newest
+        else:
+            newest = max(saved_steps(published_dir(self.ctx, self.job_id)), default=-1)
         return {s: p for s, p in step_folders(self.folder).items() if s > newest}
 
     def publish(self, session: Session) -> None:
@@ -152,6 +186,18 @@ class JobObserver:
         no other attempt can claim the job meanwhile) and commits."""
         ready = self._unpublished()
         if not ready:
+            return
+        if self.remote is not None:
+            # Only what is uploaded already: nothing goes over the network under the fence.
+            ready = {s: p for s, p in ready.items() if s in self.remote.uploaded}
+            if not ready:
+                return
+            kept = self.remote.publish(ready)
+            for step in sorted(ready):
+                losses = self.saving.pop(step, None)
+                state.add_checkpoint(session, self.job_id, step, {"losses": losses or {}})
+            self.saving = {s: losses for s, losses in self.saving.items() if s > max(ready)}
+            forget_checkpoints(session, self.job_id, keep=kept)
             return
         published = published_dir(self.ctx, self.job_id)
         published.mkdir(parents=True, exist_ok=True)
@@ -279,19 +325,21 @@ def run_job(ctx: WorkerContext, job_id: str) -> Outcome:
     lease = claim(ctx, state.JOBS, job_id, partial(_remove_checkpoints, ctx, job_id))
     if isinstance(lease, Outcome):
         return lease
-    return _train_and_register(ctx, lease)
+    with ctx.held:  # the job's dataset stays in the download cache until it ends
+        return _train_and_register(ctx, lease)
 
 
 def _train_and_register(ctx: WorkerContext, lease: Lease) -> Outcome:
     observer = None
     try:
-        cfg, observer = _prepare(ctx, lease)
+        cfg, observer, key = _prepare(ctx, lease)
         result = finetune(
             cfg,
             callback=observer,
             checkpoint_dir=observer.folder,
             note=observer.note,
             should_stop=observer.should_stop,
+            resume_key=key,
         )
         outcome = register(ctx, lease, result, observer)
     except Cancelled as exc:
@@ -327,25 +375,41 @@ def _remove_checkpoints(ctx: WorkerContext, job_id: str, session: Session | None
     """A finished job's scratch, its checkpoints with it; the final one lives in the registry.
     In ``session`` (which holds the fence) if given, else in a session of its own."""
     shutil.rmtree(job_dir(ctx, job_id), ignore_errors=True)
+    if ctx.store.remote:
+        ctx.store.remove(job_id)
     with ctx.sessions() if session is None else contextlib.nullcontext(session) as own:
         forget_checkpoints(own, job_id, keep=set())
         own.commit()
 
 
-def _prepare(ctx: WorkerContext, lease: Lease) -> tuple[RunConfig, JobObserver]:
+def _prepare(ctx: WorkerContext, lease: Lease) -> tuple[RunConfig, JobObserver, str | None]:
     """The job's RunConfig with this machine's paths and device filled in, its checkpoints
-    starting from the job's latest published one."""
+    starting from the job's latest published one, and the key a checkpoint must match to be
+    resumed (None: the config's own, ``models.pipeline.run_key``).
+
+    With an object store, the dataset and a base version are this machine's downloads, whose
+    paths differ between machines: the key is then the job's stored config's, so a job
+    resumes on any worker."""
     folder = attempt_dir(ctx, lease)
     folder.mkdir(parents=True, exist_ok=True)
     remove_stale_attempts(ctx, lease)
-    resume_point(ctx, lease)
+    remote = RemoteCheckpoints(ctx, lease) if ctx.store.remote else None
+    if remote is not None:
+        own = folder / "checkpoints"
+        resumed = remote.resume_into(own)
+        if resumed is not None:
+            point_latest(own, resumed.name)
+    else:
+        resume_point(ctx, lease)
     with ctx.sessions() as session:
         job = session.get(Job, lease.task_id)
         dataset = session.get(Dataset, job.dataset_id) if job else None
         if job is None or dataset is None:
             raise ModelsError(f"job {lease.task_id} or its dataset disappeared")
         cfg = from_dict(RunConfig, job.run_config)
-        _check_fingerprint(dataset)
+        key = run_key(cfg) if remote is not None else None
+        data_path = dataset_path(ctx, dataset)
+        _check_fingerprint(dataset, data_path)
         descriptions = None
         if job.descriptions:
             descriptions = _write_descriptions(ctx, lease, job.descriptions)
@@ -364,13 +428,14 @@ def _prepare(ctx: WorkerContext, lease: Lease) -> tuple[RunConfig, JobObserver]:
         backbone=backbone,
         data=dataclasses.replace(
             cfg.data,
+            path=str(data_path),
             descriptions=str(descriptions) if descriptions else None,
-            within=str(dataset_root(dataset.path)),
+            within=str(dataset_root(data_path)),
         ),
         train=dataclasses.replace(cfg.train, device=ctx.settings.device),
         output_dir=str(folder / "artifact"),
     )
-    return cfg, JobObserver(ctx, lease, cfg.train.checkpoint_every)
+    return cfg, JobObserver(ctx, lease, cfg.train.checkpoint_every, remote), key
 
 
 def _write_descriptions(ctx: WorkerContext, lease: Lease, descriptions: Any) -> Path:
@@ -396,11 +461,12 @@ def check_server_paths(settings: Settings, arch: str, pretrained: str | None) ->
             )
 
 
-def _check_fingerprint(dataset: Dataset) -> None:
+def _check_fingerprint(dataset: Dataset, path: Path) -> None:
+    """``path`` (this machine's copy of ``dataset``) holds what was registered."""
     if dataset.deleted_at is not None:  # deleted while the job was being created
         raise ModelsError(f"dataset {dataset.id} was deleted")
     # Confined again, as at registration: a symlink swapped in since then must not be followed.
-    current = open_dataset(dataset.path, within=dataset_root(dataset.path)).fingerprint
+    current = open_dataset(path, within=dataset_root(path)).fingerprint
     if current != dataset.fingerprint:
         raise ModelsError(
             f"dataset {dataset.id} changed on disk since it was registered ({dataset.path})"
@@ -504,7 +570,10 @@ def _abandon(
 
 
 def _stopped(ctx: WorkerContext, lease: Lease, observer: JobObserver | None, where: str) -> Outcome:
-    # The checkpoint just saved is published with the release, in one transaction.
+    # The checkpoint just saved is published with the release, in one transaction (uploaded
+    # first, to an object store).
+    if observer is not None:
+        observer.upload()
     stop = Stop(
         "Worker stopping: checkpointed, back in the queue",
         publish=None if observer is None else observer.publish,

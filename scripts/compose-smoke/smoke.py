@@ -91,8 +91,10 @@ def run(args: list[str], *, quiet: bool = False, check: bool = True) -> str:
 
 
 class Stack:
-    def __init__(self, compose: list[str], project: str, env: dict[str, str]) -> None:
-        self.compose = [*compose, "-p", project, *FILES]
+    def __init__(
+        self, compose: list[str], project: str, env: dict[str, str], files: list[str] = FILES
+    ) -> None:
+        self.compose = [*compose, "-p", project, *files]
         self.project = project
         self.env = env
         self.base = f"http://127.0.0.1:{env['RCS_API_PORT']}"
@@ -267,9 +269,19 @@ def one_ready_version(api: Api, name: str, job_id: str) -> None:
     log(f"   registry: {name} has one version, v1 READY, from job {job_id}")
 
 
-def smoke(compose: list[str], state: Path) -> dict[str, float]:
+RunStack = Callable[["Stack", dict[str, float], Path], None]
+
+
+def smoke(
+    compose: list[str],
+    state: Path,
+    variant: tuple[str, list[str], dict[str, str], RunStack] | None = None,
+) -> dict[str, float]:
+    """Build, up, ``_run_stack``, down -v. ``variant`` (smoke_s3.py): another project name,
+    compose files, extra settings and steps; None: this file's own."""
+    name, files, extra, run_stack = variant or ("robust-clip-smoke", FILES, {}, _run_stack)
     figures: dict[str, float] = {}
-    project = os.environ.get("RCS_SMOKE_PROJECT", "robust-clip-smoke")
+    project = os.environ.get("RCS_SMOKE_PROJECT", name)
     images = step("base images", base_images)
     env = {
         **images,
@@ -286,14 +298,15 @@ def smoke(compose: list[str], state: Path) -> dict[str, float]:
         "RCS_WORKER_CPUS": os.environ.get("RCS_WORKER_CPUS", "1"),
         "RCS_API_CPUS": os.environ.get("RCS_API_CPUS", "1"),
         "RCS_TORCH_THREADS": os.environ.get("RCS_TORCH_THREADS", "1"),
+        **extra,
     }
     env_file = state / "env"
     env_file.write_text("".join(f"{k}={shlex.quote(v)}\n" for k, v in env.items()))
     env_file.write_text(env_file.read_text() + f"RCS_SMOKE_PROJECT={project}\n")
-    stack = Stack(compose, project, env)
+    stack = Stack(compose, project, env, files)
     log(f"   project {project}, API on {stack.base} (127.0.0.1 only)")
     try:
-        _run_stack(stack, figures, state)
+        run_stack(stack, figures, state)
     except BaseException:
         print(f"{stamp()} !! failed; the stack's last log lines:", flush=True)
         print(stack("logs", "--no-color", "--tail", "60", quiet=True, check=False), flush=True)
@@ -556,14 +569,17 @@ def _run_stack(stack: Stack, figures: dict[str, float], state: Path) -> None:
     log("   one completion event")
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(
+    argv: list[str] | None = None,
+    variant: tuple[str, list[str], dict[str, str], RunStack] | None = None,
+) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--state", type=Path, required=True, help="scratch folder (env file)")
     args = parser.parse_args(argv)
     compose = shlex.split(os.environ.get("COMPOSE", "docker compose"))
     began = time.monotonic()
     try:
-        figures = smoke(compose, args.state)
+        figures = smoke(compose, args.state, variant)
     except SmokeError as error:
         print(f"{stamp()} FAILED: {error}", file=sys.stderr, flush=True)
         return 1

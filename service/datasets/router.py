@@ -64,6 +64,7 @@ async def register_upload(request: Request, ctx: Ctx, db: Db, key: TrainKey) -> 
             name.strip(),
             upload.filename or "",
             upload.file,
+            ctx.store,
         )
     finally:
         await form.close()
@@ -88,5 +89,5 @@ def delete_dataset(dataset_id: str, ctx: Ctx, db: Db, _: TrainKey) -> Response:
     An upload's files are removed; a server path's files belong to their owner and stay. The
     record is kept hidden, so finished jobs that name the dataset still read back.
     """
-    service.delete(db, ctx.settings, dataset_id)
+    service.delete(db, ctx.settings, dataset_id, ctx.store)
     return Response(status_code=204)

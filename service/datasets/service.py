@@ -31,11 +31,11 @@ from models.errors import DataError
 from service.datasets import archives
 from service.db.queries import missing, page, required
 from service.db.tables import Dataset, Evaluation, Job, new_id, now
-from service.errors import Conflict, InvalidRequest, TooManyRequests
+from service.errors import Conflict, InvalidRequest, TooManyRequests, Unavailable
 from service.paths import under_roots
 from service.settings import Settings
 from service.status import ACTIVE
-from service.storage import space_needed
+from service.storage import ArtifactStore, explain, space_needed
 from service.validation import clean_name, distinct, name_key, spelled
 
 MAX_REPORTED_PROBLEMS = 20
@@ -119,7 +119,12 @@ class Origin:
 
 
 def save(
-    session: Session, dataset_id: str, name: str, origin: Origin, path: Path, ds: DatasetSplits
+    session: Session,
+    dataset_id: str,
+    name: str,
+    origin: Origin,
+    path: Path | str,
+    ds: DatasetSplits,
 ) -> Dataset:
     row = Dataset(
         id=dataset_id,
@@ -161,6 +166,14 @@ def name_free(session: Session, name: str) -> None:
 def register_path(
     session: Session, settings: Settings, key_id: str, name: str, raw: str
 ) -> Dataset:
+    if settings.remote_storage:
+        # A server folder is on this machine only; workers elsewhere could not read it.
+        raise InvalidRequest(
+            "datasets by server path are a single-machine feature, and this server keeps its "
+            "data in object storage (RCS_STORAGE_URL) for workers on other machines: upload "
+            "the dataset as a .zip or .tar archive (POST /datasets/upload) instead",
+            "path",
+        )
     path = allowed_path(settings, raw)
     ds = inspect(path, "path", dataset_root(path))
     name_free(session, name)  # after the request's own checks: a bad dataset is a 422 first
@@ -174,8 +187,13 @@ def register_upload(
     name: str,
     filename: str,
     fileobj: BinaryIO,
+    store: ArtifactStore | None = None,
 ) -> Dataset:
-    """Unpack an uploaded .zip/.tar(.gz) into the uploads folder, then validate it."""
+    """Unpack an uploaded .zip/.tar(.gz) into the uploads folder, then validate it.
+
+    With an object store (``store.remote``), the validated tree goes to the bucket as one tar
+    (``ArtifactStore.put_dataset``) and the row names its URI; this machine keeps nothing.
+    """
     try:  # a form field: the schema's name policy, applied here
         name = clean_name(name)
     except ValueError as exc:
@@ -192,10 +210,16 @@ def register_upload(
             root = _single_child(tmp)
             inspect(root, "file", root)
             name_free(session, name)
+            if store is not None and store.remote:
+                origin = Origin("upload", key_id, size)
+                return _save_remote(session, store, dataset_id, name, origin, root, tmp)
             os.replace(tmp, target)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        finally:
+            if store is not None and store.remote:
+                shutil.rmtree(tmp, ignore_errors=True)
     path = target / root.relative_to(tmp)
     # Opened again at its final place: the samples' paths must point there.
     ds = open_dataset(path, within=path)
@@ -203,6 +227,33 @@ def register_upload(
         return save(session, dataset_id, name, Origin("upload", key_id, size), path, ds)
     except Conflict:  # a concurrent registration took the name meanwhile
         shutil.rmtree(target, ignore_errors=True)  # no row will ever name these files
+        raise
+
+
+def _save_remote(
+    session: Session,
+    store: ArtifactStore,
+    dataset_id: str,
+    name: str,
+    origin: Origin,
+    root: Path,
+    scratch: Path,
+) -> Dataset:
+    """Upload the validated tree, then the row: a failed upload registers nothing, and a row
+    refused (a concurrent registration took the name) leaves no tar behind."""
+    ds = open_dataset(root, within=root)
+    try:
+        uri = store.put_dataset(dataset_id, root, scratch.parent)
+    except Exception as exc:
+        raise Unavailable(
+            f"the dataset could not be stored: the object store (RCS_STORAGE_URL) failed: "
+            f"{explain(exc)}; nothing was registered, retry later",
+            "file",
+        ) from exc
+    try:
+        return save(session, dataset_id, name, origin, uri, ds)
+    except BaseException:
+        store.delete_dataset(uri)
         raise
 
 
@@ -254,7 +305,9 @@ def _single_child(folder: Path) -> Path:
     return folder
 
 
-def delete(session: Session, settings: Settings, dataset_id: str) -> None:
+def delete(
+    session: Session, settings: Settings, dataset_id: str, store: ArtifactStore | None = None
+) -> None:
     """Hide the dataset and free an upload's files; a path dataset's files are the user's.
 
     One decision in the database, against a job or evaluation being created on the dataset at
@@ -279,6 +332,9 @@ def delete(session: Session, settings: Settings, dataset_id: str) -> None:
     # The row stays (finished jobs name it). Its files go only now that the decision is
     # committed: a create from here on finds the row deleted, so nothing can come to use them.
     session.commit()
+    if store is not None and store.remote and row.source == "upload" and "://" in row.path:
+        store.delete_dataset(row.path)
+        return
     folder = upload_folder(settings, row)
     if folder is not None:
         shutil.rmtree(folder, ignore_errors=True)

@@ -94,7 +94,7 @@ def prepare_database(settings: dict[str, str], artifact: Path) -> str:
     try:
         with make_sessionmaker(engine)() as session:
             store = ArtifactStore(
-                settings["RCS_ARTIFACTS_URL"], Path(settings["RCS_WORK_DIR"]) / "artifact-cache"
+                settings["RCS_ARTIFACTS_URL"], Path(settings["RCS_WORK_DIR"]) / "cache"
             )
             register_artifact(session, store, "shapes", artifact, "ftjob-" + "a" * 24)
             _, key = create_key(session, "predict-only", ["predict"])

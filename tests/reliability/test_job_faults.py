@@ -169,7 +169,7 @@ def test_a_database_outage_mid_training_keeps_the_job_for_a_retry(
             worker = WorkerContext(
                 settings=settings,
                 sessions=make_sessionmaker(make_engine(proxied)),
-                store=ArtifactStore(settings.artifacts_url, settings.artifact_cache_dir),
+                store=ArtifactStore.of(settings),
                 renew_every_s=0.0,
                 event_every_s=0.0,
             )

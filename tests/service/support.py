@@ -164,7 +164,7 @@ def worker_context(settings: Settings, **timing: float) -> WorkerContext:
     return WorkerContext(
         settings=settings,
         sessions=make_sessionmaker(make_engine(settings.database_url)),
-        store=ArtifactStore(settings.artifacts_url, settings.artifact_cache_dir),
+        store=ArtifactStore.of(settings),
         **{"renew_every_s": 0.0, **timing},
     )
 

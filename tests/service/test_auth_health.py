@@ -127,7 +127,7 @@ def test_default_model_loaded_makes_ready(
     settings = make_settings(tmp_path, shapes_root, default_model="shapes@champion")
     upgrade(settings.database_url)
     with make_sessionmaker(make_engine(settings.database_url))() as session:
-        store = ArtifactStore(settings.artifacts_url, settings.artifact_cache_dir)
+        store = ArtifactStore.of(settings)
         register_artifact(session, store, "shapes", artifact_folder, "ftjob-" + "b" * 24)
         from service.registry.service import set_alias
 

@@ -50,7 +50,7 @@ class World:
         self.engine = make_engine(settings.database_url)
         self.sessions: sessionmaker[Session] = make_sessionmaker(self.engine)
         root = str(settings.allowed_dataset_roots[0])
-        store = ArtifactStore(settings.artifacts_url, settings.artifact_cache_dir)
+        store = ArtifactStore.of(settings)
         with self.sessions() as session:
             self.template = datasets.register_path(session, settings, "key-race", "shapes", root)
             register_artifact(session, store, "shapes", artifact, "ftjob-" + "0" * 24)

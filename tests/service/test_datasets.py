@@ -263,7 +263,7 @@ def test_worker_refuses_a_class_folder_swapped_for_a_symlink_after_registration(
         row = session.get(Dataset, response.json()["id"])
         assert row is not None
         with pytest.raises(ModelsError, match="resolves outside the dataset's folder"):
-            _check_fingerprint(row)
+            _check_fingerprint(row, Path(row.path))
 
 
 # --- archives: names, kinds, counts, ratio, quota ---------------------------------------------
@@ -437,4 +437,4 @@ def test_worker_refuses_a_dataset_deleted_while_its_job_was_created(
         row = session.get(Dataset, dataset["id"])
         assert row is not None and row.deleted_at is not None  # the row stays for history
         with pytest.raises(ModelsError, match="was deleted"):
-            _check_fingerprint(row)
+            _check_fingerprint(row, Path(row.path))

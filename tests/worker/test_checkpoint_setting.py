@@ -34,7 +34,7 @@ def test_a_job_checkpoints_at_the_cadence_of_the_api_that_created_it(
     ctx = WorkerContext(
         settings=worker_settings,
         sessions=make_sessionmaker(make_engine(worker_settings.database_url)),
-        store=ArtifactStore(worker_settings.artifacts_url, worker_settings.artifact_cache_dir),
+        store=ArtifactStore.of(worker_settings),
     )
-    cfg, observer = _prepare(ctx, Lease(job.json()["id"], Attempt(ctx.owner, 1)))
+    cfg, observer, _ = _prepare(ctx, Lease(job.json()["id"], Attempt(ctx.owner, 1)))
     assert cfg.train.checkpoint_every == 3 and observer.checkpoint_every == 3

@@ -175,7 +175,14 @@ def test_a_bucket_that_disappears_mid_job_fails_it_with_nothing_registered(
     thread, done = in_thread(lambda: run_job(ctx, job_id))
     wait_until(lambda: job_row(ctx, job_id).progress_step >= 2, 120, "training to start")
     bucket = bucket_url.removeprefix("s3://").split("/")[0]
-    s3fs_client.rm(bucket, recursive=True)
+    # The running job may upload between the listing and the bucket's removal ("not empty"):
+    # remove again until the bucket is gone, as an operator's script would.
+    for _ in range(20):
+        try:
+            s3fs_client.rm(bucket, recursive=True)
+            break
+        except OSError:
+            s3fs_client.invalidate_cache()
     assert not s3fs_client.exists(bucket)
     thread.join(300)
     assert done, "the job did not end"

@@ -155,7 +155,8 @@ def run_config(
                 # The images were just written by us; decoding all of them again is wasted time.
                 "check_images": False,
                 # bench/shift/diagnose.py measures p_c per group; the runs need no second pass.
-                # DRM's cached p_c gives the concept head's diagnostics at no cost: kept.
+                # DRM's runs keep the diagnostics (one pass over the training images, both
+                # heads: the concept head against the default head, per group).
                 "diagnose_descriptions": objective["name"] == "drm"
                 and objective.get("pc_mode", "cached") == "cached"
                 and objective.get("pc_head", "concept") == "concept",

@@ -393,7 +393,7 @@ def common_env(device: str, torch_threads: int) -> dict[str, str]:
 def our_env(tmp: Path, args: argparse.Namespace) -> dict[str, str]:
     # bench/serve.py's settings for the server, with API keys on, over the environment both
     # servers share here.
-    settings = server_env(tmp, args.device, args.max_batch, batching=True)
+    settings = server_env(tmp, args.device, args.max_batch, batching=True, engine=args.engine)
     return {
         **common_env(args.device, args.torch_threads),
         **{name: value for name, value in settings.items() if name.startswith("RCS_")},
@@ -663,7 +663,7 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> str:
     lines = [
         f"### {result['arch']} (device {args.device}, max batch {args.max_batch}, "
         f"{args.workers} server process(es), {args.image_size} px JPEGs, "
-        f"BentoML {BENTOML_VERSION})",
+        f"our engine {getattr(args, 'engine', 'torch')}, BentoML {BENTOML_VERSION})",
         "",
         f"Own limit: {limit:.1f} images/s ({result['limit']['cpu_ms_per_image']:.1f} CPU ms per "
         f"image, back-to-back passes of {args.max_batch} images); preprocessing alone "
@@ -834,6 +834,12 @@ def main() -> None:
         "--torch-threads", type=int, default=0, help="OMP_NUM_THREADS of both servers (0: all)"
     )
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--engine",
+        choices=("torch", "onnxruntime"),
+        default="torch",
+        help="what runs our server's forward passes (RCS_PREDICT_ENGINE; BentoML: torch)",
+    )
     parser.add_argument("--limit-seconds", type=float, default=5.0)
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--report", help="print the report of a --json file again")
@@ -884,7 +890,7 @@ def main() -> None:
         return
     if args.report:
         saved = json.loads(Path(args.report).read_text())
-        for key in ("device", "max_batch", "workers", "image_size"):
+        for key in ("device", "max_batch", "workers", "image_size", "engine"):
             setattr(args, key, saved["args"].get(key, parser.get_default(key)))
         for result in saved["results"]:
             print(report(result, args) + "\n")

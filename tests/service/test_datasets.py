@@ -438,3 +438,28 @@ def test_worker_refuses_a_dataset_deleted_while_its_job_was_created(
         assert row is not None and row.deleted_at is not None  # the row stays for history
         with pytest.raises(ModelsError, match="was deleted"):
             _check_fingerprint(row, Path(row.path))
+
+
+def test_a_tar_upload_works_on_a_python_without_the_extraction_filter(
+    client: TestClient,
+    dataset: dict[str, Any],
+    shapes_root: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Python before 3.11.4 (Debian 12's 3.11.2, the compose stand-in image) has no tarfile
+    filter: extractall(filter=...) is a TypeError there, which was a 500. Our own checks (no
+    links, devices, absolute paths or '..') still refuse what the filter would."""
+    plain = tarfile.TarFile.extractall
+
+    def old_extractall(self: tarfile.TarFile, *args: Any, **kwargs: Any) -> None:
+        if "filter" in kwargs:
+            raise TypeError("extractall() got an unexpected keyword argument 'filter'")
+        plain(self, *args, **kwargs)
+
+    monkeypatch.delattr(tarfile, "data_filter")
+    monkeypatch.setattr(tarfile.TarFile, "extractall", old_extractall)
+    response = _upload(client, "shapes.tar.gz", _archive(shapes_root, "tar.gz"))
+    assert response.status_code == 200, response.text
+    assert response.json()["fingerprint"] == dataset["fingerprint"]
+    evil = _upload(client, "e.tgz", _tar_with(shapes_root, {"shapes/../../evil.png": b"x"}))
+    assert evil.status_code == 422 and "unsafe path" in evil.json()["error"]["message"]

@@ -10,7 +10,7 @@ import json
 import tarfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -196,33 +196,38 @@ def test_a_bucket_that_disappears_mid_job_fails_it_with_nothing_registered(
     assert statuses == ["FAILED_REGISTRATION"], statuses
 
 
+@pytest.fixture
+def store_proxy(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[CuttableProxy]:
+    """A proxy to the S3 server that the test can cut: this test's workers and API reach the
+    bucket only through it (AWS_ENDPOINT_URL), the test's own client directly."""
+    host, port = s3_endpoint.removeprefix("http://").split(":")
+    with CuttableProxy((host, int(port))) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{proxy.port}")
+        yield proxy
+
+
 def test_checkpoint_uploads_that_fail_are_retried_and_the_job_finishes(
     tmp_path: Path,
     shapes_root: Path,
     bucket_url: str,
     s3fs_client: Any,
-    s3_endpoint: str,
-    monkeypatch: pytest.MonkeyPatch,
+    store_proxy: CuttableProxy,
 ) -> None:
-    host, port = s3_endpoint.removeprefix("http://").split(":")
-    with CuttableProxy((host, int(port))) as proxy:
-        # This worker reaches the bucket only through the proxy; the test's client directly.
-        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{proxy.port}")
-        ctx = worker_context(s3_settings(tmp_path, "worker-a", shapes_root, bucket_url))
-        dataset = upload_shapes(ctx, shapes_root)
-        job_id = queue_job(ctx, dataset.id, hyperparameters={"max_steps": 60, "batch_size": 8})
-        thread, done = in_thread(lambda: run_job(ctx, job_id))
-        index = f"{bucket_url}/jobs/{job_id}/checkpoints.json"
-        wait_until(lambda: s3fs_client.exists(index), 120, "a first checkpoint in the bucket")
-        proxy.cut()  # the network to the store fails mid-job
+    ctx = worker_context(s3_settings(tmp_path, "worker-a", shapes_root, bucket_url))
+    dataset = upload_shapes(ctx, shapes_root)
+    job_id = queue_job(ctx, dataset.id, hyperparameters={"max_steps": 60, "batch_size": 8})
+    thread, done = in_thread(lambda: run_job(ctx, job_id))
+    index = f"{bucket_url}/jobs/{job_id}/checkpoints.json"
+    wait_until(lambda: s3fs_client.exists(index), 120, "a first checkpoint in the bucket")
+    store_proxy.cut()  # the network to the store fails mid-job
 
-        def failed_upload() -> bool:
-            return any("Uploading a checkpoint failed" in e.message for e in events(ctx, job_id))
+    def failed_upload() -> bool:
+        return any("Uploading a checkpoint failed" in e.message for e in events(ctx, job_id))
 
-        wait_until(failed_upload, 120, "an upload to fail")
-        cut_at = json.loads(s3fs_client.cat_file(index))["latest"]
-        proxy.restore()
-        thread.join(300)
+    wait_until(failed_upload, 120, "an upload to fail")
+    cut_at = json.loads(s3fs_client.cat_file(index))["latest"]
+    store_proxy.restore()
+    thread.join(300)
     assert done and done[0].status == "succeeded", [e.message for e in events(ctx, job_id)]
     with ctx.sessions() as session:
         assert session.scalars(select(ModelVersion.status)).all() == ["READY"]
@@ -237,16 +242,12 @@ def test_a_dataset_upload_the_store_refuses_registers_nothing(
     shapes_root: Path,
     bucket_url: str,
     s3fs_client: Any,
-    s3_endpoint: str,
-    monkeypatch: pytest.MonkeyPatch,
+    store_proxy: CuttableProxy,
 ) -> None:
-    host, port = s3_endpoint.removeprefix("http://").split(":")
-    with CuttableProxy((host, int(port))) as proxy:
-        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{proxy.port}")
-        ctx = worker_context(s3_settings(tmp_path, "api", shapes_root, bucket_url))
-        proxy.cut()
-        with pytest.raises(Unavailable, match="RCS_STORAGE_URL.*nothing was registered"):
-            upload_shapes(ctx, shapes_root)
+    ctx = worker_context(s3_settings(tmp_path, "api", shapes_root, bucket_url))
+    store_proxy.cut()
+    with pytest.raises(Unavailable, match="RCS_STORAGE_URL.*nothing was registered"):
+        upload_shapes(ctx, shapes_root)
     with ctx.sessions() as session:
         assert session.scalars(select(Dataset)).all() == []
     assert list(ctx.settings.uploads_dir.iterdir()) == [], "no unpacked or packed leftovers"

@@ -168,9 +168,22 @@ def _cached_prior(
     objective: ObjectiveConfig,
     should_stop: ShouldStop | None = None,
 ) -> CorePrior:
-    plain = ImageDataset(train_set, classnames, classifier.backbone.transform(train=False))
+    batches = _frozen_batches(cfg, classifier, train_set, classnames, should_stop)
+    return CorePrior.cached(classifier, batches, objective)
+
+
+def _frozen_batches(
+    cfg: RunConfig,
+    classifier: Classifier,
+    samples: Sequence[Any],
+    classnames: Sequence[str],
+    should_stop: ShouldStop | None,
+) -> Iterator[Any]:
+    """``samples`` un-augmented (the eval transform), in order, in batches of 64: what the
+    frozen model reads before training; ``should_stop`` asked between batches."""
+    plain = ImageDataset(samples, classnames, classifier.backbone.transform(train=False))
     loader = DataLoader(plain, batch_size=64, num_workers=cfg.data.num_workers)
-    return CorePrior.cached(classifier, _stoppable(loader, should_stop), objective)
+    return _stoppable(loader, should_stop)
 
 
 def _stoppable(batches: Iterable[Any], should_stop: ShouldStop | None) -> Iterator[Any]:
@@ -200,12 +213,10 @@ def frozen_head_probs(
         prompts = concept_prompts(classnames, other_descriptions)
         heads["other"] = class_embeddings(classifier.backbone, prompts, device)
     scale = classifier.clip.logit_scale.exp()
-    plain = ImageDataset(samples, classnames, classifier.backbone.transform(train=False))
-    loader = DataLoader(plain, batch_size=64, num_workers=cfg.data.num_workers)
     was_training = classifier.training
     classifier.eval()
     rows: dict[str, list[Tensor]] = {"default": [], **{name: [] for name in heads}}
-    for images, _, _ in _stoppable(loader, should_stop):
+    for images, _, _ in _frozen_batches(cfg, classifier, samples, classnames, should_stop):
         features = classifier.image_features(images.to(device))
         rows["default"].append(classifier.probs_from_features(features, "default").cpu())
         for name, head in heads.items():

@@ -21,6 +21,7 @@ Every refusal is our JSON error body (``service.http_errors.error_body``).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections import Counter
 from dataclasses import dataclass, fields
@@ -30,6 +31,7 @@ from typing import Any, ClassVar
 import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from service import listen
 from service.http_errors import error_body
 from service.settings import Settings, settings_from_env
 
@@ -402,8 +404,8 @@ def serve(host: str, port: int, workers: int | None = None, log_level: str | Non
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import uvicorn
 
-    uvicorn.run(
-        "service.app:app_from_env",
+    options: dict[str, Any] = dict(
+        app="service.app:app_from_env",
         factory=True,
         host=host,
         port=port,
@@ -416,3 +418,25 @@ def serve(host: str, port: int, workers: int | None = None, log_level: str | Non
         http=f"{__name__}:{ServiceHttpProtocol.__name__}",
         log_level=log_level,
     )
+    if workers == 1 or not listen.supported():
+        uvicorn.run(**options)
+        return
+    # Several processes: uvicorn's supervisor, each worker on a socket of its own
+    # (service/listen.py), so connections opened in a burst are spread over the processes.
+    from uvicorn.supervisors import Multiprocess
+
+    config = uvicorn.Config(**options)  # sets up uvicorn's logging
+    try:
+        sock = listen.placeholder(host, port)
+    except OSError as exc:
+        raise SystemExit(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    logging.getLogger("uvicorn.error").info(
+        "Uvicorn running on http://%s:%d, %d processes, one listening socket each",
+        host,
+        port,
+        workers,
+    )
+    try:
+        Multiprocess(config, sockets=[sock]).run()
+    finally:
+        sock.close()

@@ -6,6 +6,7 @@ configurations here, so neither imports the other.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -100,6 +101,25 @@ def base_method(method: str) -> str:
 
 def backbone_key(arch: str, pretrained: str | None) -> str:
     return arch if pretrained is None else f"{arch}:{pretrained}"
+
+
+def backbone_digest(arch: str) -> str | None:
+    """The weights a local backbone folder holds (the offline backbone's cache, or a path), as a
+    short SHA-256 over its weight files; None for a named architecture. The offline backbone is
+    rebuilt on each machine, and a rebuild need not give the same weights: runs of two builds
+    must not be compared as if they were paired."""
+    from models.backbone import DEFAULT_BACKBONE_CACHE, OFFLINE_BACKBONE, WEIGHT_SUFFIXES
+
+    folder = DEFAULT_BACKBONE_CACHE / arch if arch == OFFLINE_BACKBONE else Path(arch)
+    if not folder.is_dir():
+        return None
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.iterdir() if p.suffix in WEIGHT_SUFFIXES):
+        digest.update(path.name.encode())
+        with path.open("rb") as fh:
+            while chunk := fh.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()[:16]
 
 
 def load_hparams(path: Path = HPARAMS_FILE) -> dict[str, Any]:

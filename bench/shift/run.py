@@ -55,6 +55,7 @@ from bench.shift.plan import (
     METHODS,
     QUICK_ALPHAS,
     Plan,
+    backbone_digest,
     backbone_key,
     hparams_for,
     load_hparams,
@@ -216,7 +217,15 @@ def execute(plan: Plan) -> dict[str, Any]:
         manifests[task.name] = build_task(task, plan.sizes, plan.data_root)
         log.info("task %s: data ready in %.0f s (%s)", task.name, time.monotonic() - t0, task.shift)
     journal = plan.out / JOURNAL
+    weights = backbone_digest(plan.arch)
     done = {r["key"]: r for r in read_journal(journal)}
+    others = sorted({r["backbone_digest"] for r in done.values() if r.get("backbone_digest")})
+    if weights is not None and others and others != [weights]:
+        raise SystemExit(
+            f"{journal} holds runs of backbone weights {', '.join(others)}, and "
+            f"{plan.arch} now has weights {weights} (a rebuilt backbone need not be the same): "
+            "runs of the two are not paired; move the journal away or use another --out"
+        )
     for task in plan.tasks:
         manifest = manifests[task.name]
         # Zero-shot does not depend on the seed: evaluated once. Seed-major order, so a run cut
@@ -230,7 +239,11 @@ def execute(plan: Plan) -> dict[str, Any]:
                 run = done[key]
                 log.info("reused from %s: %s", journal, report.run_line(run))
             else:
-                run = {"key": key, **run_one(plan, task, manifest, method, seed, hp)}
+                run = {
+                    "key": key,
+                    "backbone_digest": weights,
+                    **run_one(plan, task, manifest, method, seed, hp),
+                }
                 with open(journal, "a", encoding="utf-8") as fh:
                     fh.write(json.dumps(run) + "\n")
                 log.info("%s", report.run_line(run))
@@ -246,6 +259,7 @@ def execute(plan: Plan) -> dict[str, Any]:
             "sizes": asdict(plan.sizes),
             "alphas": list(plan.alphas),
             "backbone": backbone_key(plan.arch, plan.pretrained),
+            "backbone_digest": weights,
             "device": plan.device,
             "quick": plan.quick,
             "selection": "WiSE-FT alpha: on ID validation top-1 of the dual head, by two rules "
@@ -383,6 +397,11 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         help="WiSE-FT alphas in 0.05 steps (21 evaluation passes instead of 5; the 0.25 grid "
         "lies on it, so the rule study reads both grids from these runs)",
     )
+    p.add_argument(
+        "--no-zeroshot",
+        action="store_true",
+        help="skip the zero-shot evaluation (when another invocation of the same group does it)",
+    )
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument(
         "--report",
@@ -437,7 +456,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         out=out,
         data_root=args.data_root,
         hparams=load_hparams(args.hparams),
-        zeroshot=not args.ablate,
+        zeroshot=not (args.ablate or args.no_zeroshot),
         epochs=LONG_EPOCHS if args.long else None,
         descriptions=sets,
         descriptions_file=args.descriptions,

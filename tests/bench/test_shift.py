@@ -483,3 +483,36 @@ def test_finished_runs_are_journaled_and_not_run_again(
     monkeypatch.setattr(bench_run, "RUN_FORMAT", bench_run.RUN_FORMAT + 1)  # stale figures
     bench_run.execute(plan)
     assert calls == [("zeroshot", 0), ("ce", 0), ("flyp", 0), ("ce", 1), ("flyp", 1)]
+
+
+def test_a_journal_of_other_backbone_weights_is_refused_and_zero_shot_can_be_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The offline backbone is rebuilt per machine and a rebuild need not give the same weights:
+    # runs of two builds share their keys but are not paired, so resuming across them is refused.
+    from bench.shift import run as bench_run
+
+    calls: list[tuple[str, int]] = []
+
+    def fake_run_one(plan: Any, task: Any, manifest: Path, method: str, seed: int, hp: Any) -> Any:
+        calls.append((method, seed))
+        return {**_run(method, seed, 0.9, 0.5, 0.5), "task": task.name, "hparams": dict(hp)}
+
+    folder = tmp_path / "backbone"
+    folder.mkdir()
+    (folder / "open_clip_model.safetensors").write_bytes(b"weights of build 1")
+    (tmp_path / "out").mkdir()
+    monkeypatch.setattr(bench_run, "run_one", fake_run_one)
+    monkeypatch.setattr(bench_run, "build_task", lambda *a, **k: tmp_path / "manifest.csv")
+    args = ["--tasks", "digits-natural", "--methods", "ce", "--seeds", "1", "--no-zeroshot"]
+    plan = make_plan(parse([*args, "--arch", str(folder), "--out", str(tmp_path / "out")]))
+    first = bench_run.execute(plan)
+    assert calls == [("ce", 1)]  # --no-zeroshot: another invocation of the group evaluates it
+    assert first["plan"]["methods"] == ["ce"]
+    digest = first["plan"]["backbone_digest"]
+    assert digest and all(r["backbone_digest"] == digest for r in first["runs"])
+    (folder / "open_clip_model.safetensors").write_bytes(b"weights of build 2")
+    with pytest.raises(SystemExit, match="not paired") as refused:
+        bench_run.execute(plan)
+    assert digest in str(refused.value)
+    assert calls == [("ce", 1)]  # nothing run, nothing appended

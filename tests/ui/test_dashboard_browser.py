@@ -451,9 +451,33 @@ def check_the_version_page(page: Page, stack: UiStack, name: str, version: str) 
     assert aliased["version"] == int(version)
     page.shot("dashboard-version")
     page.shot_of(".plots", "dashboard-wise-ft")
+    serve_another_point(page, stack, name, version, card)
     page.go("#/models")
     page.find("#models-table")
     page.shot("dashboard-models")
+    page.assert_clean()
+
+
+def serve_another_point(page: Page, stack: UiStack, name: str, version: str, card: Any) -> None:
+    """The rule's pick is stated, and another point of the curve is served as a new version
+    re-merged from this one's ends; this version and its alias stay as they were."""
+    from selenium.webdriver.support.ui import Select
+
+    wise = card["wise_ft"]
+    assert wise["selection"] in page.find("#served-point").text
+    other = next(p["alpha"] for p in wise["curve"] if p["alpha"] != wise["selected_alpha"])
+    Select(page.find("#merge-alpha")).select_by_value(format(other, "g"))  # as JS writes it
+    page.click("#merge-version")
+    new = int(version) + 1
+    page.wait(lambda: f" v{new}" in page.find("h1").text, 60, f"version {new}")
+    with stack.client() as client:
+        merged = ok(client.get(f"/models/{name}/versions/{new}"))
+        kept = ok(client.get(f"/models/{name}/versions/{version}"))
+    assert merged["wise_ft"]["selected_alpha"] == other
+    assert kept["wise_ft"]["selected_alpha"] == wise["selected_alpha"]
+    page.find("#robustness-plot")
+    highlighted = page.all("#robustness-plot circle.point.highlight")
+    assert [float(p.get_attribute("data-alpha")) for p in highlighted] == [other]
     page.assert_clean()
 
 

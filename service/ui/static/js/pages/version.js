@@ -46,7 +46,7 @@ export async function versionPage(main, ctx, name, version) {
     h("div", { class: "title-row" }, h("h1", {}, h("a", { href: route("models", name) }, name), ` / v${card.version}`), badge(card.status), card.aliases.map((a) => h("span", { class: "alias" }, `@${a}`))),
     h("p", {}, h("a", { href: `#/try?model=${encodeURIComponent(`${name}/${card.version}`)}`, class: "button", id: "try-version" }, "Try this version")),
     summary(card),
-    h("section", {}, h("h2", {}, "WiSE-FT curve"), h("div", { class: "field inline" }, h("label", { for: "head-select" }, "Head"), headSelect), plots),
+    h("section", {}, h("h2", {}, "WiSE-FT curve"), h("div", { class: "field inline" }, h("label", { for: "head-select" }, "Head"), headSelect), plots, otherPoint(card, ctx, name, base)),
     metrics,
     perClass,
     descriptionsSection(card, report),
@@ -55,6 +55,44 @@ export async function versionPage(main, ctx, name, version) {
   );
   draw();
   await drawAliases(aliases, ctx, name, card.version);
+}
+
+/** What the rule served, and a control to serve another point of the curve instead: a new
+ * version re-merged at that alpha from this one's stored ends (POST …/merge), this one kept. */
+function otherPoint(card, ctx, name, base) {
+  const wise = card.wise_ft || {};
+  const curve = wise.curve || [];
+  const head = wise.selected_head || "dual";
+  const served = h(
+    "p",
+    { id: "served-point" },
+    `Served: α = ${fmtNum(wise.selected_alpha, 2)}, ${head} head, picked by the ${wise.selection || "–"} rule on validation ${wise.metric || "top1"}.`,
+  );
+  if (curve.length < 2 || !ctx.can("train")) return served;
+  const select = h(
+    "select",
+    { id: "merge-alpha" },
+    curve.map((p) => h("option", { value: String(p.alpha), selected: p.alpha === wise.selected_alpha }, `α = ${fmtNum(p.alpha, 2)}${p.alpha === wise.selected_alpha ? " (served)" : ""}`)),
+  );
+  const form = h(
+    "form",
+    { class: "inline-form", id: "merge-form" },
+    h("label", { for: "merge-alpha" }, "Serve another point"),
+    select,
+    h("button", { type: "submit", id: "merge-version" }, "Register as a new version"),
+  );
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const alpha = Number(select.value);
+    try {
+      const made = await api(`${base}/merge`, { method: "POST", json: { alpha, description: `v${card.version} re-merged at alpha ${alpha}` } });
+      toast(`v${made.version}: v${card.version} re-merged at α = ${alpha}.`);
+      location.hash = route("models", name, "versions", made.version);
+    } catch (error) {
+      toast(error.message, "error");
+    }
+  });
+  return h("div", {}, served, form, h("p", { class: "muted" }, "Any point of the curve can be served: it becomes a new version (an alias moves to it when you say so); this version stays as it is."));
 }
 
 const REPORT_ROUTE = "/models/{name}/versions/{version}/report";

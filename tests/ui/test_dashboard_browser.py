@@ -476,6 +476,7 @@ def serve_another_point(page: Page, stack: UiStack, name: str, version: str, car
     assert merged["wise_ft"]["selected_alpha"] == other
     assert kept["wise_ft"]["selected_alpha"] == wise["selected_alpha"]
     page.find("#robustness-plot")
+    assert f"re-merged from {name}/{version}" in page.find("#served-point").text
     highlighted = page.all("#robustness-plot circle.point.highlight")
     assert [float(p.get_attribute("data-alpha")) for p in highlighted] == [other]
     page.assert_clean()

@@ -66,7 +66,11 @@ function otherPoint(card, ctx, name, base) {
   const served = h(
     "p",
     { id: "served-point" },
-    `Served: α = ${fmtNum(wise.selected_alpha, 2)}, ${head} head, picked by the ${wise.selection || "–"} rule on validation ${wise.metric || "top1"}.`,
+    `Served: α = ${fmtNum(wise.selected_alpha, 2)}, ${head} head, ${
+      wise.selection === "manual"
+        ? `chosen by hand (re-merged from ${card.origin?.from || "another version"})`
+        : `picked by the ${wise.selection || "–"} rule on validation ${wise.metric || "top1"}`
+    }.`,
   );
   if (curve.length < 2 || !ctx.can("train")) return served;
   const select = h(

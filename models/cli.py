@@ -44,7 +44,7 @@ from models.heads import HEAD_NAMES
 from models.objective_registry import OBJECTIVES
 from models.onnx_export import TOLERANCE, export_onnx, write_triton_repository
 from models.pipeline import build_classifier, cpu_state, finetune
-from models.report import SERVED_HEAD, report_png, robustness_report
+from models.report import report_png, robustness_report
 from models.templates import TEMPLATE_SETS
 from models.train import Progress
 
@@ -243,7 +243,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     splits = [*report["zeroshot"]]
     print(f"{'split':<16}{'zero-shot':>11}{'selected':>11}{'fine-tuned':>11}")
     for split in splits:
-        row = [report[end].get(split, {}).get(SERVED_HEAD, {}).get("top1") for end in ENDS]
+        served = report["served_head"]
+        row = [report[end].get(split, {}).get(served, {}).get("top1") for end in ENDS]
         print(f"{split:<16}" + "".join(f"{'-' if v is None else f'{v:.3f}':>11}" for v in row))
     gain = report["gain_over_zeroshot"]
     ood = "n/a" if gain["ood"] is None else f"{gain['ood']:+.3f}"

@@ -46,8 +46,16 @@ def id_split(card: Mapping[str, Any]) -> str:
     return "test" if "test" in evaluated else str(data.get("val_split", "val"))
 
 
-def er_points(card: Mapping[str, Any], head: str = SERVED_HEAD) -> list[ErPoint]:
-    """The curve as (alpha, ID top-1, mean OOD top-1) points, alpha ascending."""
+def served_head(card: Mapping[str, Any]) -> str:
+    """The head the version serves: the one its WiSE-FT rule chose (``wise.heads``), else the
+    dual head of cards written before heads were chosen."""
+    return str((card.get("wise") or {}).get("selected_head") or SERVED_HEAD)
+
+
+def er_points(card: Mapping[str, Any], head: str | None = None) -> list[ErPoint]:
+    """The curve as (alpha, ID top-1, mean OOD top-1) points, alpha ascending, of ``head``
+    (default: the served one)."""
+    head = head or served_head(card)
     ident, oods = id_split(card), ood_splits(card)
     points = []
     for p in sorted((card.get("wise") or {}).get("curve") or [], key=lambda p: p["alpha"]):
@@ -82,7 +90,8 @@ def robustness_report(card: Mapping[str, Any]) -> dict[str, Any]:
         raise ModelsError("the run card has no WiSE-FT curve to report on")
     selected = float(wise["selected_alpha"])
     ident, oods = id_split(card), ood_splits(card)
-    points = er_points(card)
+    head = served_head(card)
+    points = er_points(card, head)
     by_alpha = {p.alpha: p for p in points}
     base = by_alpha.get(0.0)
     chosen = by_alpha[selected]
@@ -98,7 +107,7 @@ def robustness_report(card: Mapping[str, Any]) -> dict[str, Any]:
 
     return {
         "format": FORMAT,
-        "served_head": SERVED_HEAD,
+        "served_head": head,
         "id_split": ident,
         "ood_splits": oods,
         "objective": card.get("objective"),
@@ -106,6 +115,7 @@ def robustness_report(card: Mapping[str, Any]) -> dict[str, Any]:
             "rule": wise.get("selection"),
             "metric": wise.get("metric"),
             "alpha": selected,
+            "head": head,
         },
         "zeroshot": {split: _brief(m) for split, m in _at(card, 0.0).items()},
         "selected": {split: _brief(m) for split, m in served.items()},
@@ -121,17 +131,17 @@ def robustness_report(card: Mapping[str, Any]) -> dict[str, Any]:
         # The served model against zero-shot (alpha 0): what fine-tuning gained ID and OOD.
         "gain_over_zeroshot": gain(chosen),
         "per_class_acc": {
-            split: dict(m[SERVED_HEAD].get("per_class_acc") or {})
+            split: dict(m[head].get("per_class_acc") or {})
             for split, m in served.items()
-            if SERVED_HEAD in m
+            if head in m
         },
         # Before training: how well the frozen concept head recognises each class from its
         # descriptions on the training images (models.diagnostics), weak classes flagged.
         "description_diagnostics": card.get("description_diagnostics"),
         "worst_group_acc": {
-            split: m[SERVED_HEAD].get("worst_group_acc")
+            split: m[head].get("worst_group_acc")
             for split, m in served.items()
-            if SERVED_HEAD in m and m[SERVED_HEAD].get("worst_group_acc") is not None
+            if head in m and m[head].get("worst_group_acc") is not None
         },
     }
 

@@ -70,7 +70,8 @@ def test_er_points_read_id_on_test_and_average_the_ood_splits() -> None:
 
 def test_report_gives_the_selected_point_its_gain_and_per_class_accuracy() -> None:
     got = report(card(selected=0.5))
-    assert got["selection"] == {"rule": "tolerance", "metric": "top1", "alpha": 0.5}
+    assert got["selection"] == {"rule": "tolerance", "metric": "top1", "alpha": 0.5, "head": "dual"}
+    assert got["served_head"] == "dual"  # a card from before heads were chosen
     assert got["objective"] == "drm"
     assert got["id_split"] == "test" and got["ood_splits"] == ["ood_a", "ood_b"]
     assert got["gain_over_zeroshot"] == {"id": pytest.approx(0.2), "ood": pytest.approx(0.1)}
@@ -80,6 +81,20 @@ def test_report_gives_the_selected_point_its_gain_and_per_class_accuracy() -> No
     assert got["worst_group_acc"]["ood_a"] == 0.25
     assert [p["alpha"] for p in got["curve"]] == [0.0, 0.5, 1.0]
     assert got["curve"][2]["ood_top1"] == pytest.approx(0.25)
+
+
+def test_the_report_reads_the_head_the_rule_chose() -> None:
+    # wise.heads may let the rule serve the default head: the report's figures are that head's.
+    served = card(selected=0.5)
+    for point in served["wise"]["curve"]:
+        for split in point["metrics"].values():
+            split["default"] = {**split["default"], "top1": split["default"]["top1"] + 0.05}
+    served["wise"]["selected_head"] = "default"
+    got = report(served)
+    assert got["served_head"] == "default" and got["selection"]["head"] == "default"
+    assert got["curve"][1]["id_top1"] == pytest.approx(0.85)
+    assert got["gain_over_zeroshot"] == {"id": pytest.approx(0.2), "ood": pytest.approx(0.1)}
+    assert er_points(served, "dual")[1].id_top1 == 0.80
 
 
 def test_a_card_without_a_curve_has_no_report() -> None:

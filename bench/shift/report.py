@@ -101,9 +101,18 @@ def merge(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         if (r["task"], r["method"], r["seed"]) not in seen:
             seen.add((r["task"], r["method"], r["seed"]))
             runs.append(r)
+    # Runs on the 0.05 grid merged with runs on the 0.25 grid: the tables read the alphas all hold.
+    grids = [p["plan"].get("alphas") for p in parts]
+    plan = {**first["plan"], "tasks": tasks}
+    # One process per seed: the merged document names every seed it holds.
+    plan["seeds"] = sorted({r["seed"] for r in runs if r["method"] != "zeroshot"}) or plan["seeds"]
+    if all(g is not None for g in grids):
+        plan["alphas"] = [
+            a for a in grids[0] if all(any(abs(a - b) < 1e-9 for b in g) for g in grids)
+        ]
     return {
         **first,
-        "plan": {**first["plan"], "tasks": tasks},
+        "plan": plan,
         "runs": runs,
         # Processes run side by side: the benchmark took as long as the slowest.
         "wall_s": max(p["wall_s"] for p in parts),
@@ -364,7 +373,8 @@ def curves(
         r["method"] for r in runs if r["task"] == task and r["method"] != "zeroshot"
     ):
         seeds = [r for r in runs if r["task"] == task and r["method"] == method]
-        alphas = sorted({p["alpha"] for p in seeds[0]["curve"]})
+        # The alphas every seed's curve holds (seeds on the 0.05 and on the 0.25 grid).
+        alphas = sorted(set.intersection(*({p["alpha"] for p in r["curve"]} for r in seeds)))
         points = []
         for alpha in alphas:
             s = [summary(point(r, alpha)) for r in seeds]

@@ -4,7 +4,14 @@ from pathlib import Path
 
 import pytest
 
-from models.config import RunConfig, from_dict, load_run_config, to_dict, with_overrides
+from models.config import (
+    RunConfig,
+    WiseConfig,
+    from_dict,
+    load_run_config,
+    to_dict,
+    with_overrides,
+)
 from models.errors import ConfigError
 
 
@@ -86,6 +93,11 @@ def test_a_preset_fixes_its_keys_even_when_defaults_are_spelled_out() -> None:
     assert from_dict(RunConfig, to_dict(cfg)) == cfg
 
 
-def test_wise_selection_defaults_to_the_tolerance_rule() -> None:
+def test_wise_selection_defaults_to_alpha_half_on_the_default_head() -> None:
+    # The reading chosen by bench/shift/results/2026-12-07-issue24/rules (issue 24).
     cfg = RunConfig()
-    assert cfg.wise.selection == "tolerance" and cfg.wise.tol is None
+    assert cfg.wise.selection == "fixed" and cfg.wise.fixed_alpha == 0.5
+    assert cfg.wise.heads == ("default",) and cfg.wise.tol is None
+    # The served alpha is always on the curve (the card reports its metrics).
+    assert WiseConfig(alphas=(0.0, 1.0)).alphas == (0.0, 0.5, 1.0)
+    assert WiseConfig(alphas=(0.0, 1.0), selection="best_id_val").alphas == (0.0, 1.0)

@@ -103,13 +103,14 @@ def test_tolerance_defaults_to_one_binomial_standard_error() -> None:
     assert tolerance(0.9, 100, None) == pytest.approx(0.03)
     inside = [_point(0.0, 0.5), _point(0.3, 0.871), _point(1.0, 0.9)]
     outside = [_point(0.0, 0.5), _point(0.3, 0.869), _point(1.0, 0.9)]
-    assert select_alpha(inside, WiseConfig()) == 0.3
-    assert select_alpha(outside, WiseConfig()) == 1.0
+    rule = WiseConfig(selection="tolerance", heads=("dual",))
+    assert select_alpha(inside, rule) == 0.3
+    assert select_alpha(outside, rule) == 1.0
     # A larger validation split is less noisy: the same curve keeps alpha 1.
     larger = [_point(a.alpha, a.metrics["val"]["dual"]["top1"], n=10_000) for a in inside]
-    assert select_alpha(larger, WiseConfig()) == 1.0
+    assert select_alpha(larger, rule) == 1.0
     with pytest.raises(ConfigError, match="wise.tol"):
-        select_alpha([CurvePoint(1.0, {"val": {"dual": {"top1": 0.9}}})], WiseConfig())
+        select_alpha([CurvePoint(1.0, {"val": {"dual": {"top1": 0.9}}})], rule)
 
 
 def test_sweep_asks_should_stop_before_each_alpha() -> None:
@@ -224,7 +225,9 @@ def test_head_and_alpha_are_chosen_together_by_the_same_rule() -> None:
         1.0, "default"
     )
     # one head only: as before
-    assert select(curve, WiseConfig(selection="best_id_val")) == Selection(1.0, "dual")
+    assert select(curve, WiseConfig(selection="best_id_val", heads=("dual",))) == Selection(
+        1.0, "dual"
+    )
     # at equal scores the earlier head wins
     tie = [CurvePoint(1.0, {"val": {"dual": {"top1": 0.9}, "default": {"top1": 0.9}}})]
     assert select(tie, WiseConfig(selection="best_id_val", heads=both)).head == "dual"

@@ -38,7 +38,8 @@ def test_model_and_version_objects(client: TestClient, versions: list[int]) -> N
     card = client.get("/models/shapes/versions/2").json()
     assert card["status"] == "READY"
     assert card["objective"] == "zeroshot"
-    assert card["beta"] == 0.5
+    # The default rule serves the default head: dual inference at beta 1.
+    assert card["beta"] == 1.0 and card["wise_ft"]["selected_head"] == "default"
     assert card["classes"] == ["circle", "cross", "square", "triangle"]
     assert set(card["metrics"]) >= {"zeroshot", "selected"}
     assert card["wise_ft"]["curve"][0]["alpha"] == 0.0
@@ -242,7 +243,7 @@ def test_report_and_its_plot_are_served_for_every_version(
     report = client.get(f"/models/shapes/versions/{versions[0]}/report")
     assert report.status_code == 200, report.text
     body = report.json()
-    assert body["format"] == "robust-clip-report/1" and body["served_head"] == "dual"
+    assert body["format"] == "robust-clip-report/1" and body["served_head"] == "default"
     assert body["selection"]["alpha"] == 0.0 and body["curve"][0]["alpha"] == 0.0
     assert set(body["per_class_acc"]["test"]) == {"circle", "square", "triangle", "cross"}
     assert set(body["description_diagnostics"]["per_class"]) == set(body["per_class_acc"]["test"])

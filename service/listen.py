@@ -13,6 +13,9 @@ holds a *placeholder*, a bound socket that never listens, and what travels to ea
 worker is not that socket but the recipe for a new one (``__reduce__``), bound with
 ``SO_REUSEPORT`` in the worker, where uvicorn then listens on it.
 
+Off unless ``RCS_API_REUSE_PORT=true``: it spreads the sockets, but an A/B of bench/peer.py with 2
+processes (docs/benchmarks/peer.md) found no reliable throughput difference on a 2-core machine.
+
 Caveat (the kernel's): connections still waiting in a worker's own queue when that worker dies
 are reset rather than taken by a sibling; the client retries them as it retries any reset.
 """

@@ -418,11 +418,11 @@ def serve(host: str, port: int, workers: int | None = None, log_level: str | Non
         http=f"{__name__}:{ServiceHttpProtocol.__name__}",
         log_level=log_level,
     )
-    if workers == 1 or not listen.supported():
+    if workers == 1 or not settings.api_reuse_port or not listen.supported():
         uvicorn.run(**options)
         return
-    # Several processes: uvicorn's supervisor, each worker on a socket of its own
-    # (service/listen.py), so connections opened in a burst are spread over the processes.
+    # Several processes and RCS_API_REUSE_PORT: uvicorn's supervisor, each worker on a socket of
+    # its own (service/listen.py), so connections opened in a burst are spread over them.
     from uvicorn.supervisors import Multiprocess
 
     config = uvicorn.Config(**options)  # sets up uvicorn's logging

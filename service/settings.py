@@ -84,6 +84,10 @@ class Settings(BaseSettings):
     # the models it serves and batches its own requests; on CPU, one per core with
     # RCS_TORCH_THREADS=1 serves the most images (bench/peer.py).
     api_workers: int = Field(default=1, ge=1)
+    # With several processes, each listens on a socket of its own (SO_REUSEPORT, the kernel
+    # spreads connections; service/listen.py). Off by default: one shared socket, as uvicorn
+    # does; an A/B on 2 processes showed no reliable throughput difference (benchmarks/peer.md).
+    api_reuse_port: bool = False
     default_model: str | None = None
     model_cache_bytes: int = 2 * 1024**3
     device: str = "auto"

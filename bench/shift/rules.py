@@ -328,7 +328,10 @@ def by_length(results: Mapping[str, Any]) -> dict[str, Any]:
     epochs = results["plan"].get("epochs")
     if epochs is None:
         return dict(results)
-    runs = [{**r, "method": f"{r['method']}{LENGTH}{epochs}ep"} for r in results["runs"]]
+    runs = [
+        r if r["method"] == "zeroshot" else {**r, "method": f"{r['method']}{LENGTH}{epochs}ep"}
+        for r in results["runs"]
+    ]
     return {**results, "runs": runs}
 
 

@@ -38,6 +38,8 @@ def test_two_api_processes_share_a_fresh_database_and_a_revocation(tmp_path: Pat
         "RCS_WORK_DIR": str(tmp_path / "work"),
         "RCS_BOOTSTRAP_API_KEY": API_KEY,
         "RCS_DEVICE": "cpu",
+        # Each process on a socket of its own (service/listen.py): the path uvicorn does not run.
+        "RCS_API_REUSE_PORT": "true",
         "RCS_API_WORKERS": "2",
         "RCS_LOOKUP_CACHE_S": "3",
     }

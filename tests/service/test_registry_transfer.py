@@ -207,7 +207,13 @@ def test_merge_at_alpha_0_and_1_gives_the_two_ends_exactly(
             assert torch.equal(logits(folder), reference(IMAGES))
         report = client.get(f"/models/m/versions/{version}/report")
         assert report.status_code == 200, report.text
-        assert report.json()["selection"] == {"rule": "manual", "metric": "top1", "alpha": alpha}
+        selection = report.json()["selection"]
+        assert selection == {
+            "rule": "manual",
+            "metric": "top1",
+            "alpha": alpha,
+            "head": report.json()["served_head"],  # the source's, kept by the merge
+        }
     # Re-merged back at the original alpha: the same served weights as the original.
     back = client.post("/models/m/versions/3/merge", json={"alpha": 0.5})
     assert back.status_code == 201 and back.json()["origin"]["previous"]["from"] == "m/1"

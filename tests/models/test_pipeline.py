@@ -114,9 +114,12 @@ def test_cli_finetune_predict_eval_merge(shapes_root: Path, tmp_path: Path, caps
     card = load_artifact(out).card
     recorded = card["metrics"]["zeroshot"]
     assert card["wise"]["curve"][0]["metrics"] == recorded
+    # "dual" is what the artifact serves, dual inference at its beta: the curve's column of the
+    # head the rule chose (the default head is served as beta 1).
+    served = card["wise"]["selected_head"]
     for split in ("val", "ood_test"):
-        for head in ("default", "concept", "dual"):
-            assert zero[split][head]["top1"] == recorded[split][head]["top1"], (split, head)
+        for head, curve_head in (("default", "default"), ("concept", "concept"), ("dual", served)):
+            assert zero[split][head]["top1"] == recorded[split][curve_head]["top1"], (split, head)
 
 
 def test_cli_reports_user_errors_in_one_line(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]

@@ -242,8 +242,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     )
     splits = [*report["zeroshot"]]
     print(f"{'split':<16}{'zero-shot':>11}{'selected':>11}{'fine-tuned':>11}")
+    served = report["served_head"]
     for split in splits:
-        served = report["served_head"]
         row = [report[end].get(split, {}).get(served, {}).get("top1") for end in ENDS]
         print(f"{split:<16}" + "".join(f"{'-' if v is None else f'{v:.3f}':>11}" for v in row))
     gain = report["gain_over_zeroshot"]

@@ -101,11 +101,11 @@ def merge(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         if (r["task"], r["method"], r["seed"]) not in seen:
             seen.add((r["task"], r["method"], r["seed"]))
             runs.append(r)
-    # Runs on the 0.05 grid merged with runs on the 0.25 grid: the tables read the alphas all hold.
-    grids = [p["plan"].get("alphas") for p in parts]
     plan = {**first["plan"], "tasks": tasks}
     # One process per seed: the merged document names every seed it holds.
     plan["seeds"] = sorted({r["seed"] for r in runs if r["method"] != "zeroshot"}) or plan["seeds"]
+    # Runs on the 0.05 grid merged with runs on the 0.25 grid: the tables read the alphas all hold.
+    grids = [p["plan"].get("alphas") for p in parts]
     if all(g is not None for g in grids):
         plan["alphas"] = [
             a for a in grids[0] if all(any(abs(a - b) < 1e-9 for b in g) for g in grids)

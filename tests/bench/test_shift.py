@@ -448,9 +448,9 @@ def test_quick_benchmark_runs_end_to_end(tmp_path: Path) -> None:
     assert "### fashion-spurious" in (out / "results.md").read_text()
 
 
-def test_finished_runs_are_journaled_and_not_run_again(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _recorded_runs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[tuple[str, int]]:
+    """bench.shift.run without training: each run a made-up record; the (method, seed) of
+    every run actually run, in order."""
     from bench.shift import run as bench_run
 
     calls: list[tuple[str, int]] = []
@@ -462,6 +462,15 @@ def test_finished_runs_are_journaled_and_not_run_again(
 
     monkeypatch.setattr(bench_run, "run_one", fake_run_one)
     monkeypatch.setattr(bench_run, "build_task", lambda *a, **k: tmp_path / "manifest.csv")
+    return calls
+
+
+def test_finished_runs_are_journaled_and_not_run_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bench.shift import run as bench_run
+
+    calls = _recorded_runs(monkeypatch, tmp_path)
     args = ["--tasks", "digits-natural", "--methods", "ce,flyp", "--seeds", "0,1"]
     plan = make_plan(parse([*args, "--out", str(tmp_path)]))
     first = bench_run.execute(plan)
@@ -492,18 +501,11 @@ def test_a_journal_of_other_backbone_weights_is_refused_and_zero_shot_can_be_ski
     # runs of two builds share their keys but are not paired, so resuming across them is refused.
     from bench.shift import run as bench_run
 
-    calls: list[tuple[str, int]] = []
-
-    def fake_run_one(plan: Any, task: Any, manifest: Path, method: str, seed: int, hp: Any) -> Any:
-        calls.append((method, seed))
-        return {**_run(method, seed, 0.9, 0.5, 0.5), "task": task.name, "hparams": dict(hp)}
-
+    calls = _recorded_runs(monkeypatch, tmp_path)
     folder = tmp_path / "backbone"
     folder.mkdir()
     (folder / "open_clip_model.safetensors").write_bytes(b"weights of build 1")
     (tmp_path / "out").mkdir()
-    monkeypatch.setattr(bench_run, "run_one", fake_run_one)
-    monkeypatch.setattr(bench_run, "build_task", lambda *a, **k: tmp_path / "manifest.csv")
     args = ["--tasks", "digits-natural", "--methods", "ce", "--seeds", "1", "--no-zeroshot"]
     plan = make_plan(parse([*args, "--arch", str(folder), "--out", str(tmp_path / "out")]))
     first = bench_run.execute(plan)

@@ -76,7 +76,10 @@ function otherPoint(card, ctx, name, base) {
   const select = h(
     "select",
     { id: "merge-alpha" },
-    curve.map((p) => h("option", { value: String(p.alpha), selected: p.alpha === wise.selected_alpha }, `α = ${fmtNum(p.alpha, 2)}${p.alpha === wise.selected_alpha ? " (served)" : ""}`)),
+    curve.map((p) => {
+      const isServed = p.alpha === wise.selected_alpha;
+      return h("option", { value: String(p.alpha), selected: isServed }, `α = ${fmtNum(p.alpha, 2)}${isServed ? " (served)" : ""}`);
+    }),
   );
   const form = h(
     "form",

@@ -4,7 +4,8 @@ For each model it
 1. writes a zero-shot artifact (10 classes; the offline backbone's real weights, random ones
    for open_clip architectures) and registers it as version 1 in a temporary registry;
 2. measures the model's own limit: back-to-back forward passes of ``--max-batch`` preprocessed
-   images in a process of its own (``bench/serve.py --limit``);
+   images in a process of its own (``bench/serve.py --limit``), or in ``--workers`` such
+   processes at once, each with ``--torch-threads``, their images/s summed (``own_limit``);
 3. starts each server on the same artifact with the same transform and the same batch size:
    - ``ours``: ``python -m service serve`` (uvicorn, dynamic batching), with API keys on and a
      predict key in every request, as deployed;
@@ -517,13 +518,47 @@ def run_levels(
     return rows
 
 
+def own_limit(folder: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """The model's own limit as the servers run it: ``--workers`` processes at once, each with
+    ``--torch-threads`` threads (as both servers' processes get them), each looping over
+    back-to-back forward passes (``bench/serve.py --limit``); images/s summed over them.
+
+    With one process and every thread this is ``bench/serve.py``'s own limit; with several, what
+    one process with every thread manages is a different and lower ceiling (one thread per
+    process loses nothing to intra-op synchronisation), so it is no yardstick for them.
+    """
+    import subprocess
+
+    cmd = [sys.executable, str(ROOT / "bench" / "serve.py"), "--limit", str(folder)]
+    cmd += ["--device", args.device, "--max-batch", str(args.max_batch)]
+    cmd += ["--limit-seconds", str(args.limit_seconds)]
+    env = common_env(args.device, args.torch_threads)
+    procs = [
+        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        for _ in range(args.workers)
+    ]
+    each = []
+    for proc in procs:
+        out, err = proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(f"the own-limit loop failed:\n{err[-3000:]}")
+        each.append(json.loads(out.strip().splitlines()[-1]))
+    if len(each) == 1:
+        return each[0]
+    rate = sum(e["images_per_s"] for e in each)
+    return {
+        **each[0],
+        "images_per_s": rate,
+        "cpu_ms_per_image": sum(e["cpu_ms_per_image"] * e["images_per_s"] for e in each) / rate,
+        "preprocess_ms_per_image": sum(e["preprocess_ms_per_image"] for e in each) / len(each),
+        "processes": [e["images_per_s"] for e in each],
+    }
+
+
 def bench_model(arch: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     print(f"{arch}:", flush=True)
     folder = write_artifact(arch, tmp / "artifact")
-    limit = _self(
-        ["--limit", str(folder), "--device", args.device, "--max-batch", str(args.max_batch)]
-        + ["--limit-seconds", str(args.limit_seconds)]
-    )
+    limit = own_limit(folder, args)
     print(f"  own limit: {limit['images_per_s']:.1f} images/s", flush=True)
     rows: list[dict[str, Any]] = []
     agreement: dict[str, list[tuple[str, float]]] = {}
@@ -586,15 +621,25 @@ def breakdown(raw: Path) -> dict[str, int]:
 
 
 def profile_level(
-    url: str, pid: int, key: str | None, fmt: str, clients: int, requests: int, out: Path
+    url: str,
+    pid: int,
+    key: str | None,
+    fmt: str,
+    clients: int,
+    requests: int,
+    out: Path,
+    subprocesses: bool = False,
 ) -> dict[str, Any]:
-    """One load level with py-spy sampling the server: samples per stage, CPU per image."""
+    """One load level with py-spy sampling the server: samples per stage, CPU per image.
+
+    ``subprocesses``: the server runs several processes under uvicorn's supervisor (``pid``),
+    and py-spy samples each of them."""
     import subprocess
 
     pyspy = Path(sys.executable).with_name("py-spy")
     raw = out / f"ours-{fmt}-{clients}.txt"
     cmd = [str(pyspy), "record", "--pid", str(pid), "--rate", str(PROFILE_HZ), "--format", "raw"]
-    cmd += ["--output", str(raw), "--nonblocking"]
+    cmd += ["--output", str(raw), "--nonblocking"] + (["--subprocesses"] if subprocesses else [])
     spy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     time.sleep(1.0)  # attached before the load starts
     cpu_before = tree_cpu_s(pid)
@@ -649,7 +694,9 @@ def run_profile(args: argparse.Namespace) -> None:
             for fmt in args.formats.split(","):
                 for clients in [int(c) for c in args.clients.split(",")]:
                     n = max(args.requests, 4 * clients)
-                    rows.append(profile_level(url, pid, key, fmt, clients, n, out))
+                    rows.append(
+                        profile_level(url, pid, key, fmt, clients, n, out, args.workers > 1)
+                    )
     text = profile_report(rows)
     (out / "breakdown.md").write_text(text)
     print(text)
@@ -666,8 +713,8 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> str:
         f"our engine {getattr(args, 'engine', 'torch')}, BentoML {BENTOML_VERSION})",
         "",
         f"Own limit: {limit:.1f} images/s ({result['limit']['cpu_ms_per_image']:.1f} CPU ms per "
-        f"image, back-to-back passes of {args.max_batch} images); preprocessing alone "
-        f"{result['limit']['preprocess_ms_per_image']:.2f} ms per image.",
+        f"image, back-to-back passes of {args.max_batch} images{_limit_processes(result)}); "
+        f"preprocessing alone {result['limit']['preprocess_ms_per_image']:.2f} ms per image.",
         "",
         *agreement_lines(result["agreement"]),
         "",
@@ -690,6 +737,16 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> str:
         )
     lines += ["", *goals(result)]
     return "\n".join(lines)
+
+
+def _limit_processes(result: dict[str, Any]) -> str:
+    """How the own limit was run, when by several processes at once (``own_limit``)."""
+    each = result["limit"].get("processes")
+    if not each:
+        return ""
+    rates = " + ".join(f"{rate:.1f}" for rate in each)
+    threads = result["limit"]["torch_threads"]
+    return f", {len(each)} processes of {threads} torch thread(s) at once: {rates}"
 
 
 def _fmt_batch(value: float | None) -> str:

@@ -29,6 +29,7 @@ import hashlib
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -47,12 +48,24 @@ _DIRTY = "rcs_lookups_dirty"
 
 
 class TTLCache(Generic[K, V]):
-    """A bounded map whose entries expire ``ttl_s`` after they were stored (thread-safe)."""
+    """A bounded map whose entries expire ``ttl_s`` after they were stored (thread-safe).
 
-    def __init__(self, ttl_s: float, max_entries: int = 4096) -> None:
+    Refreshed ahead: once an entry is half its ``ttl_s`` old, one caller (the first to ask) is
+    told it is absent, and looks it up again while every other caller still gets the entry. So
+    under steady traffic an entry is replaced before it expires, and each process reads the
+    database about twice per ``ttl_s`` per key, instead of once per request that arrives
+    between the expiry and the first lookup's answer (all of them, under load). No entry is
+    served past ``ttl_s``; should the refresh fail, the entry expires as it would have.
+    """
+
+    def __init__(
+        self, ttl_s: float, max_entries: int = 4096, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.ttl_s = ttl_s
         self.max_entries = max_entries
-        self._entries: OrderedDict[K, tuple[float, V]] = OrderedDict()
+        self._clock = clock
+        # key -> (stored at, value, a refresh was handed out)
+        self._entries: OrderedDict[K, tuple[float, V, bool]] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, key: K) -> V | None:
@@ -62,16 +75,21 @@ class TTLCache(Generic[K, V]):
             entry = self._entries.get(key)
             if entry is None:
                 return None
-            if time.monotonic() - entry[0] >= self.ttl_s:
+            stored, value, refreshing = entry
+            age = self._clock() - stored
+            if age >= self.ttl_s:
                 del self._entries[key]
                 return None
-            return entry[1]
+            if age >= self.ttl_s / 2 and not refreshing:
+                self._entries[key] = (stored, value, True)
+                return None  # this caller refreshes it
+            return value
 
     def put(self, key: K, value: V) -> None:
         if self.ttl_s <= 0:
             return
         with self._lock:
-            self._entries[key] = (time.monotonic(), value)
+            self._entries[key] = (self._clock(), value, False)
             self._entries.move_to_end(key)
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)

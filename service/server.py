@@ -385,6 +385,12 @@ class ServiceHttpProtocol(HttpToolsProtocol):
         self._timer = self.loop.call_later(LINGER_S, self.transport.close)
 
 
+def cores_per_process(workers: int) -> int:
+    """This machine's cores (those the process may run on) shared out over ``workers``."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cores or 1) // workers)
+
+
 def serve(host: str, port: int, workers: int | None = None, log_level: str | None = None) -> None:
     """Run the API (settings from RCS_*) under uvicorn with ``ServiceHttpProtocol``."""
     settings = settings_from_env()  # a bad setting: one line naming it, before uvicorn starts
@@ -402,6 +408,13 @@ def serve(host: str, port: int, workers: int | None = None, log_level: str | Non
     # threads that decode images and run other requests' passes (on CPU, p95 latency grew
     # twentyfold with spinning). An explicit setting wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if workers > 1 and settings.torch_threads == 0:
+        # Several processes share the cores: each gets its share of torch (or ONNX Runtime)
+        # threads, not all of them (2 processes of 2 threads on 2 cores fight over them in every
+        # pass). The processes read it from here; OpenMP sizes its pool from the second.
+        share = str(cores_per_process(workers))
+        os.environ["RCS_TORCH_THREADS"] = share
+        os.environ.setdefault("OMP_NUM_THREADS", share)
     import uvicorn
 
     options: dict[str, Any] = dict(

@@ -4,6 +4,7 @@ servers answer, its profile stages name the right code, its goals come from the 
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import subprocess
@@ -248,3 +249,21 @@ def test_a_whole_run_against_bentoml_with_the_tiny_model(tmp_path: Path) -> None
     assert all(r["requests"] == 24 for r in result["rows"] if r["generator"] == "ours")
     assert "give the same top-1 label for all 16 sample images" in done.stdout
     assert "| wrk | json | 4 |" in done.stdout and "errors of ours at every level: 0" in done.stdout
+
+
+@pytest.mark.slow
+def test_the_own_limit_of_several_processes_runs_them_at_once_and_sums_them(
+    tmp_path: Path,
+) -> None:
+    from bench.serve import write_artifact
+
+    folder = write_artifact("test-tiny-vit", tmp_path / "artifact")
+    args = argparse.Namespace(
+        device="cpu", max_batch=4, limit_seconds=0.3, workers=2, torch_threads=1
+    )
+    limit = peer.own_limit(folder, args)
+    assert len(limit["processes"]) == 2 and all(rate > 0 for rate in limit["processes"])
+    assert limit["images_per_s"] == pytest.approx(sum(limit["processes"]))
+    assert limit["torch_threads"] == 1  # each ran with the servers' threads, not all of them
+    said = peer._limit_processes({"limit": limit})
+    assert said.startswith(", 2 processes of 1 torch thread(s) at once: ")

@@ -1,9 +1,11 @@
 """`python -m service serve --workers 2` on a fresh PostgreSQL database: the migrations run once
 before the processes start, both answer, and a key revoked through one is refused by every
-process once the revoke is answered, although each had it in its lookup cache."""
+process once the revoke is answered, although each had it in its lookup cache; each process
+gets its share of the cores as torch threads."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -45,13 +47,20 @@ def test_two_api_processes_share_a_fresh_database_and_a_revocation(tmp_path: Pat
     }
     port = free_port()
     cmd = [sys.executable, "-m", "service", "serve", "--port", str(port)]
-    api = Process("api", cmd, tmp_path / "api.log", process_env(settings)).start()
+    env = process_env(settings)
+    env.pop("RCS_TORCH_THREADS", None)  # unset: each process gets its share of the cores
+    api = Process("api", cmd, tmp_path / "api.log", env).start()
     base = f"http://127.0.0.1:{port}"
     admin = {"Authorization": f"Bearer {API_KEY}"}
     try:
         wait_ready(base, api, timeout=120)
         assert api.popen is not None
-        assert len(children(api.popen.pid)) >= 2  # uvicorn's two worker processes
+        workers = children(api.popen.pid)
+        assert len(workers) >= 2  # uvicorn's two worker processes
+        share = str(max(1, len(os.sched_getaffinity(0)) // 2))
+        for pid in workers:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            assert f"RCS_TORCH_THREADS={share}".encode() in environ
         created = httpx.post(
             f"{base}/keys", json={"name": "k", "scopes": ["predict"]}, headers=admin
         )

@@ -147,6 +147,23 @@ def test_entries_expire_and_a_lookup_older_than_a_clear_is_not_stored() -> None:
     assert len(short) == 0
 
 
+def test_an_entry_is_refreshed_by_one_caller_from_half_its_life_and_never_served_past_it() -> None:
+    now = [0.0]
+    cache: TTLCache[str, int] = TTLCache(ttl_s=10, clock=lambda: now[0])
+    cache.put("k", 1)
+    now[0] = 4.9
+    assert cache.get("k") == 1
+    now[0] = 5.0  # half its life: the first caller looks it up again, the others still get it
+    assert [cache.get("k") for _ in range(3)] == [None, 1, 1]
+    cache.put("k", 2)  # the refresh, stored: a new life
+    now[0] = 9.9
+    assert cache.get("k") == 2
+    now[0] = 10.0
+    assert [cache.get("k") for _ in range(2)] == [None, 2]  # refreshed once more, not answered
+    now[0] = 15.0  # that refresh failed: the entry expires at its time, for every caller
+    assert [cache.get("k") for _ in range(2)] == [None, None]
+
+
 def test_the_cache_is_bounded() -> None:
     cache: TTLCache[int, int] = TTLCache(ttl_s=60, max_entries=3)
     for i in range(5):

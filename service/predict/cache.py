@@ -7,9 +7,12 @@ prompts and a request runs the image tower only.
 from __future__ import annotations
 
 import gc
+import logging
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +32,8 @@ from service.predict.onnx import runner_for
 # mistaken for the copy in memory.
 Key = tuple[str, int, str]
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class LoadedModel:
@@ -46,6 +51,9 @@ class LoadedModel:
     std: torch.Tensor | None = None
     # RCS_PREDICT_ENGINE=onnxruntime: the version's ONNX export runs the forward pass.
     runner: OnnxRunner | None = None
+    # torch threads of this model's passes, chosen when it was loaded (``calibrate_threads``);
+    # None: the calling thread's as they are.
+    threads: int | None = None
 
     @property
     def engine(self) -> str:
@@ -158,6 +166,61 @@ def warm_up(model: LoadedModel) -> None:
     run(model, torch.zeros(1, 3, *model.classifier.backbone.image_size))
 
 
+# Images per timed pass, and timed passes per thread count, when a model's threads are chosen.
+CALIBRATION_BATCH = 4
+CALIBRATION_PASSES = 2
+# A model's passes use all of the process's threads only when these are at least this much
+# faster than one thread; otherwise one thread, and the other cores decode and serve requests.
+MIN_THREAD_SPEEDUP = 1.2
+
+
+def calibrate_threads(
+    model: LoadedModel,
+    available: int,
+    forward: Callable[[LoadedModel, torch.Tensor], torch.Tensor] | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+) -> tuple[int, dict[int, float]]:
+    """The torch threads ``model``'s passes should use on this CPU, of ``available``, timed now:
+    passes of ``CALIBRATION_BATCH`` images with ``available`` threads and with one. Returns the
+    choice and the seconds per pass of each.
+
+    Intra-op threads pay off for models of large matrix products (a ViT-B-32 on 2 cores: 1.4x at
+    1 image, 1.8x at 8) and cost for models of many small operations (the offline backbone's
+    EfficientNet-Lite0: 3x slower at 1 image, 1.6x at 8, threads waking and waiting at every
+    layer), and only timing tells which a model is. One thread also leaves the other cores to
+    decode images and run the server, so more threads must earn their keep by
+    ``MIN_THREAD_SPEEDUP``.
+    """
+    forward = forward or run
+    inputs = torch.zeros(CALIBRATION_BATCH, 3, *model.classifier.backbone.image_size)
+    seconds: dict[int, float] = {}
+    for threads in (available, 1):
+        model.threads = threads
+        forward(model, inputs)  # untimed: the thread team forms
+        timings = []
+        for _ in range(CALIBRATION_PASSES):
+            started = clock()
+            forward(model, inputs)
+            timings.append(clock() - started)
+        seconds[threads] = min(timings)
+    model.threads = available if seconds[1] >= MIN_THREAD_SPEEDUP * seconds[available] else 1
+    return model.threads, seconds
+
+
+@contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """The calling thread's torch threads set to ``threads`` (None: left as they are) within."""
+    before = torch.get_num_threads()
+    if threads is None or threads == before:
+        yield
+        return
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def run(model: LoadedModel, inputs: torch.Tensor) -> torch.Tensor:
     """The forward pass on model inputs (float NCHW, normalised), from the model's engine: (N,
     classes) probabilities on the CPU, packed with what the shift monitor reads from the same
@@ -165,7 +228,7 @@ def run(model: LoadedModel, inputs: torch.Tensor) -> torch.Tensor:
     if model.runner is not None:
         array = inputs.detach().cpu().numpy()
         return torch.from_numpy(model.runner.served(np.ascontiguousarray(array, dtype=np.float32)))
-    with torch.inference_mode():
+    with torch.inference_mode(), torch_threads(model.threads):
         return served_pass(model.classifier, inputs.to(model.classifier.device))
 
 
@@ -174,6 +237,9 @@ class ModelCache:
         self.max_bytes = max_bytes
         self.device = device
         self.engine = engine or Engine()
+        # The process's torch threads as it started (RCS_TORCH_THREADS, or torch's default):
+        # what a model's passes may use at most.
+        self.available_threads = torch.get_num_threads()
         self._models: OrderedDict[Key, LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
         self._loading: dict[Key, threading.Lock] = {}
@@ -201,9 +267,30 @@ class ModelCache:
                     return self._models[key]
             model = load(name, version, folder(), self.device, self.engine)
             warm_up(model)
+            self._choose_threads(model)
             self._insert(key, model)
             settle_heap()
             return model
+
+    def _choose_threads(self, model: LoadedModel) -> None:
+        """On CPU with torch and RCS_TORCH_THREADS unset (0), time the model's passes with the
+        process's threads and with one (``calibrate_threads``) and keep the faster."""
+        available = self.available_threads
+        if self.engine.threads or model.engine != "torch" or available < 2:
+            return
+        if model.classifier.device.type != "cpu":
+            return
+        started = time.perf_counter()
+        threads, seconds = calibrate_threads(model, available)
+        log.info(
+            "%s: passes use %d torch thread(s) of %d (%s per pass of %d images; timed in %.1f s)",
+            model.ref,
+            threads,
+            available,
+            ", ".join(f"{n} thread(s) {s * 1000:.1f} ms" for n, s in seconds.items()),
+            CALIBRATION_BATCH,
+            time.perf_counter() - started,
+        )
 
     def peek(self, name: str, version: int, identity: str = "") -> LoadedModel | None:
         """The model if it is loaded now (counted as a use); never loads."""

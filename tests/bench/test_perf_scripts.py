@@ -1,5 +1,6 @@
-"""The performance scripts: goal checks of bench/serve.py, and bench/gpu_check.sh's CPU dry run
-(the same steps as on a GPU, with the tiny model), which must produce every table."""
+"""The performance scripts: goal checks of bench/serve.py, bench/gpu_check.sh's CPU dry run
+(the same steps as on a GPU, with the tiny model), which must produce every table, and
+bench/batch_cost.py's table."""
 
 from __future__ import annotations
 
@@ -92,3 +93,16 @@ def test_the_decode_benchmark_times_and_compares_both_decodes() -> None:
     cells = [cell.strip() for cell in row.strip("|").split("|")]
     assert float(cells[1]) > 0 and float(cells[2]) > 0 and float(cells[4]) >= 0
     assert cells[5] in ("yes", "NO")  # a random-init model: only that it was compared
+
+
+@pytest.mark.slow
+def test_batch_cost_reports_every_batch_size(tmp_path: Path) -> None:
+    out = tmp_path / "cost.json"
+    cmd = [sys.executable, "bench/batch_cost.py", "--model", "test-tiny-vit", "--batches", "1,4"]
+    cmd += ["--seconds", "0.2", "--json", str(out)]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["threads"] == 1 and [row["batch"] for row in result["rows"]] == [1, 4]
+    assert all(row["images_per_s"] > 0 and row["cpu_ms_per_image"] > 0 for row in result["rows"])
+    assert "batch   4:" in done.stdout

@@ -215,6 +215,68 @@ def test_model_cache_is_lru_bounded_by_bytes(artifact_folder: Path) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("per_image_s", "chosen"),
+    [({2: 0.030, 1: 0.010}, 1), ({2: 0.010, 1: 0.030}, 2), ({2: 0.009, 1: 0.010}, 1)],
+)
+def test_a_model_s_passes_get_the_thread_count_timed_faster_and_one_unless_more_earn_it(
+    artifact_folder: Path, per_image_s: dict[int, float], chosen: int
+) -> None:
+    from service.predict import cache
+
+    model = cache.load("m", 1, artifact_folder, "cpu")
+    now = [0.0]
+    seen: list[int | None] = []
+
+    def forward(loaded: cache.LoadedModel, inputs: torch.Tensor) -> torch.Tensor:
+        seen.append(loaded.threads)
+        assert loaded.threads is not None
+        now[0] += per_image_s[loaded.threads] * inputs.shape[0]  # a fake clock
+        return inputs
+
+    threads, seconds = cache.calibrate_threads(model, 2, forward, clock=lambda: now[0])
+    assert threads == chosen == model.threads
+    assert seconds == pytest.approx(
+        {n: s * cache.CALIBRATION_BATCH for n, s in per_image_s.items()}
+    )
+    assert seen == [2] * (1 + cache.CALIBRATION_PASSES) + [1] * (1 + cache.CALIBRATION_PASSES)
+
+
+def test_a_model_s_passes_run_with_its_threads_and_leave_the_caller_s_as_they_were(
+    artifact_folder: Path,
+) -> None:
+    from service.predict import cache
+
+    model = cache.ModelCache(max_bytes=1 << 40).get("m", 1, lambda: artifact_folder)
+    inside: list[int] = []
+    features = model.classifier.image_features
+
+    def image_features(images: torch.Tensor) -> torch.Tensor:  # where the pass enters the model
+        inside.append(torch.get_num_threads())
+        return features(images)
+
+    model.classifier.image_features = image_features  # type: ignore[method-assign]
+    before = torch.get_num_threads()
+    model.threads = 1
+    cache.run(model, torch.zeros(1, 3, *model.classifier.backbone.image_size))
+    model.threads = None
+    cache.run(model, torch.zeros(1, 3, *model.classifier.backbone.image_size))
+    assert inside[-2:] == [1, before] and torch.get_num_threads() == before
+
+
+def test_a_set_thread_count_or_a_single_core_is_not_timed(artifact_folder: Path) -> None:
+    from service.predict import cache
+
+    fixed = cache.ModelCache(max_bytes=1 << 40, engine=cache.Engine(threads=2))
+    assert fixed.get("m", 1, lambda: artifact_folder).threads is None
+    one = cache.ModelCache(max_bytes=1 << 40)
+    one.available_threads = 1
+    assert one.get("m", 1, lambda: artifact_folder).threads is None
+    timed = cache.ModelCache(max_bytes=1 << 40)
+    timed.available_threads = 2
+    assert timed.get("m", 1, lambda: artifact_folder).threads in (1, 2)
+
+
 def test_a_loaded_model_is_kept_from_the_collector_and_a_dropped_one_is_collected(
     artifact_folder: Path,
 ) -> None:

@@ -26,6 +26,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass, fields
 from functools import cache
+from pathlib import Path
 from typing import Any, ClassVar
 
 import httptools
@@ -385,10 +386,23 @@ class ServiceHttpProtocol(HttpToolsProtocol):
         self._timer = self.loop.call_later(LINGER_S, self.transport.close)
 
 
-def cores_per_process(workers: int) -> int:
-    """This machine's cores (those the process may run on) shared out over ``workers``."""
+def usable_cores(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """The cores this process may use: those it may run on, fewer when its cgroup's CPU quota
+    (``cpu.max``, cgroup v2: a container's ``--cpus``) allows fewer, rounded down, at least 1."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, (cores or 1) // workers)
+    cores = cores or 1
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, int(quota) // int(period)))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 quota to read: the affinity decides
+    return cores
+
+
+def cores_per_process(workers: int) -> int:
+    """This machine's usable cores shared out over ``workers``."""
+    return max(1, usable_cores() // workers)
 
 
 def serve(host: str, port: int, workers: int | None = None, log_level: str | None = None) -> None:

@@ -184,12 +184,12 @@ def calibrate_threads(
     passes of ``CALIBRATION_BATCH`` images with ``available`` threads and with one. Returns the
     choice and the seconds per pass of each.
 
-    Intra-op threads pay off for models of large matrix products (a ViT-B-32 on 2 cores: 1.4x at
-    1 image, 1.8x at 8) and cost for models of many small operations (the offline backbone's
-    EfficientNet-Lite0: 3x slower at 1 image, 1.6x at 8, threads waking and waiting at every
-    layer), and only timing tells which a model is. One thread also leaves the other cores to
-    decode images and run the server, so more threads must earn their keep by
-    ``MIN_THREAD_SPEEDUP``.
+    Intra-op threads pay off for models of large matrix products (a ViT-B-32 on 2 cores: 1.3x
+    faster at 1 image, 1.8x at 8) and cost for models of many small operations (the offline
+    backbone's EfficientNet-Lite0: 3x slower at 1 image, 1.8x at 8, threads waking and waiting at
+    every layer; ``bench/batch_cost.py``), and only timing tells which a model is. One thread
+    also leaves the other cores to decode images and run the server, so more threads must earn
+    their keep by ``MIN_THREAD_SPEEDUP``.
     """
     forward = forward or run
     inputs = torch.zeros(CALIBRATION_BATCH, 3, *model.classifier.backbone.image_size)

@@ -281,7 +281,14 @@ class ModelCache:
         if model.classifier.device.type != "cpu":
             return
         started = time.perf_counter()
-        threads, seconds = calibrate_threads(model, available)
+        try:
+            threads, seconds = calibrate_threads(model, available)
+        except Exception as exc:  # the warm-up pass ran: serve with the process's threads
+            model.threads = None
+            log.warning(
+                "%s: its passes could not be timed (%s); they use every thread", model.ref, exc
+            )
+            return
         log.info(
             "%s: passes use %d torch thread(s) of %d (%s per pass of %d images; timed in %.1f s)",
             model.ref,

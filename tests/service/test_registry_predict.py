@@ -277,6 +277,20 @@ def test_a_set_thread_count_or_a_single_core_is_not_timed(artifact_folder: Path)
     assert timed.get("m", 1, lambda: artifact_folder).threads in (1, 2)
 
 
+def test_a_model_whose_timing_fails_is_served_with_every_thread(
+    artifact_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service.predict import cache
+
+    def broken(*_: object, **__: object) -> None:
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(cache, "calibrate_threads", broken)
+    models = cache.ModelCache(max_bytes=1 << 40)
+    models.available_threads = 2
+    assert models.get("m", 1, lambda: artifact_folder).threads is None
+
+
 def test_a_loaded_model_is_kept_from_the_collector_and_a_dropped_one_is_collected(
     artifact_folder: Path,
 ) -> None:

@@ -36,6 +36,16 @@ def _max_difference(a: Classifier, b: Classifier) -> float:
     return max(float((v.float() - other[k].float()).abs().max()) for k, v in a.state_dict().items())
 
 
+def _share_over(a: Classifier, b: Classifier, tolerance: float) -> float:
+    """The share of all weights that differ between ``a`` and ``b`` by more than ``tolerance``."""
+    other = b.state_dict()
+    over = sum(
+        int(((v.float() - other[k].float()).abs() > tolerance).sum())
+        for k, v in a.state_dict().items()
+    )
+    return over / sum(v.numel() for v in a.state_dict().values())
+
+
 BASE = TrainConfig(epochs=1, batch_size=8, max_steps=2, lr=1e-3, seed=0)
 
 
@@ -71,4 +81,10 @@ def test_bf16_autocast_on_cpu_changes_the_arithmetic_not_the_model(shapes_root: 
 def test_compiled_encoder_trains_the_same_weights(shapes_root: Path) -> None:
     plain = _flyp_run(shapes_root, BASE)
     compiled = _flyp_run(shapes_root, TrainConfig(**{**BASE.__dict__, "compile": True}))
-    assert _max_difference(plain, compiled) < 1e-4
+    # Adam divides each gradient by its own running size, so where a gradient is near zero a
+    # rounding difference of the compiled kernels (another summation order; it depends on the
+    # CPU's instruction set) can move that weight by up to a step: on one machine 2 of 3.4 M
+    # weights moved by 1.7e-4 and 137 by over 1e-5. The same model is one where almost every
+    # weight agrees and none differs by a whole step; a wrong compiled graph moves them all.
+    assert _share_over(plain, compiled, 1e-5) < 1e-3
+    assert _max_difference(plain, compiled) < BASE.lr

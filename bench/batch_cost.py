@@ -17,7 +17,6 @@ import json
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +25,9 @@ sys.path.insert(0, str(ROOT))
 
 
 def measure(arch: str, batches: list[int], seconds: float) -> list[dict[str, Any]]:
-    import torch
-
-    from bench.serve import REGISTERED, sample_images, write_artifact
+    from bench.serve import REGISTERED, back_to_back, sample_images, write_artifact
     from service.predict.cache import load, warm_up
-    from service.predict.service import ImageInput, forward, preprocess
+    from service.predict.service import ImageInput, preprocess
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="rcs-batch-cost-") as tmp:
@@ -40,22 +37,7 @@ def measure(arch: str, batches: list[int], seconds: float) -> list[dict[str, Any
         images = [ImageInput(data, None, f"images[{i}]") for i, data in enumerate(sample_images())]
         one = preprocess(model, images, 40_000_000)
         for batch in batches:
-            inputs = torch.cat([one] * (batch // len(one) + 1))[:batch]
-            for _ in range(2):
-                forward(model, inputs)
-            passes, started, cpu = 0, time.perf_counter(), time.process_time()
-            while passes < 3 or time.perf_counter() - started < seconds:
-                forward(model, inputs)
-                passes += 1
-            wall = time.perf_counter() - started
-            rows.append(
-                {
-                    "batch": batch,
-                    "passes": passes,
-                    "images_per_s": passes * batch / wall,
-                    "cpu_ms_per_image": (time.process_time() - cpu) * 1000 / (passes * batch),
-                }
-            )
+            rows.append(back_to_back(model, one, batch, seconds, 3))
             print(
                 f"batch {batch:3d}: {rows[-1]['images_per_s']:7.1f} images/s, "
                 f"{rows[-1]['cpu_ms_per_image']:.2f} CPU ms per image",

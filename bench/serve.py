@@ -48,7 +48,12 @@ import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # torch and the service load lazily: the orchestration needs neither
+    from torch import Tensor
+
+    from service.predict.cache import LoadedModel
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -114,6 +119,32 @@ def sample_images(n: int = 16, size: int = 256) -> list[bytes]:
     return images
 
 
+def back_to_back(
+    model: LoadedModel, one: Tensor, batch: int, min_s: float, min_passes: int
+) -> dict[str, Any]:
+    """Forward passes of ``batch`` images (``one``, preprocessed, repeated to fill it), back to
+    back for at least ``min_s`` seconds and ``min_passes`` passes after two untimed: the passes
+    run, images/s and the process's CPU ms per image."""
+    import torch
+
+    from service.predict.service import forward
+
+    inputs = torch.cat([one] * (batch // len(one) + 1))[:batch]
+    for _ in range(2):
+        forward(model, inputs)
+    passes, started, cpu_started = 0, time.perf_counter(), time.process_time()
+    while passes < min_passes or time.perf_counter() - started < min_s:
+        forward(model, inputs)
+        passes += 1
+    elapsed = time.perf_counter() - started
+    return {
+        "batch": batch,
+        "passes": passes,
+        "images_per_s": passes * batch / elapsed,
+        "cpu_ms_per_image": (time.process_time() - cpu_started) * 1000 / (passes * batch),
+    }
+
+
 def own_limit(
     folder: Path, device: str, batch: int, min_s: float, engine: str = "torch"
 ) -> dict[str, Any]:
@@ -122,33 +153,21 @@ def own_limit(
     import torch
 
     from service.predict.cache import Engine, load, warm_up
-    from service.predict.service import ImageInput, forward, preprocess
+    from service.predict.service import ImageInput, preprocess
 
     model = load(REGISTERED, 1, folder, device, Engine(engine, folder.parent / "onnx"))
     if model.engine != engine:
         raise RuntimeError(f"{folder} could not be served by {engine} (see the log above)")
     warm_up(model)
     images = [ImageInput(data, None, f"images[{i}]") for i, data in enumerate(sample_images())]
-    one = preprocess(model, images, 40_000_000)
-    inputs = torch.cat([one] * (batch // len(one) + 1))[:batch]
-    for _ in range(2):
-        forward(model, inputs)
-    passes, started, cpu_started = 0, time.perf_counter(), time.process_time()
-    while passes < 5 or time.perf_counter() - started < min_s:
-        forward(model, inputs)
-        passes += 1
-    elapsed = time.perf_counter() - started
-    cpu_ms = (time.process_time() - cpu_started) * 1000 / (passes * batch)
+    timed = back_to_back(model, preprocess(model, images, 40_000_000), batch, min_s, 5)
     # Preprocessing is the server's other per-image cost: time it alone too.
     t0 = time.perf_counter()
     for _ in range(4):
         preprocess(model, images, 40_000_000)
     decode_ms = (time.perf_counter() - t0) / (4 * len(images)) * 1000
     return {
-        "batch": batch,
-        "passes": passes,
-        "images_per_s": passes * batch / elapsed,
-        "cpu_ms_per_image": cpu_ms,
+        **timed,
         "preprocess_ms_per_image": decode_ms,
         "torch_threads": torch.get_num_threads(),
         "engine": engine,

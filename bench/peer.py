@@ -39,6 +39,7 @@ import asyncio
 import base64
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -435,6 +436,8 @@ def running(server: str, folder: Path, tmp: Path, args: argparse.Namespace) -> I
             "PEER_TOP_K": str(TOP_K),
             "PEER_WORKERS": str(args.workers),
             "PEER_JPEG_DRAFT": "true" if args.jpeg_draft else "false",
+            "PEER_ENGINE": args.peer_engine,
+            "PEER_ONNX_DIR": str(tmp / "onnx"),
         }
         bentoml = Path(sys.executable).with_name("bentoml")
         target = "bench.peer_bento:PeerClassifier"
@@ -563,6 +566,7 @@ def bench_model(arch: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any
     rows: list[dict[str, Any]] = []
     agreement: dict[str, list[tuple[str, float]]] = {}
     order = list(args.servers.split(","))
+    engines: dict[str, list[str]] = {}
     for round_ in range(args.rounds):
         for server in order if round_ % 2 == 0 else order[::-1]:
             with running(server, folder, tmp / f"{server}-{round_}", args) as (url, pid, key):
@@ -570,7 +574,26 @@ def bench_model(arch: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any
                     agreement[f"{server} {fmt}"] = answers(url, server, fmt, key, args.image_size)
                 for row in run_levels(server, url, pid, key, args):
                     rows.append({**row, "round": round_})
-    return {"arch": arch, "limit": limit, "rows": rows, "agreement": agreement}
+            if server == "ours":
+                log = (tmp / f"{server}-{round_}" / f"{server}.log").read_text(errors="replace")
+                engines[f"ours round {round_}"] = engine_choices(log)
+                print(f"  ours served with: {', '.join(engines[f'ours round {round_}'])}")
+    return {
+        "arch": arch,
+        "limit": limit,
+        "rows": rows,
+        "agreement": agreement,
+        "engines": engines,
+    }
+
+
+def engine_choices(log: str) -> list[str]:
+    """What each of our server's processes ran its passes in, from the lines it logs when a
+    model loads (``service.predict.cache``): engine and threads, with the timings it chose by."""
+    return [
+        match.group(1).strip()
+        for match in re.finditer(r": passes (?:run in|use) ([^\n]*?)(?: \(|$)", log, re.M)
+    ]
 
 
 # --- where the time goes -------------------------------------------------------------------------
@@ -710,11 +733,20 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> str:
     lines = [
         f"### {result['arch']} (device {args.device}, max batch {args.max_batch}, "
         f"{args.workers} server process(es), {args.image_size} px JPEGs, "
-        f"our engine {getattr(args, 'engine', 'torch')}, BentoML {BENTOML_VERSION})",
+        f"our engine {getattr(args, 'engine', 'torch')}, BentoML {BENTOML_VERSION} on "
+        f"{getattr(args, 'peer_engine', 'torch')})",
         "",
-        f"Own limit: {limit:.1f} images/s ({result['limit']['cpu_ms_per_image']:.1f} CPU ms per "
-        f"image, back-to-back passes of {args.max_batch} images{_limit_processes(result)}); "
-        f"preprocessing alone {result['limit']['preprocess_ms_per_image']:.2f} ms per image.",
+        f"Own limit in torch: {limit:.1f} images/s ({result['limit']['cpu_ms_per_image']:.1f} "
+        f"CPU ms per image, back-to-back passes of {args.max_batch} images"
+        f"{_limit_processes(result)}); preprocessing alone "
+        f"{result['limit']['preprocess_ms_per_image']:.2f} ms per image.",
+        "",
+        *[
+            f"Our server ({run}), as its processes logged when the model loaded: "
+            + "; ".join(choices or ["nothing logged"])
+            + "."
+            for run, choices in result.get("engines", {}).items()
+        ],
         "",
         *agreement_lines(result["agreement"]),
         "",
@@ -893,9 +925,16 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
         "--engine",
+        choices=("auto", "torch", "onnxruntime"),
+        default="auto",
+        help="what runs our server's forward passes (RCS_PREDICT_ENGINE; its default: auto)",
+    )
+    parser.add_argument(
+        "--peer-engine",
         choices=("torch", "onnxruntime"),
         default="torch",
-        help="what runs our server's forward passes (RCS_PREDICT_ENGINE; BentoML: torch)",
+        help="what runs BentoML's passes: torch, as its examples load a model, or onnxruntime "
+        "(our verified export), to compare the two servers on one engine",
     )
     parser.add_argument("--limit-seconds", type=float, default=5.0)
     parser.add_argument("--json", help="also write the results here")
@@ -947,7 +986,7 @@ def main() -> None:
         return
     if args.report:
         saved = json.loads(Path(args.report).read_text())
-        for key in ("device", "max_batch", "workers", "image_size", "engine"):
+        for key in ("device", "max_batch", "workers", "image_size", "engine", "peer_engine"):
             setattr(args, key, saved["args"].get(key, parser.get_default(key)))
         for result in saved["results"]:
             print(report(result, args) + "\n")

@@ -15,8 +15,11 @@ Two endpoints, one per body format of the comparison:
 Each answers a list (one entry per image) of the top-k labels with probabilities.
 
 Read from the environment (``bench/peer.py`` sets them): ``PEER_ARTIFACT`` (the artifact
-folder), ``PEER_DEVICE``, ``PEER_MAX_BATCH``, ``PEER_TOP_K``. Run it alone with
-``bentoml serve bench.peer_bento:PeerClassifier --port 3000`` from the repository root.
+folder), ``PEER_DEVICE``, ``PEER_MAX_BATCH``, ``PEER_TOP_K``, ``PEER_ENGINE`` (``torch``, as
+BentoML's examples load a model, or ``onnxruntime``: our verified export of the artifact, made
+under ``PEER_ONNX_DIR``, runs the passes, for a comparison of the two servers on one engine).
+Run it alone with ``bentoml serve bench.peer_bento:PeerClassifier --port 3000`` from the
+repository root.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from PIL import Image
 from models.data import ImageLimits, open_image, to_rgb
 from models.data.images import ACCEPTED_FORMATS
 from models.monitoring import unpack
-from service.predict.cache import LoadedModel, load, warm_up
+from service.predict.cache import Engine, LoadedModel, load, warm_up
 from service.predict.service import DRAFT_MARGIN, forward
 
 MAX_BATCH = int(os.environ.get("PEER_MAX_BATCH", "32"))
@@ -47,9 +50,17 @@ LIMITS = ImageLimits(max_pixels=40_000_000)
 @bentoml.service(workers=int(os.environ.get("PEER_WORKERS", "1")), traffic={"timeout": 300})
 class PeerClassifier:
     def __init__(self) -> None:
+        name = os.environ.get("PEER_ENGINE", "torch")
+        onnx_dir = Path(os.environ.get("PEER_ONNX_DIR", "onnx"))
         self.model: LoadedModel = load(
-            "bench", 1, Path(os.environ["PEER_ARTIFACT"]), os.environ.get("PEER_DEVICE", "cpu")
+            "bench",
+            1,
+            Path(os.environ["PEER_ARTIFACT"]),
+            os.environ.get("PEER_DEVICE", "cpu"),
+            Engine(name, onnx_dir, int(os.environ.get("OMP_NUM_THREADS", "0"))),
         )
+        if self.model.engine != name:
+            raise RuntimeError(f"the artifact could not be served by {name} (see the log above)")
         warm_up(self.model)
         # As our server decodes with RCS_PREDICT_JPEG_DRAFT (peer.py --jpeg-draft sets both): a
         # JPEG far larger than the model's input at a reduced scale, so both run the same

@@ -295,6 +295,7 @@ class OnnxRunner:
 
     def __init__(self, path: str | Path, device: str = "cpu", threads: int = 0) -> None:
         self.path = Path(path)
+        self.threads = threads  # intra-op threads (0: ONNX Runtime's default)
         self.session = open_session(self.path, device, threads)
         self.metadata = read_metadata(self.session.get_modelmeta().custom_metadata_map)
 

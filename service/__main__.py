@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> None:
         "--log-level",
         default=None,
         choices=["critical", "error", "warning", "info", "debug", "trace"],
-        help="uvicorn's log level (default info)",
+        help="log level of uvicorn and of the service's own loggers (default info)",
     )
     sub.add_parser("migrate", help="apply the database migrations")
     key = sub.add_parser("create-key", help="create an API key and print it once")

@@ -21,6 +21,7 @@ Every refusal is our JSON error body (``service.http_errors.error_body``).
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import os
 from collections import Counter
@@ -405,6 +406,32 @@ def cores_per_process(workers: int) -> int:
     return max(1, usable_cores() // workers)
 
 
+# The project's own loggers, shown beside uvicorn's (its logging config names only its own, and
+# without a handler of their own their INFO lines, such as which threads and engine each model
+# was given when it loaded, went nowhere).
+OWN_LOGGERS = ("service", "models")
+
+
+def log_config(level: str | None) -> dict[str, Any]:
+    """uvicorn's logging config, with the project's loggers at ``level`` (default info) on its
+    stderr handler, each line naming its logger."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["formatters"]["named"] = {
+        **config["formatters"]["default"],
+        "fmt": "%(levelprefix)s %(name)s: %(message)s",
+    }
+    config["handlers"]["named"] = {**config["handlers"]["default"], "formatter": "named"}
+    for name in OWN_LOGGERS:
+        config["loggers"][name] = {
+            "handlers": ["named"],
+            "level": (level or "info").upper(),
+            "propagate": False,
+        }
+    return config
+
+
 def serve(host: str, port: int, workers: int | None = None, log_level: str | None = None) -> None:
     """Run the API (settings from RCS_*) under uvicorn with ``ServiceHttpProtocol``."""
     settings = settings_from_env()  # a bad setting: one line naming it, before uvicorn starts
@@ -444,6 +471,7 @@ def serve(host: str, port: int, workers: int | None = None, log_level: str | Non
         # in a loop. By name, uvicorn imports it where it loads the app.
         http=f"{__name__}:{ServiceHttpProtocol.__name__}",
         log_level=log_level,
+        log_config=log_config(log_level),
     )
     if workers == 1 or not settings.api_reuse_port or not listen.supported():
         uvicorn.run(**options)

@@ -127,16 +127,19 @@ class Settings(BaseSettings):
     predict_jpeg_draft: bool = False
     # Threads that decode and preprocess images off the event loop (0: min(4, CPU count)).
     predict_decode_threads: int = Field(default=0, ge=0)
-    # What runs a loaded model's forward pass: torch, or ONNX Runtime over the version's ONNX
-    # export (made on first load, verified against torch, cached under onnx_dir by digest). A
+    # What runs a loaded model's forward pass: torch; ONNX Runtime over the version's ONNX
+    # export (made on first load, verified against torch, cached under onnx_dir by digest); or
+    # auto: on the CPU, both are timed when the model loads and ONNX Runtime serves it when it is
+    # at least 1.2x faster (a convolutional tower such as the offline backbone's; a ViT gains
+    # little), torch otherwise and on a GPU. The log says what was chosen, with the timings. A
     # model that cannot be exported is served by torch, with a warning in the log.
-    predict_engine: Literal["torch", "onnxruntime"] = "torch"
+    predict_engine: Literal["auto", "torch", "onnxruntime"] = "auto"
     # Another engine for some models, by registered name: "shapes=onnxruntime,cams=torch" or
     # the JSON object {"shapes": "onnxruntime"} (those whose towers gain from ONNX Runtime,
     # while the rest stay on torch, or back); empty: none.
-    predict_engine_by_model: Annotated[dict[str, Literal["torch", "onnxruntime"]], NoDecode] = (
-        Field(default_factory=dict)
-    )
+    predict_engine_by_model: Annotated[
+        dict[str, Literal["auto", "torch", "onnxruntime"]], NoDecode
+    ] = Field(default_factory=dict)
 
     # Shift monitoring of /predict traffic (service/monitor/): windows of monitor_window
     # images per version (or fewer, at least monitor_min_window, once the oldest is

@@ -25,7 +25,7 @@ from models.artifacts import card_digest, load_artifact
 from models.heads import Classifier
 from models.monitoring import served_pass
 from models.onnx_export import OnnxRunner
-from service.predict.onnx import runner_for
+from service.predict.onnx import ensure_export, runner_for
 
 # (name, version, identity): the identity (``registry.cache_key``: row id and artifact digest)
 # names the bytes, so another artifact under a name/version this process once loaded is never
@@ -49,7 +49,8 @@ class LoadedModel:
     pixels: Callable[[Any], torch.Tensor] | None = None
     mean: torch.Tensor | None = None
     std: torch.Tensor | None = None
-    # RCS_PREDICT_ENGINE=onnxruntime: the version's ONNX export runs the forward pass.
+    # RCS_PREDICT_ENGINE=onnxruntime (or auto, where it was faster): the version's ONNX export
+    # runs the forward pass.
     runner: OnnxRunner | None = None
     # torch threads of this model's passes, chosen when it was loaded (``calibrate_threads``);
     # None: the calling thread's as they are.
@@ -75,9 +76,11 @@ def model_bytes(module: torch.nn.Module) -> int:
 
 @dataclass(frozen=True)
 class Engine:
-    """What runs the forward passes: ``torch``, or ``onnxruntime`` over exports in ``onnx_dir``
-    with ``threads`` intra-op threads (0: its default); ``by_model`` names another engine for
-    some models (``RCS_PREDICT_ENGINE_BY_MODEL``), which wins over ``name`` for them."""
+    """What runs the forward passes: ``torch``; ``onnxruntime`` over exports in ``onnx_dir``;
+    or ``auto``: whichever of the two is faster for the model, timed when it loads
+    (``ModelCache``; torch on a GPU). ``threads``: the intra-op threads of either (0: chosen per
+    model, ``calibrate_threads``); ``by_model`` names another engine for some models
+    (``RCS_PREDICT_ENGINE_BY_MODEL``), which wins over ``name`` for them."""
 
     name: str = "torch"
     onnx_dir: Path | None = None
@@ -166,18 +169,42 @@ def warm_up(model: LoadedModel) -> None:
     run(model, torch.zeros(1, 3, *model.classifier.backbone.image_size))
 
 
-# Images per timed pass, and timed passes per thread count, when a model's threads are chosen.
+# Images per timed pass, and timed passes per setting, when a model's threads and engine are
+# chosen.
 CALIBRATION_BATCH = 4
 CALIBRATION_PASSES = 2
 # A model's passes use all of the process's threads only when these are at least this much
 # faster than one thread; otherwise one thread, and the other cores decode and serve requests.
 MIN_THREAD_SPEEDUP = 1.2
+# Under RCS_PREDICT_ENGINE=auto, a model's passes move to ONNX Runtime only when they are at
+# least this much faster there: the export is a second copy of the weights in memory.
+MIN_ENGINE_SPEEDUP = 1.2
+
+Forward = Callable[["LoadedModel", torch.Tensor], torch.Tensor]
+
+
+def calibration_inputs(model: LoadedModel) -> torch.Tensor:
+    return torch.zeros(CALIBRATION_BATCH, 3, *model.classifier.backbone.image_size)
+
+
+def seconds_per_pass(
+    model: LoadedModel, inputs: torch.Tensor, forward: Forward, clock: Callable[[], float]
+) -> float:
+    """The fastest of ``CALIBRATION_PASSES`` passes, after an untimed one (the thread team
+    forms, the engine's lazy set-up is paid)."""
+    forward(model, inputs)
+    timings = []
+    for _ in range(CALIBRATION_PASSES):
+        started = clock()
+        forward(model, inputs)
+        timings.append(clock() - started)
+    return min(timings)
 
 
 def calibrate_threads(
     model: LoadedModel,
     available: int,
-    forward: Callable[[LoadedModel, torch.Tensor], torch.Tensor] | None = None,
+    forward: Forward | None = None,
     clock: Callable[[], float] = time.perf_counter,
 ) -> tuple[int, dict[int, float]]:
     """The torch threads ``model``'s passes should use on this CPU, of ``available``, timed now:
@@ -192,19 +219,45 @@ def calibrate_threads(
     their keep by ``MIN_THREAD_SPEEDUP``.
     """
     forward = forward or run
-    inputs = torch.zeros(CALIBRATION_BATCH, 3, *model.classifier.backbone.image_size)
+    inputs = calibration_inputs(model)
     seconds: dict[int, float] = {}
     for threads in (available, 1):
         model.threads = threads
-        forward(model, inputs)  # untimed: the thread team forms
-        timings = []
-        for _ in range(CALIBRATION_PASSES):
-            started = clock()
-            forward(model, inputs)
-            timings.append(clock() - started)
-        seconds[threads] = min(timings)
+        seconds[threads] = seconds_per_pass(model, inputs, forward, clock)
     model.threads = available if seconds[1] >= MIN_THREAD_SPEEDUP * seconds[available] else 1
     return model.threads, seconds
+
+
+def calibrate_engine(
+    model: LoadedModel,
+    runners: dict[int, OnnxRunner],
+    forward: Forward | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+) -> tuple[str, dict[str, float]]:
+    """Whether ``model``'s passes should run in torch (on its chosen threads) or in ONNX Runtime
+    (``runners``: a session per intra-op thread count), timed now on the same inputs; sets
+    ``model.runner`` to the choice (None: torch). Returns the choice and the seconds per pass of
+    each setting timed (``torch``, ``onnxruntime/N``).
+
+    ONNX Runtime fuses a convolutional tower's small operations (the offline backbone's
+    EfficientNet-Lite0: 2.8x torch's own rate, ``docs/benchmarks/onnx.md``) and gains little on
+    large matrix products (a ViT-B-32: 1.2x); it must beat torch by ``MIN_ENGINE_SPEEDUP``. Its
+    thread counts are chosen among themselves as torch's are, by ``MIN_THREAD_SPEEDUP``.
+    """
+    forward = forward or run
+    inputs = calibration_inputs(model)
+    model.runner = None
+    seconds = {"torch": seconds_per_pass(model, inputs, forward, clock)}
+    best: tuple[float, OnnxRunner] | None = None
+    for threads, runner in sorted(runners.items()):  # one thread first
+        model.runner = runner
+        took = seconds[f"onnxruntime/{threads}"] = seconds_per_pass(model, inputs, forward, clock)
+        if best is None or best[0] >= MIN_THREAD_SPEEDUP * took:
+            best = (took, runner)
+    model.runner = None
+    if best is not None and seconds["torch"] >= MIN_ENGINE_SPEEDUP * best[0]:
+        model.runner = best[1]
+    return model.engine, seconds
 
 
 @contextmanager
@@ -265,9 +318,11 @@ class ModelCache:
             with self._lock:
                 if key in self._models:
                     return self._models[key]
-            model = load(name, version, folder(), self.device, self.engine)
+            path = folder()
+            model = load(name, version, path, self.device, self.engine)
             warm_up(model)
             self._choose_threads(model)
+            self._choose_engine(model, path)
             self._insert(key, model)
             settle_heap()
             return model
@@ -297,6 +352,38 @@ class ModelCache:
             ", ".join(f"{n} thread(s) {s * 1000:.1f} ms" for n, s in seconds.items()),
             CALIBRATION_BATCH,
             time.perf_counter() - started,
+        )
+
+    def _choose_engine(self, model: LoadedModel, folder: Path) -> None:
+        """Under ``auto`` on the CPU: export the version (once per work folder), time its passes
+        in ONNX Runtime against torch (``calibrate_engine``) and keep the faster. An
+        architecture that cannot be exported, or a missing ONNX Runtime, leaves it on torch."""
+        engine = self.engine
+        if engine.for_model(model.name) != "auto" or engine.onnx_dir is None:
+            return
+        if model.classifier.device.type != "cpu":
+            return
+        started = time.perf_counter()
+        try:
+            path = ensure_export(engine.onnx_dir, card_digest(folder), lambda: model.classifier)
+            exported = time.perf_counter()
+            counts = {engine.threads or self.available_threads, engine.threads or 1}
+            runners = {n: OnnxRunner(path, device=self.device, threads=n) for n in counts}
+            choice, seconds = calibrate_engine(model, runners)
+        except Exception as exc:  # ExportError, no onnxruntime, a failed pass: torch serves
+            model.runner = None
+            log.warning("%s: served by torch; ONNX Runtime was not tried (%s)", model.ref, exc)
+            return
+        if model.runner is not None:  # its own copy of the weights
+            model.nbytes += model.runner.path.stat().st_size
+        log.info(
+            "%s: passes run in %s (%s per pass of %d images; export %.1f s, timed in %.1f s)",
+            model.ref,
+            choice if model.runner is None else f"{choice} on {model.runner.threads} thread(s)",
+            ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in seconds.items()),
+            CALIBRATION_BATCH,
+            exported - started,
+            time.perf_counter() - exported,
         )
 
     def peek(self, name: str, version: int, identity: str = "") -> LoadedModel | None:

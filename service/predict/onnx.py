@@ -1,13 +1,17 @@
 """ONNX exports of registered versions, one file per artifact digest under ``onnx_dir``.
 
 The same bytes export to the same file, so a version's export is made once per work folder
-(by the first ``/onnx`` download or the first load under ``RCS_PREDICT_ENGINE=onnxruntime``)
-and shared by both. Each export is verified against torch before it is written
-(``models.onnx_export``), and written atomically, so a reader never sees half a file.
+(by the first ``/onnx`` download or the first load under ``RCS_PREDICT_ENGINE=onnxruntime`` or
+``auto``) and shared by both. Each export is verified against torch before it is written
+(``models.onnx_export``), and written atomically, so a reader never sees half a file. One
+process of those sharing the folder exports a file at a time (a lock file beside it): the
+API's workers all load the default model at once, and the others wait for its export instead
+of each tracing a copy.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import threading
 from collections.abc import Callable
@@ -34,8 +38,13 @@ def ensure_export(onnx_dir: Path, digest: str, classifier: Callable[[], Classifi
     with _guard:
         lock = _exporting.setdefault(path, threading.Lock())
     with lock:
-        if not path.is_file():
-            export_onnx(classifier(), path, extra_metadata={"artifact_digest": digest})
+        if path.is_file():
+            return path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path.with_name(path.name + ".lock"), "a+b") as held:
+            fcntl.flock(held, fcntl.LOCK_EX)  # released when the file closes
+            if not path.is_file():
+                export_onnx(classifier(), path, extra_metadata={"artifact_digest": digest})
     return path
 
 

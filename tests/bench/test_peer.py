@@ -235,6 +235,7 @@ def test_a_whole_run_against_bentoml_with_the_tiny_model(tmp_path: Path) -> None
     out = tmp_path / "peer.json"
     cmd = [sys.executable, "bench/peer.py", "--models", "test-tiny-vit", "--clients", "1,4"]
     cmd += ["--requests", "24", "--limit-seconds", "0.5", "--json", str(out), "--wrk-seconds", "1"]
+    cmd += ["--peer-engine", "onnxruntime"]  # both servers on one engine: the export's path too
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.read_text())["results"][0]
@@ -249,6 +250,27 @@ def test_a_whole_run_against_bentoml_with_the_tiny_model(tmp_path: Path) -> None
     assert all(r["requests"] == 24 for r in result["rows"] if r["generator"] == "ours")
     assert "give the same top-1 label for all 16 sample images" in done.stdout
     assert "| wrk | json | 4 |" in done.stdout and "errors of ours at every level: 0" in done.stdout
+    # Ours chose its engine (auto) and said so in its log; the report quotes the choice.
+    choices = result["engines"]["ours round 0"]  # the thread count (when timed), then the engine
+    assert choices and choices[-1].split(" ")[0] in ("torch", "onnxruntime")
+    assert "as its processes logged when the model loaded: " + "; ".join(choices) in done.stdout
+    assert "our engine auto, BentoML" in done.stdout and "on onnxruntime)" in done.stdout
+
+
+def test_the_engine_each_process_chose_is_read_from_its_log() -> None:
+    log = (
+        "INFO service.predict.cache: bench/1: passes use 1 torch thread(s) of 2 (2 thread(s) "
+        "47.3 ms, 1 thread(s) 25.5 ms per pass of 4 images; timed in 0.3 s)\n"
+        "INFO service.predict.cache: bench/1: passes run in onnxruntime on 1 thread(s) (torch "
+        "25.1 ms, onnxruntime/1 9.0 ms per pass of 4 images; export 2.1 s, timed in 0.2 s)\n"
+        "INFO service.predict.cache: bench/1: passes run in torch (torch 25.1 ms, onnxruntime/1 "
+        "24.0 ms per pass of 4 images; export 0.0 s, timed in 0.2 s)\n"
+    )
+    assert peer.engine_choices(log) == [
+        "1 torch thread(s) of 2",
+        "onnxruntime on 1 thread(s)",
+        "torch",
+    ]
 
 
 @pytest.mark.slow

@@ -15,7 +15,8 @@ from service.settings import Settings
 from tests.service.support import b64, png_bytes, register_artifact
 
 pytestmark = pytest.mark.parametrize(
-    "settings_overrides", [{"predict_engine_by_model": {"edge": "onnxruntime"}}]
+    "settings_overrides",
+    [{"predict_engine": "torch", "predict_engine_by_model": {"edge": "onnxruntime"}}],
 )
 
 

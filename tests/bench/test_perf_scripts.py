@@ -1,6 +1,6 @@
 """The performance scripts: goal checks of bench/serve.py, bench/gpu_check.sh's CPU dry run
 (the same steps as on a GPU, with the tiny model), which must produce every table, and
-bench/batch_cost.py's table."""
+bench/batch_cost.py's table, and bench/engine_choice.py's loads."""
 
 from __future__ import annotations
 
@@ -106,3 +106,19 @@ def test_batch_cost_reports_every_batch_size(tmp_path: Path) -> None:
     assert result["threads"] == 1 and [row["batch"] for row in result["rows"]] == [1, 4]
     assert all(row["images_per_s"] > 0 and row["cpu_ms_per_image"] > 0 for row in result["rows"])
     assert "batch   4:" in done.stdout
+
+
+@pytest.mark.slow
+def test_engine_choice_loads_each_model_twice_and_quotes_the_choice(tmp_path: Path) -> None:
+    out = tmp_path / "choice.json"
+    cmd = [sys.executable, "bench/engine_choice.py", "test-tiny-vit", "--json", str(out)]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    first, second = json.loads(out.read_text())["results"]
+    assert (first["load"], second["load"]) == ("first (exports)", "second (export cached)")
+    for row in (first, second):
+        assert row["engine"] in ("torch", "onnxruntime") and row["seconds"] > 0
+        (choice,) = [line for line in row["log"] if ": passes run in " in line]
+        assert choice.startswith(f"bench/1: passes run in {row['engine']}")
+    assert "export 0.0 s" in [line for line in second["log"] if "passes run in" in line][0]
+    assert "test-tiny-vit, first (exports) load:" in done.stdout

@@ -55,6 +55,14 @@ class Metrics:
             "Bytes of models in the inference cache",
             registry=self.registry,
         )
+        self.loaded_models = Gauge(
+            "rcs_model_loaded",
+            "Models loaded in this process (1 each), with the engine and the intra-op threads "
+            "their passes run on, chosen when each was loaded (RCS_PREDICT_ENGINE, "
+            "RCS_TORCH_THREADS; threads 'default': the engine's own count)",
+            ["model", "version", "engine", "threads"],
+            registry=self.registry,
+        )
 
     def observe_batch(self, images: int) -> None:
         self.predicted_images.inc(images)

@@ -31,4 +31,9 @@ async def readyz(ctx: Ctx) -> Any:
 def metrics(ctx: Ctx) -> Response:
     ctx.metrics.cached_models.set(len(ctx.models))
     ctx.metrics.cached_bytes.set(ctx.models.nbytes)
+    loaded = ctx.metrics.loaded_models
+    loaded.clear()  # evicted models go
+    for model in ctx.models.loaded():
+        threads = str(model.pass_threads or "default")
+        loaded.labels(model.name, str(model.version), model.engine, threads).set(1)
     return Response(generate_latest(ctx.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -61,6 +61,12 @@ class LoadedModel:
         return "torch" if self.runner is None else "onnxruntime"
 
     @property
+    def pass_threads(self) -> int | None:
+        """The intra-op threads its passes run on (None: the engine's own count)."""
+        threads = self.runner.threads if self.runner is not None else self.threads
+        return threads or None
+
+    @property
     def ref(self) -> str:
         return f"{self.name}/{self.version}"
 
@@ -411,6 +417,11 @@ class ModelCache:
                 del self._models[key]
         if dropped:
             settle_heap()
+
+    def loaded(self) -> list[LoadedModel]:
+        """The loaded models, least recently used first."""
+        with self._lock:
+            return list(self._models.values())
 
     def keys(self) -> list[tuple[str, int]]:
         """The loaded models as (name, version), least recently used first."""

@@ -48,6 +48,18 @@ def ensure_export(onnx_dir: Path, digest: str, classifier: Callable[[], Classifi
     return path
 
 
+def remove_export(onnx_dir: Path, digest: str) -> bool:
+    """Delete the export of the artifact whose digest is ``digest`` (and its lock file), once no
+    version has those bytes; True when there was one. A process that has it open keeps its
+    session (ONNX Runtime read the file when it opened it)."""
+    path = export_path(onnx_dir, digest)
+    path.with_name(path.name + ".lock").unlink(missing_ok=True)
+    if not path.is_file():
+        return False
+    path.unlink(missing_ok=True)
+    return True
+
+
 def runner_for(
     classifier: Classifier, onnx_dir: Path, digest: str, device: str, threads: int
 ) -> OnnxRunner | None:

@@ -19,6 +19,7 @@ from service.errors import Conflict, InvalidRequest
 from service.limits import body_limit
 from service.monitor import service as monitor
 from service.multipart import read_form
+from service.predict.onnx import remove_export
 from service.registry import service, transfer
 from service.registry.schemas import (
     MAX_DESCRIPTION,
@@ -123,6 +124,10 @@ def delete_version(name: str, version: Version, ctx: Ctx, db: Db, _: TrainKey) -
     row = service.delete_version(db, name, version)
     ctx.models.evict(row.name, row.version)
     ctx.store.delete(service.version_key(row.name, row.version))
+    if row.digest is not None and not service.digest_in_use(db, row.digest):
+        # Its ONNX export (GET .../onnx, and every load under RCS_PREDICT_ENGINE=auto) goes with
+        # the last version of those bytes.
+        remove_export(ctx.settings.onnx_dir, row.digest)
     ctx.lookups.settle()  # answered once no API process can serve it from a cached lookup
     return Response(status_code=204)
 

@@ -219,6 +219,14 @@ def delete_version(session: Session, name: str, version: int) -> ModelVersion:
     return row
 
 
+def digest_in_use(session: Session, digest: str) -> bool:
+    """Whether a version (of any model, in any state) has the artifact bytes ``digest``."""
+    return (
+        session.scalar(select(ModelVersion.id).where(ModelVersion.digest == digest).limit(1))
+        is not None
+    )
+
+
 # --- registration, used by the worker ---
 
 

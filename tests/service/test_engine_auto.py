@@ -191,3 +191,38 @@ def test_predict_under_the_default_engine_exports_the_version_and_answers(
     model = resolve(ctx, "shapes")
     assert ctx.settings.predict_engine == "auto" and model.engine in ("torch", "onnxruntime")
     assert export_path(ctx.settings.onnx_dir, card_digest(artifact_folder)).is_file()
+
+
+def test_a_versions_export_goes_with_the_last_version_of_its_bytes(
+    client: TestClient, ctx: AppContext, artifact_folder: Path
+) -> None:
+    with ctx.sessions() as session:
+        for job in ("a", "b"):  # the same bytes registered twice: one export
+            register_artifact(session, ctx.store, "shapes", artifact_folder, "ftjob-" + job * 24)
+    image = {"model": "shapes/1", "images": [b64(png_bytes((9, 9, 9)))]}
+    assert client.post("/predict", json=image).status_code == 200
+    export = export_path(ctx.settings.onnx_dir, card_digest(artifact_folder))
+    assert export.is_file()
+    assert client.delete("/models/shapes/versions/1").status_code == 204
+    assert export.is_file()  # version 2 has the same bytes
+    assert client.delete("/models/shapes/versions/2").status_code == 204
+    assert not export.exists() and not export.with_name(export.name + ".lock").exists()
+
+
+def test_metrics_name_each_loaded_models_engine_and_threads(
+    client: TestClient, ctx: AppContext, artifact_folder: Path
+) -> None:
+    with ctx.sessions() as session:
+        register_artifact(session, ctx.store, "shapes", artifact_folder, "ftjob-" + "f" * 24)
+    assert "rcs_model_loaded{" not in client.get("/metrics").text
+    image = {"model": "shapes", "images": [b64(png_bytes((9, 9, 9)))]}
+    assert client.post("/predict", json=image).status_code == 200
+    model = resolve(ctx, "shapes")
+    threads = model.pass_threads or "default"
+    expected = (
+        f'rcs_model_loaded{{engine="{model.engine}",model="shapes",threads="{threads}",'
+        'version="1"} 1.0'
+    )
+    assert expected in client.get("/metrics").text
+    ctx.models.evict("shapes", 1)
+    assert "rcs_model_loaded{" not in client.get("/metrics").text

@@ -25,7 +25,8 @@ from models.artifacts import load_artifact
 from service.context import AppContext
 from service.predict import service as predict_service
 from service.predict.batcher import ModelQueue
-from tests.service.support import b64, png_bytes, register_artifact
+from service.settings import Settings
+from tests.service.support import b64, make_settings, png_bytes, register_artifact
 
 HELD_FOREVER = 60.0  # a gate never waits longer than this, so a broken test cannot hang CI
 
@@ -78,6 +79,13 @@ def wait_until(condition: Callable[[], bool], what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"gave up waiting for {what}")
         time.sleep(0.005)
+
+
+@pytest.fixture
+def app_settings(tmp_path: Path, shapes_root: Path, settings_overrides: dict[str, Any]) -> Settings:
+    """The gates stand in front of torch's classifier, so these apps' passes run in torch (the
+    default, ``auto``, may give the model to ONNX Runtime, which no gate sees)."""
+    return make_settings(tmp_path, shapes_root, **{"predict_engine": "torch", **settings_overrides})
 
 
 @pytest.fixture

@@ -207,6 +207,17 @@ def seconds_per_pass(
     return min(timings)
 
 
+def fewest_threads_earning(seconds: dict[int, float]) -> int:
+    """Of the thread counts timed (count -> seconds per pass), the fewest unless more are at
+    least ``MIN_THREAD_SPEEDUP`` faster than the count chosen so far."""
+    counts = sorted(seconds)
+    chosen = counts[0]
+    for count in counts[1:]:
+        if seconds[chosen] >= MIN_THREAD_SPEEDUP * seconds[count]:
+            chosen = count
+    return chosen
+
+
 def calibrate_threads(
     model: LoadedModel,
     available: int,
@@ -230,7 +241,7 @@ def calibrate_threads(
     for threads in (available, 1):
         model.threads = threads
         seconds[threads] = seconds_per_pass(model, inputs, forward, clock)
-    model.threads = available if seconds[1] >= MIN_THREAD_SPEEDUP * seconds[available] else 1
+    model.threads = fewest_threads_earning(seconds)
     return model.threads, seconds
 
 
@@ -239,11 +250,13 @@ def calibrate_engine(
     runners: dict[int, OnnxRunner],
     forward: Forward | None = None,
     clock: Callable[[], float] = time.perf_counter,
+    torch_s: float | None = None,
 ) -> tuple[str, dict[str, float]]:
     """Whether ``model``'s passes should run in torch (on its chosen threads) or in ONNX Runtime
     (``runners``: a session per intra-op thread count), timed now on the same inputs; sets
-    ``model.runner`` to the choice (None: torch). Returns the choice and the seconds per pass of
-    each setting timed (``torch``, ``onnxruntime/N``).
+    ``model.runner`` to the choice (None: torch). ``torch_s``: torch's seconds per pass on the
+    model's threads when ``calibrate_threads`` has just timed them (None: timed here). Returns
+    the choice and the seconds per pass of each setting (``torch``, ``onnxruntime/N``).
 
     ONNX Runtime fuses a convolutional tower's small operations (the offline backbone's
     EfficientNet-Lite0: 2.8x torch's own rate, ``docs/benchmarks/onnx.md``) and gains little on
@@ -253,16 +266,18 @@ def calibrate_engine(
     forward = forward or run
     inputs = calibration_inputs(model)
     model.runner = None
-    seconds = {"torch": seconds_per_pass(model, inputs, forward, clock)}
-    best: tuple[float, OnnxRunner] | None = None
+    if torch_s is None:
+        torch_s = seconds_per_pass(model, inputs, forward, clock)
+    onnx_s: dict[int, float] = {}
     for threads, runner in sorted(runners.items()):  # one thread first
         model.runner = runner
-        took = seconds[f"onnxruntime/{threads}"] = seconds_per_pass(model, inputs, forward, clock)
-        if best is None or best[0] >= MIN_THREAD_SPEEDUP * took:
-            best = (took, runner)
+        onnx_s[threads] = seconds_per_pass(model, inputs, forward, clock)
     model.runner = None
-    if best is not None and seconds["torch"] >= MIN_ENGINE_SPEEDUP * best[0]:
-        model.runner = best[1]
+    if onnx_s:
+        threads = fewest_threads_earning(onnx_s)
+        if torch_s >= MIN_ENGINE_SPEEDUP * onnx_s[threads]:
+            model.runner = runners[threads]
+    seconds = {"torch": torch_s, **{f"onnxruntime/{n}": t for n, t in onnx_s.items()}}
     return model.engine, seconds
 
 
@@ -327,20 +342,21 @@ class ModelCache:
             path = folder()
             model = load(name, version, path, self.device, self.engine)
             warm_up(model)
-            self._choose_threads(model)
-            self._choose_engine(model, path)
+            torch_s = self._choose_threads(model)
+            self._choose_engine(model, path, torch_s)
             self._insert(key, model)
             settle_heap()
             return model
 
-    def _choose_threads(self, model: LoadedModel) -> None:
+    def _choose_threads(self, model: LoadedModel) -> float | None:
         """On CPU with torch and RCS_TORCH_THREADS unset (0), time the model's passes with the
-        process's threads and with one (``calibrate_threads``) and keep the faster."""
+        process's threads and with one (``calibrate_threads``) and keep the faster. Returns the
+        seconds per pass on the count kept (None: not timed)."""
         available = self.available_threads
         if self.engine.threads or model.engine != "torch" or available < 2:
-            return
+            return None
         if model.classifier.device.type != "cpu":
-            return
+            return None
         started = time.perf_counter()
         try:
             threads, seconds = calibrate_threads(model, available)
@@ -349,7 +365,7 @@ class ModelCache:
             log.warning(
                 "%s: its passes could not be timed (%s); they use every thread", model.ref, exc
             )
-            return
+            return None
         log.info(
             "%s: passes use %d torch thread(s) of %d (%s per pass of %d images; timed in %.1f s)",
             model.ref,
@@ -359,11 +375,13 @@ class ModelCache:
             CALIBRATION_BATCH,
             time.perf_counter() - started,
         )
+        return seconds[threads]
 
-    def _choose_engine(self, model: LoadedModel, folder: Path) -> None:
+    def _choose_engine(self, model: LoadedModel, folder: Path, torch_s: float | None) -> None:
         """Under ``auto`` on the CPU: export the version (once per work folder), time its passes
         in ONNX Runtime against torch (``calibrate_engine``) and keep the faster. An
-        architecture that cannot be exported, or a missing ONNX Runtime, leaves it on torch."""
+        architecture that cannot be exported, or a missing ONNX Runtime, leaves it on torch.
+        ``torch_s``: torch's seconds per pass from ``_choose_threads`` (None: timed here)."""
         engine = self.engine
         if engine.for_model(model.name) != "auto" or engine.onnx_dir is None:
             return
@@ -375,7 +393,7 @@ class ModelCache:
             exported = time.perf_counter()
             counts = {engine.threads or self.available_threads, engine.threads or 1}
             runners = {n: OnnxRunner(path, device=self.device, threads=n) for n in counts}
-            choice, seconds = calibrate_engine(model, runners)
+            choice, seconds = calibrate_engine(model, runners, torch_s=torch_s)
         except Exception as exc:  # ExportError, no onnxruntime, a failed pass: torch serves
             model.runner = None
             log.warning("%s: served by torch; ONNX Runtime was not tried (%s)", model.ref, exc)

@@ -106,11 +106,13 @@ def test_auto_with_a_set_thread_count_times_onnxruntime_on_that_count_alone(
     artifact_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     timed: list[list[int]] = []
+    torch_given: list[bool] = []
     real = cache.calibrate_engine
 
-    def recording(model: cache.LoadedModel, runners: dict[int, Any], *a: Any) -> Any:
+    def recording(model: cache.LoadedModel, runners: dict[int, Any], *a: Any, **kw: Any) -> Any:
         timed.append(sorted(runners))
-        return real(model, runners, *a)
+        torch_given.append(kw.get("torch_s") is not None)
+        return real(model, runners, *a, **kw)
 
     monkeypatch.setattr(cache, "calibrate_engine", recording)
     auto_cache(tmp_path, threads=1).get("m", 1, lambda: artifact_folder)
@@ -118,6 +120,8 @@ def test_auto_with_a_set_thread_count_times_onnxruntime_on_that_count_alone(
     two.available_threads = 2
     two.get("m", 1, lambda: artifact_folder)
     assert timed == [[1], [1, 2]]
+    # Where torch's threads were just timed, that time serves the engine choice too.
+    assert torch_given == [False, True]
 
 
 def test_torch_and_onnxruntime_settings_are_not_timed(
